@@ -44,7 +44,6 @@ type worker struct {
 	read, write Histogram
 	completed   atomic.Uint64 // every completed IO, for the live line
 	buf         []byte
-	err         error
 }
 
 // run is the state the workers share. The hot path touches only phase
