@@ -17,7 +17,7 @@ DEBS := gcc pkg-config librbd-dev librados-dev \
 	ceph-mon ceph-osd ceph-common rbd-nbd \
 	libnbd-bin nbdkit fio qemu-utils qemu-block-extra \
 	qemu-system-x86 busybox-static cpio kmod \
-	docker.io iproute2 e2fsprogs xfsprogs util-linux procps
+	docker.io iproute2 e2fsprogs xfsprogs util-linux procps jq
 
 .PHONY: all build deps test test-unit test-integration check bench demo cluster cluster-stop vmtest bench-vm clean
 
@@ -51,7 +51,27 @@ check:
 	GOBIN=$(BUILD)/bin $(GO) install honnef.co/go/tools/cmd/staticcheck@$(STATICCHECK_VERSION)
 	$(BUILD)/bin/staticcheck -tags $(TAGS) ./...
 
-test: deps check build test-unit
+test: deps check build test-unit vmtest
+
+# The kernel path, for real: Debian's kernel under qemu (TCG), the host's
+# root shared read-only, a Ceph cluster and the end-to-end tests (test/e2e,
+# build tag vmtest) run as root inside; one boot for the whole suite.
+# `make vmtest RUN=TestName` runs one test with its log on the terminal.
+# Results: .build/vm/e2e/results.json (+ console.log, tests.jsonl, dmesg.log).
+VM_TIMEOUT ?= 1800
+VM_OUT     := $(BUILD)/vm/e2e
+E2E_BIN    := $(BUILD)/e2e.test
+vmtest: deps build
+	@mkdir -p $(BUILD)
+	$(GO) test -c -tags '$(TAGS) vmtest' -o $(E2E_BIN) ./test/e2e
+	$(GO) build -o $(BUILD)/test2json cmd/test2json
+	@set -o pipefail; rc=0; \
+	test/vm/run --out $(VM_OUT) --timeout $(VM_TIMEOUT) $(if $(RUN),--verbose) \
+		--env E2E_TEST_BIN=$(E2E_BIN) --env RBD_NBD_GRAPH_BIN=$(BIN) \
+		--env TEST2JSON=$(BUILD)/test2json --env RBD_NBD_GRAPH_REQUIRE=1 \
+		--env RUN='$(RUN)' --env E2E_TIMEOUT=$$(( $(VM_TIMEOUT) - 120 ))s \
+		test/vm/e2e.sh || rc=$$?; \
+	test/vm/summary $(VM_OUT); exit $$rc
 
 clean:
 	rm -rf bin $(BUILD)

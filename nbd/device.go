@@ -224,7 +224,7 @@ func startDevice(b Backend, opts AttachOptions, kernel *genl) (*Device, []int, e
 	d.serveCtx, d.stopServing = context.WithCancel(context.Background())
 	var kernelFDs []int
 	for i := 0; i < opts.Connections; i++ {
-		ours, theirs, err := socketPair()
+		ours, theirs, err := kernelSocketPair()
 		if err != nil {
 			closeFDs(kernelFDs)
 			d.abort()
@@ -253,9 +253,9 @@ func startDevice(b Backend, opts AttachOptions, kernel *genl) (*Device, []int, e
 	return d, kernelFDs, nil
 }
 
-// socketPair returns our end as a net.Conn (on Go's poller) and the
+// kernelSocketPair returns our end as a net.Conn (on Go's poller) and the
 // kernel's end as a raw descriptor to pass in NBD_SOCK_FD.
-func socketPair() (net.Conn, int, error) {
+func kernelSocketPair() (net.Conn, int, error) {
 	fds, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
 	if err != nil {
 		return nil, -1, fmt.Errorf("nbd: socketpair: %w", err)

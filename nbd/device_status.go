@@ -3,10 +3,12 @@ package nbd
 import (
 	"context"
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strconv"
 	"strings"
+	"time"
 )
 
 // DeviceStatus describes one kernel NBD device.
@@ -16,7 +18,7 @@ type DeviceStatus struct {
 	Connected bool   `json:"connected"`
 	Size      int64  `json:"size"`                 // bytes, from /sys/block/nbdN/size
 	BackendID string `json:"backend_id,omitempty"` // /sys/block/nbdN/backend
-	PID       int    `json:"pid,omitempty"`        // process that connected it, /sys/block/nbdN/pid
+	PID       int    `json:"pid,omitempty"`        // process that connected it (from the thread in /sys/block/nbdN/pid)
 	ReadOnly  bool   `json:"read_only"`
 }
 
@@ -90,13 +92,32 @@ func describe(st deviceStatus) DeviceStatus {
 		ds.Size = sectors * 512
 	}
 	if pid, err := readSysInt(st.Index, "pid"); err == nil {
-		ds.PID = int(pid)
+		ds.PID = processOf(int(pid))
 	}
 	if ro, err := readSysInt(st.Index, "ro"); err == nil {
 		ds.ReadOnly = ro != 0
 	}
 	ds.BackendID = readBackendID(st.Index)
 	return ds
+}
+
+// processOf maps the thread id the kernel records (task_pid_nr of the
+// thread that sent CONNECT: in a Go program, any of its threads) to its
+// process id. A thread that is gone keeps its number: the process is
+// then gone too, or the number is all we know.
+func processOf(tid int) int {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", tid))
+	if err != nil {
+		return tid
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if v, ok := strings.CutPrefix(line, "Tgid:"); ok {
+			if pid, err := strconv.Atoi(strings.TrimSpace(v)); err == nil {
+				return pid
+			}
+		}
+	}
+	return tid
 }
 
 func sysPath(index int, name string) string {
@@ -119,4 +140,44 @@ func readBackendID(index int) string {
 		return ""
 	}
 	return strings.TrimSpace(string(b))
+}
+
+// Disconnect asks the kernel to disconnect device index, whoever serves
+// it: the kernel sends NBD_CMD_DISC on every connection, so the serving
+// process (ours, in another process) answers what is in flight and lets
+// go of the device. It returns once the kernel has taken the request;
+// use WaitFree to wait until the device is free.
+func Disconnect(ctx context.Context, index int) error {
+	kernel, err := lookupFamily()
+	if errors.Is(err, errFamilyMissing) {
+		return &OpError{Op: "disconnect", Index: index, Err: ErrNoDevice}
+	}
+	if err != nil {
+		return err
+	}
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	return kernel.disconnect(index)
+}
+
+// WaitFree polls until device index is no longer connected and the
+// kernel has released its configuration (no pid in sysfs), or ctx ends.
+func WaitFree(ctx context.Context, index int) error {
+	tick := time.NewTicker(20 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		st, err := Status(ctx, index)
+		if errors.Is(err, ErrNoDevice) || (err == nil && !st.Connected && st.PID == 0) {
+			return nil
+		}
+		if err != nil {
+			return err
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("nbd: %s still in use (connected=%v pid=%d): %w", DevicePath(index), st.Connected, st.PID, ctx.Err())
+		case <-tick.C:
+		}
+	}
 }

@@ -35,6 +35,7 @@ func commands() []command {
 	return []command{
 		{"export", "serve a block backend over the NBD protocol (unix socket or loopback TCP)", runExport},
 		{"map", "attach a backend to a kernel NBD device and serve it", runMap},
+		{"attach", "re-serve a mapped device whose server died (map --reattach)", runAttach},
 		{"unmap", "detach a kernel NBD device", runUnmap},
 		{"list", "list kernel NBD devices served by rbd-nbd-graph", runList},
 		{"serve", "run the Docker graph driver plugin", runServe},

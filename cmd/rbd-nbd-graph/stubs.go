@@ -9,8 +9,5 @@ import (
 var errNotYet = errors.New("not implemented yet")
 
 func runExport(ctx context.Context, env *environment, args []string) error { return errNotYet }
-func runMap(ctx context.Context, env *environment, args []string) error    { return errNotYet }
-func runUnmap(ctx context.Context, env *environment, args []string) error  { return errNotYet }
-func runList(ctx context.Context, env *environment, args []string) error   { return errNotYet }
 func runServe(ctx context.Context, env *environment, args []string) error  { return errNotYet }
 func runBench(ctx context.Context, env *environment, args []string) error  { return errNotYet }

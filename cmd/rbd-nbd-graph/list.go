@@ -1,0 +1,101 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"strings"
+	"text/tabwriter"
+
+	"github.com/rbd-nbd-graph/rbd-nbd-graph/nbd"
+)
+
+// mapping is one line of 'list'.
+type mapping struct {
+	Device    string `json:"device"`
+	Index     int    `json:"index"`
+	Target    string `json:"target"`
+	PID       int    `json:"pid"`
+	Size      int64  `json:"size"`
+	ReadOnly  bool   `json:"read_only"`
+	Connected bool   `json:"connected"`
+	BackendID string `json:"backend_id"`
+}
+
+// runList: list [--format plain|json] [--all].
+func runList(ctx context.Context, env *environment, args []string) error {
+	fs := flag.NewFlagSet("list", flag.ContinueOnError)
+	fs.SetOutput(env.stderr)
+	format := fs.String("format", "plain", "output format: plain or json")
+	all := fs.Bool("all", false, "every NBD device, not only the ones rbd-nbd-graph serves")
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return err
+		}
+		return fmt.Errorf("%w: %v", errUsage, err)
+	}
+	if fs.NArg() != 0 {
+		return fmt.Errorf("%w: list takes no arguments", errUsage)
+	}
+	if *format != "plain" && *format != "json" {
+		return fmt.Errorf("%w: --format %q: want plain or json", errUsage, *format)
+	}
+	devs, err := nbd.List(ctx)
+	if err != nil {
+		return err
+	}
+	out := []mapping{}
+	for _, d := range devs {
+		ours := strings.HasPrefix(d.BackendID, backendPrefix)
+		if !*all && !(d.Connected && ours) {
+			continue
+		}
+		m := mapping{Device: d.Path, Index: d.Index, PID: d.PID, Size: d.Size, ReadOnly: d.ReadOnly,
+			Connected: d.Connected, BackendID: d.BackendID}
+		if ours {
+			m.Target = strings.TrimPrefix(d.BackendID, backendPrefix)
+		}
+		out = append(out, m)
+	}
+	if *format == "json" {
+		enc := json.NewEncoder(env.stdout)
+		enc.SetIndent("", "  ")
+		return enc.Encode(out)
+	}
+	tw := tabwriter.NewWriter(env.stdout, 0, 8, 2, ' ', 0)
+	fmt.Fprintln(tw, "DEVICE\tPID\tSIZE\tRO\tTARGET")
+	for _, m := range out {
+		target := m.Target
+		if target == "" {
+			target = "-"
+			if m.BackendID != "" {
+				target = "(" + m.BackendID + ")"
+			}
+		}
+		pid := "-"
+		if m.PID > 0 {
+			pid = fmt.Sprint(m.PID)
+		}
+		ro := "no"
+		if m.ReadOnly {
+			ro = "yes"
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", m.Device, pid, humanBytes(m.Size), ro, target)
+	}
+	return tw.Flush()
+}
+
+func humanBytes(n int64) string {
+	const unit = 1024
+	if n < unit {
+		return fmt.Sprintf("%d B", n)
+	}
+	div, exp := int64(unit), 0
+	for m := n / unit; m >= unit; m /= unit {
+		div *= unit
+		exp++
+	}
+	return fmt.Sprintf("%.1f %ciB", float64(n)/float64(div), "KMGTPE"[exp])
+}

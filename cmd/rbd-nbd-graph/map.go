@@ -1,0 +1,332 @@
+package main
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/rbd-nbd-graph/rbd-nbd-graph/nbd"
+)
+
+// backendPrefix starts the NBD_ATTR_BACKEND_IDENTIFIER of every device
+// mapped by this command, so list, unmap TARGET and --reattach can tell
+// our devices (and their targets) apart from other NBD users'.
+const backendPrefix = "rbd-nbd-graph:"
+
+// mapFlags are map's (and attach's) command line.
+type mapFlags struct {
+	ceph            cephFlags
+	readOnly        bool
+	connections     int
+	queueDepth      int
+	blockSize       uint
+	ioTimeout       time.Duration
+	deadConnTimeout time.Duration
+	foreground      bool
+	reattach        bool
+	device          string
+	nbdsMax         int
+	maxPart         int
+	logFile         string
+	readyFD         int // internal: the pipe to the parent that daemonised us
+}
+
+func parseMapFlags(name string, env *environment, args []string) (*mapFlags, string, error) {
+	f := &mapFlags{}
+	fs := flag.NewFlagSet(name, flag.ContinueOnError)
+	fs.SetOutput(env.stderr)
+	f.ceph.register(fs)
+	fs.BoolVar(&f.readOnly, "read-only", false, "map read-only: the kernel refuses writes")
+	fs.IntVar(&f.connections, "connections", 1, "sockets between the kernel and this process (>1: multi-connection)")
+	fs.IntVar(&f.queueDepth, "queue-depth", 0, "requests served at once per connection (0: default)")
+	fs.UintVar(&f.blockSize, "block-size", 4096, "logical block size of the device: 512, 1024, 2048 or 4096")
+	fs.DurationVar(&f.ioTimeout, "io-timeout", 0, "fail a request the backend has not answered in this time (0: never; the kernel only warns)")
+	fs.DurationVar(&f.deadConnTimeout, "dead-conn-timeout", 60*time.Second,
+		"after the serving process dies, how long the kernel holds IO waiting for 'map --reattach' (0: fail IO at once)")
+	fs.BoolVar(&f.foreground, "foreground", false, "serve in this process until SIGINT/SIGTERM or unmap (default: in a background process)")
+	fs.BoolVar(&f.reattach, "reattach", false, "re-serve a device still mapped to TARGET whose serving process died")
+	fs.StringVar(&f.device, "device", "", "use this device (/dev/nbdN); default: any free one, or for --reattach the one mapped to TARGET")
+	fs.IntVar(&f.nbdsMax, "nbds-max", 0, "nbds_max parameter if the nbd module has to be loaded (0: module default)")
+	fs.IntVar(&f.maxPart, "max-part", 0, "max_part parameter if the nbd module has to be loaded (0: module default)")
+	fs.StringVar(&f.logFile, "log-file", "/var/log/rbd-nbd-graph.log", "where the background process logs ('' for nowhere)")
+	fs.IntVar(&f.readyFD, "ready-fd", -1, "internal: report readiness on this descriptor")
+	fs.Usage = func() {
+		fmt.Fprintf(env.stderr, "usage: rbd-nbd-graph %s [flags] TARGET\n\n"+
+			"TARGET: rbd:POOL/IMAGE[@SNAP] (or just POOL/IMAGE[@SNAP]), file:PATH, mem:SIZE.\n"+
+			"Prints the device (/dev/nbdN) once it is ready.\n\nflags:\n", name)
+		fs.PrintDefaults()
+	}
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return nil, "", err
+		}
+		return nil, "", fmt.Errorf("%w: %v", errUsage, err)
+	}
+	if fs.NArg() != 1 {
+		fs.Usage()
+		return nil, "", fmt.Errorf("%w: want exactly one TARGET, got %d arguments", errUsage, fs.NArg())
+	}
+	if f.connections < 1 || f.connections > 64 {
+		return nil, "", fmt.Errorf("%w: --connections %d out of range 1..64", errUsage, f.connections)
+	}
+	if f.ioTimeout < 0 || f.deadConnTimeout < 0 {
+		return nil, "", fmt.Errorf("%w: timeouts must not be negative", errUsage)
+	}
+	if f.device != "" {
+		if _, err := deviceIndex(f.device); err != nil {
+			return nil, "", fmt.Errorf("%w: %v", errUsage, err)
+		}
+	}
+	return f, fs.Arg(0), nil
+}
+
+// runMap: map TARGET to a kernel NBD device and serve it.
+func runMap(ctx context.Context, env *environment, args []string) error {
+	return mapCommand(ctx, env, "map", args, false)
+}
+
+// runAttach: re-serve a device whose server died (map --reattach).
+func runAttach(ctx context.Context, env *environment, args []string) error {
+	return mapCommand(ctx, env, "attach", args, true)
+}
+
+func mapCommand(ctx context.Context, env *environment, name string, args []string, reattach bool) error {
+	f, target, err := parseMapFlags(name, env, args)
+	if err != nil {
+		return err
+	}
+	f.reattach = f.reattach || reattach
+	if !f.foreground {
+		return daemonize(ctx, env, name, args)
+	}
+	return serveMapped(ctx, env, f, target)
+}
+
+// daemonize re-runs this command in the foreground in a new session, with
+// its output going to the log file, and waits for it to report the device
+// (or its failure) over a pipe. The command line's own flags are kept;
+// flags after TARGET are not possible, so ours go first.
+func daemonize(ctx context.Context, env *environment, name string, args []string) error {
+	self, err := os.Executable()
+	if err != nil {
+		return fmt.Errorf("cannot find my own executable to start the background server: %w", err)
+	}
+	f, _, _ := parseMapFlags(name, env, args) // already validated
+	var logOut io.Writer
+	if f.logFile != "" {
+		if err := os.MkdirAll(filepath.Dir(f.logFile), 0o755); err != nil {
+			return fmt.Errorf("log file: %w", err)
+		}
+		lf, err := os.OpenFile(f.logFile, os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o644)
+		if err != nil {
+			return fmt.Errorf("log file (choose another with --log-file): %w", err)
+		}
+		defer lf.Close()
+		logOut = lf
+	}
+	readR, readW, err := os.Pipe()
+	if err != nil {
+		return err
+	}
+	defer readR.Close()
+	cmd := exec.Command(self, append([]string{name, "--foreground", "--ready-fd=3"}, args...)...)
+	cmd.Stdin = nil
+	cmd.Stdout = logOut
+	cmd.Stderr = logOut
+	cmd.ExtraFiles = []*os.File{readW}
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+	err = cmd.Start()
+	readW.Close() // only the child holds the write end now: EOF when it dies
+	if err != nil {
+		return fmt.Errorf("starting the background server: %w", err)
+	}
+	go func() {
+		<-ctx.Done()
+		readR.SetReadDeadline(time.Unix(1, 0))
+	}()
+	line, rerr := bufio.NewReader(readR).ReadString('\n')
+	line = strings.TrimSpace(line)
+	switch {
+	case strings.HasPrefix(line, "ready "):
+		cmd.Process.Release()
+		fmt.Fprintln(env.stdout, strings.TrimPrefix(line, "ready "))
+		return nil
+	case strings.HasPrefix(line, "error "):
+		cmd.Wait()
+		return errors.New(strings.TrimPrefix(line, "error "))
+	}
+	// No message: the child died before it could say anything, or we
+	// were interrupted.
+	if ctx.Err() != nil {
+		cmd.Process.Signal(syscall.SIGTERM)
+		cmd.Wait()
+		return ctx.Err()
+	}
+	werr := cmd.Wait()
+	where := ""
+	if f.logFile != "" {
+		where = "; see " + f.logFile
+	}
+	return fmt.Errorf("the background server exited before the device was ready (%v, %v)%s", werr, rerr, where)
+}
+
+// serveMapped opens the target, attaches (or reattaches) it and serves
+// until the device goes away or a signal arrives.
+func serveMapped(ctx context.Context, env *environment, f *mapFlags, target string) (err error) {
+	var ready *os.File
+	if f.readyFD >= 0 {
+		ready = os.NewFile(uintptr(f.readyFD), "ready")
+		defer func() {
+			if ready == nil {
+				return // readiness already reported
+			}
+			if err != nil {
+				fmt.Fprintf(ready, "error %s\n", strings.ReplaceAll(err.Error(), "\n", " "))
+			}
+			ready.Close()
+		}()
+	}
+	id, err := backendID(target)
+	if err != nil {
+		return err
+	}
+	b, closeTarget, err := openTarget(ctx, target, f.ceph, f.readOnly)
+	if err != nil {
+		return err
+	}
+	defer func() {
+		if cerr := closeTarget(); cerr != nil && err == nil {
+			err = fmt.Errorf("closing %s: %w", target, cerr)
+		}
+	}()
+	opts := nbd.AttachOptions{
+		Index:           -1,
+		Connections:     f.connections,
+		QueueDepth:      f.queueDepth,
+		BlockSize:       uint32(f.blockSize),
+		ReadOnly:        f.readOnly,
+		IOTimeout:       f.ioTimeout,
+		DeadConnTimeout: f.deadConnTimeout,
+		BackendID:       id,
+		Module:          nbd.ModuleOptions{NBDsMax: f.nbdsMax, MaxPart: f.maxPart},
+		Logger:          env.log,
+	}
+	if f.device != "" {
+		opts.Index, _ = deviceIndex(f.device)
+	}
+	var dev *nbd.Device
+	if f.reattach {
+		index := opts.Index
+		if index < 0 {
+			index, err = findMapped(ctx, id)
+			if err != nil {
+				return err
+			}
+		}
+		dev, err = nbd.Reattach(ctx, index, b, opts)
+	} else {
+		if opts.Index < 0 && !f.readOnly {
+			if err := refuseDoubleMap(ctx, id); err != nil {
+				return err
+			}
+		}
+		dev, err = nbd.Attach(ctx, b, opts)
+	}
+	if err != nil {
+		return err
+	}
+	if ready != nil {
+		fmt.Fprintf(ready, "ready %s\n", dev.Path())
+		ready.Close()
+		ready = nil
+		// The parent has printed the device; from now on this process
+		// has no terminal and logs only.
+	} else {
+		fmt.Fprintln(env.stdout, dev.Path())
+	}
+	// Serve until the device ends: ctx (SIGINT/SIGTERM) detaches it, an
+	// unmap from another process disconnects it.
+	return dev.Wait()
+}
+
+// backendID is the identifier recorded in the kernel for target.
+func backendID(target string) (string, error) {
+	norm, err := normalizeTarget(target)
+	if err != nil {
+		return "", err
+	}
+	return backendPrefix + norm, nil
+}
+
+// normalizeTarget spells a target the same way however it was typed: a
+// bare POOL/IMAGE is rbd:POOL/IMAGE and file paths are absolute.
+func normalizeTarget(target string) (string, error) {
+	switch {
+	case target == "":
+		return "", fmt.Errorf("%w: empty TARGET", errUsage)
+	case strings.HasPrefix(target, "mem:"), strings.HasPrefix(target, "rbd:"):
+		return target, nil
+	case strings.HasPrefix(target, "file:"):
+		abs, err := filepath.Abs(strings.TrimPrefix(target, "file:"))
+		if err != nil {
+			return "", err
+		}
+		return "file:" + abs, nil
+	default:
+		return "rbd:" + target, nil
+	}
+}
+
+// findMapped returns the index of the one connected device mapped to id.
+func findMapped(ctx context.Context, id string) (int, error) {
+	devs, err := nbd.FindByBackend(ctx, id)
+	if err != nil {
+		return -1, err
+	}
+	switch len(devs) {
+	case 0:
+		return -1, fmt.Errorf("no connected NBD device is mapped to %s: nothing to reattach (map it instead)", strings.TrimPrefix(id, backendPrefix))
+	case 1:
+		return devs[0].Index, nil
+	}
+	var paths []string
+	for _, d := range devs {
+		paths = append(paths, d.Path)
+	}
+	return -1, fmt.Errorf("%s is mapped on several devices (%s): name one with --device", strings.TrimPrefix(id, backendPrefix), strings.Join(paths, ", "))
+}
+
+// refuseDoubleMap stops a second read-write mapping of the same target,
+// which would let two page caches write one image.
+func refuseDoubleMap(ctx context.Context, id string) error {
+	devs, err := nbd.FindByBackend(ctx, id)
+	if err != nil || len(devs) == 0 {
+		return nil // no module loaded yet, or no such device: fine
+	}
+	return fmt.Errorf("%s is already mapped on %s (use that device, 'map --reattach' if its server died, or unmap it first)",
+		strings.TrimPrefix(id, backendPrefix), devs[0].Path)
+}
+
+// deviceIndex parses /dev/nbdN (or nbdN).
+func deviceIndex(dev string) (int, error) {
+	name := strings.TrimPrefix(dev, "/dev/")
+	n, ok := strings.CutPrefix(name, "nbd")
+	if !ok {
+		return -1, fmt.Errorf("%q is not an NBD device (want /dev/nbdN)", dev)
+	}
+	i, err := strconv.Atoi(n)
+	if err != nil || i < 0 {
+		return -1, fmt.Errorf("%q is not an NBD device (want /dev/nbdN)", dev)
+	}
+	return i, nil
+}

@@ -1,0 +1,134 @@
+package main
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"os"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/rbd-nbd-graph/rbd-nbd-graph/nbd"
+)
+
+// runUnmap: unmap DEVICE|TARGET. It disconnects the device (the serving
+// process answers what is in flight, then exits) and, unlike Ceph's
+// rbd-nbd, waits until the device is free and its server has exited, so a
+// script can reuse the device or the image right after.
+func runUnmap(ctx context.Context, env *environment, args []string) error {
+	fs := flag.NewFlagSet("unmap", flag.ContinueOnError)
+	fs.SetOutput(env.stderr)
+	force := fs.Bool("force", false, "disconnect even if the device is mounted (the filesystem then sees IO errors)")
+	timeout := fs.Duration("timeout", 60*time.Second, "how long to wait for the device to be free")
+	fs.Usage = func() {
+		fmt.Fprintln(env.stderr, "usage: rbd-nbd-graph unmap [flags] DEVICE|TARGET\n\nDEVICE: /dev/nbdN. TARGET: as given to map (rbd:POOL/IMAGE, POOL/IMAGE, file:PATH, ...).\n\nflags:")
+		fs.PrintDefaults()
+	}
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return err
+		}
+		return fmt.Errorf("%w: %v", errUsage, err)
+	}
+	if fs.NArg() != 1 {
+		fs.Usage()
+		return fmt.Errorf("%w: want exactly one DEVICE or TARGET", errUsage)
+	}
+	arg := fs.Arg(0)
+
+	var indexes []int
+	if strings.HasPrefix(arg, "/dev/") {
+		i, err := deviceIndex(arg)
+		if err != nil {
+			return fmt.Errorf("%w: %v", errUsage, err)
+		}
+		st, err := nbd.Status(ctx, i)
+		if err != nil {
+			return err
+		}
+		if !st.Connected {
+			return fmt.Errorf("%s is not mapped", arg)
+		}
+		indexes = []int{i}
+	} else {
+		id, err := backendID(arg)
+		if err != nil {
+			return err
+		}
+		devs, err := nbd.FindByBackend(ctx, id)
+		if err != nil {
+			return err
+		}
+		if len(devs) == 0 {
+			return fmt.Errorf("%s is not mapped (see 'rbd-nbd-graph list')", arg)
+		}
+		for _, d := range devs {
+			indexes = append(indexes, d.Index)
+		}
+	}
+
+	for _, i := range indexes {
+		if !*force {
+			if where := mountedAt(nbd.DevicePath(i)); where != "" {
+				return fmt.Errorf("%s is mounted on %s: unmount it first (or --force)", nbd.DevicePath(i), where)
+			}
+		}
+	}
+	wctx, cancel := context.WithTimeout(ctx, *timeout)
+	defer cancel()
+	for _, i := range indexes {
+		st, _ := nbd.Status(ctx, i)
+		if err := nbd.Disconnect(ctx, i); err != nil {
+			return err
+		}
+		if err := nbd.WaitFree(wctx, i); err != nil {
+			return err
+		}
+		if st.PID > 0 && st.PID != os.Getpid() {
+			if err := waitExit(wctx, st.PID); err != nil {
+				return fmt.Errorf("%s is free but its server (pid %d) %w", nbd.DevicePath(i), st.PID, err)
+			}
+		}
+		env.log.Debug("unmapped", "device", nbd.DevicePath(i))
+	}
+	return nil
+}
+
+// mountedAt returns a mount point of dev or of one of its partitions, or "".
+func mountedAt(dev string) string {
+	f, err := os.Open("/proc/self/mounts")
+	if err != nil {
+		return ""
+	}
+	defer f.Close()
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		fields := strings.Fields(sc.Text())
+		if len(fields) < 2 {
+			continue
+		}
+		src := fields[0]
+		if src == dev || (strings.HasPrefix(src, dev+"p") && len(src) > len(dev)+1) {
+			return fields[1]
+		}
+	}
+	return ""
+}
+
+// waitExit waits for process pid to go away. It is not our child, so
+// poll with signal 0.
+func waitExit(ctx context.Context, pid int) error {
+	for {
+		if err := syscall.Kill(pid, 0); errors.Is(err, syscall.ESRCH) {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("has not exited: %w", ctx.Err())
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
+}

@@ -1,0 +1,22 @@
+// Package e2e holds the end-to-end tests of the kernel path: a real
+// kernel (Debian's, in the qemu guest that test/vm/run boots), a real Ceph
+// cluster (test/ceph/cluster, started by test/vm/e2e.sh) and the real
+// rbd-nbd-graph binary, driven the way a user would drive it.
+//
+// The tests carry the build tag vmtest: `make vmtest` compiles them on the
+// host (go test -c -tags 'pacific vmtest') and runs the binary as root in
+// the guest; `make vmtest RUN=TestName` runs one. Run by hand elsewhere
+// they skip what they lack (root, the nbd module, CEPH_CONF, a tool)
+// unless RBD_NBD_GRAPH_REQUIRE=1, which `make vmtest` sets, turns every
+// such skip into a failure.
+//
+// Environment: RBD_NBD_GRAPH_BIN (the binary under test; default
+// ../../bin/rbd-nbd-graph), CEPH_CONF (the test cluster).
+//
+// Files: helpers_test.go (requirements, commands, images, mappings);
+// one file per behaviour of issue 4 (lib_test.go: the Go API's attach and
+// detach, leaks; cli_test.go: module loading, map/list/unmap; fs_test.go,
+// fio_test.go, discard_test.go, resize_test.go, reattach_test.go,
+// readonly_test.go, journaling_test.go). docker_*_test.go files belong to
+// the graph driver.
+package e2e
