@@ -4,9 +4,47 @@
 // DISCONNECT, RECONFIGURE, STATUS, with the transmission phase over a
 // socketpair per connection).
 //
-// The pieces:
+// The pieces, from the wire inwards:
+//
+//   - proto.go, codec.go: the protocol's constants and the
+//     allocation-free encoding of transmission requests and simple
+//     replies (Request, SimpleReply). Errors from a peer that breaks the
+//     protocol wrap ErrProtocol.
+//   - handshake.go, server.go: Server accepts connections on any
+//     net.Listener, runs the fixed-newstyle option haggling for each
+//     (NBD_OPT_GO, INFO, EXPORT_NAME, LIST, ABORT; NBD_INFO_EXPORT and
+//     BLOCK_SIZE; NBD_REP_ERR_UNSUP for everything else) and then hands
+//     the connection to ServeTransmission.
+//   - transmission.go: ServeTransmission, the IO loop of one connection,
+//     used by Server and, without a handshake, by the kernel path. The
+//     calling goroutine reads requests through a 128 KiB buffer and
+//     validates them (bad requests get an error reply; a bad magic or a
+//     truncated message ends the connection); valid ones go to a pool of
+//     worker goroutines, at most TransmissionOptions.QueueDepth requests
+//     and MaxInFlightBytes of payload at a time. Each request owns a slot
+//     whose buffer holds its reply header followed by its data, so a
+//     reply is one contiguous iovec. A finished request queues its reply;
+//     whichever goroutine finds the writer idle writes every queued reply
+//     with one writev (writev.go) and keeps going until the queue is
+//     empty, so replies are batched under load and never interleaved.
+//     A reply is queued only when its data is complete.
+//   - bufpool.go: size-class pools for payload buffers larger than what
+//     a slot keeps, so the steady state allocates nothing.
+//   - errno.go: Errno maps backend errors (syscall.Errno anywhere in the
+//     chain) to the protocol's error values; ReplyError is the client's
+//     view of an error reply.
+//   - client.go: Client, the handshake's client side and a pipelined,
+//     concurrency-safe transmission client. It satisfies Backend.
 //   - backend.go: the Backend interface every store implements, and its
 //     optional abilities (Discarder, ZeroWriter, Resizer).
+//   - memory.go, file.go: the sparse in-memory backend and the file or
+//     block-device backend (pread/pwrite, fallocate for trim and zeroes).
+//
+// Semantics the loop guarantees: FLUSH calls Backend.Flush, which covers
+// every write completed (hence every write replied) before it; FUA on a
+// write, trim or write-zeroes flushes before the reply; DISC, EOF and
+// context cancellation stop reading and return only after every request
+// in flight is served and replied.
 //
 // This package has no cgo so its tests run anywhere.
 package nbd

@@ -1,0 +1,270 @@
+package nbd
+
+import (
+	"bytes"
+	"errors"
+	"io"
+	"math/rand/v2"
+	"os"
+	"path/filepath"
+	"sync"
+	"syscall"
+	"testing"
+)
+
+// backendSuite checks the behaviour every writable Backend here must
+// have, against an in-test model of the expected contents. size must be
+// at least 1 MiB and the backend must start zeroed.
+func backendSuite(t *testing.T, b Backend) {
+	t.Helper()
+	size := b.Size()
+	model := make([]byte, size)
+	rng := rand.New(rand.NewPCG(1, 2))
+	check := func(t *testing.T, what string) {
+		t.Helper()
+		got := make([]byte, size)
+		if n, err := b.ReadAt(got, 0); n != len(got) || (err != nil && err != io.EOF) {
+			t.Fatalf("%s: ReadAt whole = %d, %v", what, n, err)
+		}
+		if !bytes.Equal(got, model) {
+			i := 0
+			for got[i] == model[i] {
+				i++
+			}
+			t.Fatalf("%s: contents differ from the model first at byte %d: got %#x want %#x", what, i, got[i], model[i])
+		}
+	}
+	write := func(t *testing.T, off int64, n int) {
+		t.Helper()
+		p := make([]byte, n)
+		for i := range p {
+			p[i] = byte(rng.Uint32()) | 1
+		}
+		if k, err := b.WriteAt(p, off); k != n || err != nil {
+			t.Fatalf("WriteAt(%d, %d) = %d, %v", off, n, k, err)
+		}
+		copy(model[off:], p)
+	}
+
+	t.Run("starts zero", func(t *testing.T) { check(t, "fresh") })
+	t.Run("unaligned writes across chunks", func(t *testing.T) {
+		write(t, 0, 1)
+		write(t, 4095, 2)
+		write(t, memChunkSize-3, 10)
+		write(t, 3*memChunkSize+100, 2*memChunkSize+77)
+		write(t, size-5, 5)
+		check(t, "after writes")
+	})
+	t.Run("read past end", func(t *testing.T) {
+		p := make([]byte, 10)
+		n, err := b.ReadAt(p, size-4)
+		if n != 4 || err != io.EOF || !bytes.Equal(p[:4], model[size-4:]) {
+			t.Fatalf("ReadAt across the end = %d, %v", n, err)
+		}
+		if n, err := b.ReadAt(p, size); n != 0 || err != io.EOF {
+			t.Fatalf("ReadAt at the end = %d, %v, want 0, EOF", n, err)
+		}
+	})
+	t.Run("flush", func(t *testing.T) {
+		if err := b.Flush(); err != nil {
+			t.Fatal(err)
+		}
+	})
+	if d, ok := b.(Discarder); ok {
+		t.Run("discard", func(t *testing.T) {
+			write(t, 0, 4*memChunkSize)
+			// TRIM may keep data or zero it; these backends zero it.
+			if err := d.Discard(512, 2*memChunkSize); err != nil {
+				t.Fatal(err)
+			}
+			clear(model[512 : 512+2*memChunkSize])
+			check(t, "after discard")
+		})
+	}
+	if z, ok := b.(ZeroWriter); ok {
+		for _, unmap := range []bool{true, false} {
+			t.Run("write zeroes unmap="+map[bool]string{true: "yes", false: "no"}[unmap], func(t *testing.T) {
+				write(t, 0, 4*memChunkSize)
+				if err := z.WriteZeroes(100, memChunkSize+4000, unmap); err != nil {
+					t.Fatal(err)
+				}
+				clear(model[100 : 100+memChunkSize+4000])
+				if err := z.WriteZeroes(2*memChunkSize, 2*memChunkSize, unmap); err != nil {
+					t.Fatal(err)
+				}
+				clear(model[2*memChunkSize : 4*memChunkSize])
+				check(t, "after write zeroes")
+			})
+		}
+	}
+	t.Run("concurrent disjoint writes", func(t *testing.T) {
+		const workers, per = 8, 32
+		var wg sync.WaitGroup
+		for w := range workers {
+			wg.Go(func() {
+				r := rand.New(rand.NewPCG(uint64(w), 9))
+				p := make([]byte, 4096)
+				for i := range per {
+					off := int64((i*workers + w) * 4096 % int(size-4096))
+					for j := range p {
+						p[j] = byte(r.Uint32())
+					}
+					if _, err := b.WriteAt(p, off); err != nil {
+						t.Error(err)
+						return
+					}
+					got := make([]byte, 4096)
+					if _, err := b.ReadAt(got, off); err != nil && err != io.EOF {
+						t.Error(err)
+						return
+					}
+					if !bytes.Equal(got, p) {
+						t.Errorf("read back at %d differs", off)
+						return
+					}
+				}
+			})
+		}
+		wg.Wait()
+	})
+}
+
+func TestMemoryBackend(t *testing.T) {
+	backendSuite(t, NewMemory(8<<20+123))
+}
+
+func TestMemoryIsSparse(t *testing.T) {
+	m := NewMemory(1 << 40) // 1 TiB costs only its directory table
+	if m.Allocated() != 0 {
+		t.Fatalf("fresh: %d bytes allocated", m.Allocated())
+	}
+	p := make([]byte, 4096)
+	if _, err := m.ReadAt(p, 1<<39); err != nil {
+		t.Fatal(err)
+	}
+	if m.Allocated() != 0 {
+		t.Fatalf("after a read: %d bytes allocated", m.Allocated())
+	}
+	p[0] = 1
+	m.WriteAt(p, 1<<39)
+	m.WriteAt(p, 1<<39+memChunkSize)
+	if got := m.Allocated(); got != 2*memChunkSize {
+		t.Fatalf("after two writes: %d bytes allocated, want %d", got, 2*memChunkSize)
+	}
+	if err := m.Discard(1<<39, 2*memChunkSize); err != nil {
+		t.Fatal(err)
+	}
+	if got := m.Allocated(); got != 0 {
+		t.Fatalf("after discard: %d bytes allocated, want 0", got)
+	}
+	if err := m.WriteZeroes(0, 2*memChunkSize, false); err != nil {
+		t.Fatal(err)
+	}
+	if got := m.Allocated(); got != 2*memChunkSize {
+		t.Fatalf("after NO_HOLE write zeroes: %d bytes allocated, want %d (no hole)", got, 2*memChunkSize)
+	}
+}
+
+func TestMemoryBounds(t *testing.T) {
+	m := NewMemory(1000)
+	if n, err := m.WriteAt(make([]byte, 10), 995); n != 5 || !errors.Is(err, syscall.ENOSPC) {
+		t.Fatalf("write across the end = %d, %v; want 5, ENOSPC", n, err)
+	}
+	if _, err := m.ReadAt(make([]byte, 1), -1); !errors.Is(err, syscall.EINVAL) {
+		t.Fatalf("negative offset: %v", err)
+	}
+	if err := m.Discard(900, 200); !errors.Is(err, syscall.EINVAL) {
+		t.Fatalf("discard past the end: %v", err)
+	}
+}
+
+func newTestFile(t *testing.T, dir string, size int64) string {
+	t.Helper()
+	p := filepath.Join(dir, "disk.img")
+	if err := os.WriteFile(p, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Truncate(p, size); err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+func TestFileBackend(t *testing.T) {
+	dirs := map[string]string{"tempdir": t.TempDir()}
+	// tmpfs lacks FALLOC_FL_ZERO_RANGE: the fallback path runs there.
+	if st, err := os.Stat("/dev/shm"); err == nil && st.IsDir() {
+		d, err := os.MkdirTemp("/dev/shm", "nbd-test-")
+		if err == nil {
+			t.Cleanup(func() { os.RemoveAll(d) })
+			dirs["shm"] = d
+		}
+	}
+	for name, dir := range dirs {
+		t.Run(name, func(t *testing.T) {
+			f, err := OpenFile(newTestFile(t, dir, 8<<20+123), false)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer f.Close()
+			backendSuite(t, f)
+		})
+	}
+}
+
+func TestFileBackendReadOnly(t *testing.T) {
+	p := newTestFile(t, t.TempDir(), 1<<20)
+	f, err := OpenFile(p, true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	if _, err := f.WriteAt([]byte{1}, 0); Errno(err) != EPERM {
+		t.Fatalf("write to read-only file: %v (errno %d), want EPERM", err, Errno(err))
+	}
+	if err := f.Discard(0, 4096); Errno(err) != EPERM {
+		t.Fatalf("discard on read-only file: %v", err)
+	}
+	if f.Size() != 1<<20 {
+		t.Fatalf("size %d", f.Size())
+	}
+}
+
+func TestOpenFileErrors(t *testing.T) {
+	dir := t.TempDir()
+	if _, err := OpenFile(filepath.Join(dir, "missing"), false); !errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("missing file: %v, want ErrNotExist", err)
+	}
+	if _, err := OpenFile(dir, true); err == nil {
+		t.Fatal("a directory opened as a file backend")
+	}
+}
+
+func TestFileDiscardPunchesHoles(t *testing.T) {
+	p := newTestFile(t, t.TempDir(), 4<<20)
+	f, err := OpenFile(p, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	data := bytes.Repeat([]byte{0xab}, 4<<20)
+	f.WriteAt(data, 0)
+	f.Flush()
+	blocks := func() int64 {
+		st, err := os.Stat(p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return st.Sys().(*syscall.Stat_t).Blocks
+	}
+	before := blocks()
+	if err := f.Discard(0, 4<<20); err != nil {
+		t.Fatal(err)
+	}
+	if f.noPunch.Load() {
+		t.Skip("file system of t.TempDir() cannot punch holes")
+	}
+	if after := blocks(); after >= before {
+		t.Fatalf("discard freed nothing: %d blocks before, %d after", before, after)
+	}
+}

@@ -1,0 +1,548 @@
+package nbd
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"os"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// TransmissionOptions configure the IO loop of one connection. The zero
+// value is a sane default.
+type TransmissionOptions struct {
+	// ReadOnly refuses WRITE, TRIM and WRITE_ZEROES with EPERM and
+	// advertises NBD_FLAG_READ_ONLY.
+	ReadOnly bool
+	// QueueDepth is the most requests served at once on the connection;
+	// further requests wait in the socket. 0 means DefaultQueueDepth.
+	QueueDepth int
+	// Logger receives connection-level events (protocol violations,
+	// write failures). nil means slog.Default().
+	Logger *slog.Logger
+	// BlockSize is the minimum block size: offsets and lengths of READ,
+	// WRITE, TRIM, WRITE_ZEROES and CACHE must be multiples of it or get
+	// EINVAL. A power of two up to 64 KiB; 0 means 1 (no constraint).
+	// The handshake advertises it in NBD_INFO_BLOCK_SIZE.
+	BlockSize uint32
+	// MaxPayload is the largest READ or WRITE length accepted; longer
+	// ones get EINVAL (a WRITE's payload is read and dropped so the stream
+	// stays in sync). 0 means DefaultMaxPayload (32 MiB).
+	MaxPayload uint32
+	// MaxInFlightBytes bounds the payload memory held by requests in
+	// flight; a request that would exceed it waits for others to finish
+	// (one request is always admitted). 0 means DefaultMaxInFlightBytes.
+	MaxInFlightBytes int64
+}
+
+// Defaults of TransmissionOptions.
+const (
+	// DefaultQueueDepth: enough to keep a network backend busy; the
+	// kernel's NBD driver issues up to 128 per connection.
+	DefaultQueueDepth       = 64
+	DefaultMaxInFlightBytes = 64 << 20
+	readBufferSize          = 128 << 10
+)
+
+func (o TransmissionOptions) withDefaults() (TransmissionOptions, error) {
+	if o.QueueDepth <= 0 {
+		o.QueueDepth = DefaultQueueDepth
+	}
+	if o.Logger == nil {
+		o.Logger = slog.Default()
+	}
+	if o.BlockSize == 0 {
+		o.BlockSize = 1
+	}
+	if o.BlockSize&(o.BlockSize-1) != 0 || o.BlockSize > 64<<10 {
+		return o, fmt.Errorf("nbd: block size %d is not a power of two up to 65536", o.BlockSize)
+	}
+	if o.MaxPayload == 0 {
+		o.MaxPayload = DefaultMaxPayload
+	}
+	if o.MaxPayload < o.BlockSize {
+		return o, fmt.Errorf("nbd: max payload %d is smaller than the block size %d", o.MaxPayload, o.BlockSize)
+	}
+	if o.MaxInFlightBytes <= 0 {
+		o.MaxInFlightBytes = DefaultMaxInFlightBytes
+	}
+	return o, nil
+}
+
+// ServerFlags returns the transmission flags (NBD_FLAG_*) a server
+// advertises for b under opts: flush and FUA always, trim when b is a
+// Discarder, write-zeroes (with NO_HOLE) always since the loop can write
+// zero buffers itself, both only when writable; multiConn sets
+// NBD_FLAG_CAN_MULTI_CONN, which is right only when every connection
+// serves the same Backend value, so a flush on one covers writes made on
+// the others.
+func ServerFlags(b Backend, opts TransmissionOptions, multiConn bool) uint64 {
+	f := FlagHasFlags | FlagSendFlush | FlagSendFUA
+	if opts.ReadOnly {
+		f |= FlagReadOnly
+	} else {
+		if _, ok := b.(Discarder); ok {
+			f |= FlagSendTrim
+		}
+		f |= FlagSendWriteZeroes
+	}
+	if multiConn {
+		f |= FlagCanMultiConn
+	}
+	return uint64(f)
+}
+
+// ServeTransmission serves the transmission phase (no handshake) on an
+// established connection, as the kernel needs after a netlink CONNECT.
+// It returns after NBD_CMD_DISC, EOF or ctx cancellation, with every
+// request in flight served and replied, and closes conn.
+//
+// It returns nil after DISC or a clean EOF, ctx.Err() after cancellation,
+// an error wrapping ErrProtocol when the client breaks the protocol (bad
+// magic, truncated request), and the socket error otherwise.
+//
+// Requests are read by the calling goroutine, served concurrently by up
+// to opts.QueueDepth goroutines, and answered out of order; each reply
+// (header and data) goes out whole in one vectored write, several
+// replies per write under load. Invalid requests (out of range,
+// misaligned, unknown command or flag, oversized) get an error reply and
+// the connection goes on.
+func ServeTransmission(ctx context.Context, conn net.Conn, b Backend, opts TransmissionOptions) error {
+	opts, err := opts.withDefaults()
+	if err != nil {
+		conn.Close()
+		return err
+	}
+	s := newSession(conn, b, opts)
+	// Cancellation interrupts the blocking read; the loop then drains.
+	stop := context.AfterFunc(ctx, func() { conn.SetReadDeadline(time.Unix(1, 0)) })
+	err = s.readLoop()
+	stop()
+	s.drain()
+	if werr := s.writeErr(); werr != nil && (err == nil || errors.Is(err, os.ErrDeadlineExceeded)) {
+		// The reader was stopped because a reply could not be written.
+		err = werr
+	} else if ctx.Err() != nil && errors.Is(err, os.ErrDeadlineExceeded) {
+		err = ctx.Err()
+	}
+	conn.Close()
+	if err != nil && !errors.Is(err, context.Canceled) && !errors.Is(err, context.DeadlineExceeded) {
+		s.log.Warn("nbd: connection closed", "reason", err)
+	}
+	return err
+}
+
+// request is one slot of the connection's queue: a request in flight
+// with its reply buffer. buf holds the reply header in its first
+// SimpleReplySize bytes and the payload (read data, or write data as
+// received) after it.
+type request struct {
+	hdr   Request
+	errno uint32
+	buf   []byte
+	bufp  *[]byte // buf's pool handle when it came from payloadBuffers
+	send  int     // bytes of buf to send as the reply
+	bytes int64   // payload bytes counted against MaxInFlightBytes
+}
+
+type session struct {
+	conn  net.Conn
+	b     Backend
+	disc  Discarder
+	zw    ZeroWriter
+	opts  TransmissionOptions
+	log   *slog.Logger
+	align uint64 // BlockSize-1
+
+	// Read side, owned by the reading goroutine.
+	rbuf       []byte
+	rpos, rend int
+	workers    int
+
+	// Request slots: free ones, and payload bytes of those in use.
+	slotMu   sync.Mutex
+	slotFree sync.Cond // signalled when a slot or bytes come back
+	free     []*request
+	out      int
+	outBytes int64
+	work     chan *request
+	idle     atomic.Int32 // workers not reserved by a dispatched request
+	workerWG sync.WaitGroup
+
+	// Write side: replies are queued and written by whichever goroutine
+	// finds the writer free (flat combining), so under load one writev
+	// carries several replies and no goroutine is dedicated to writing.
+	wMu     sync.Mutex
+	queue   []*request
+	writing bool
+	batch   []*request // owned by the current writer
+	vw      *vectorWriter
+	werr    atomic.Pointer[error]
+}
+
+func newSession(conn net.Conn, b Backend, opts TransmissionOptions) *session {
+	s := &session{
+		conn:  conn,
+		b:     b,
+		opts:  opts,
+		log:   opts.Logger,
+		align: uint64(opts.BlockSize) - 1,
+		rbuf:  make([]byte, readBufferSize),
+		free:  make([]*request, opts.QueueDepth),
+		work:  make(chan *request, opts.QueueDepth),
+		queue: make([]*request, 0, opts.QueueDepth),
+		batch: make([]*request, 0, opts.QueueDepth),
+		vw:    newVectorWriter(conn),
+	}
+	s.disc, _ = b.(Discarder)
+	s.zw, _ = b.(ZeroWriter)
+	s.slotFree.L = &s.slotMu
+	for i := range s.free {
+		s.free[i] = &request{}
+	}
+	return s
+}
+
+// readLoop reads and dispatches requests until DISC (nil), EOF at a
+// request boundary (nil), or an error.
+func (s *session) readLoop() error {
+	for {
+		if err := s.fill(RequestSize); err != nil {
+			if err == io.EOF {
+				return nil
+			}
+			if err == io.ErrUnexpectedEOF {
+				return fmt.Errorf("%w: connection closed inside a request header", ErrProtocol)
+			}
+			return err
+		}
+		var h Request
+		if err := DecodeRequest(s.rbuf[s.rpos:s.rend], &h); err != nil {
+			return err
+		}
+		s.rpos += RequestSize
+		if h.Type == CmdDisc {
+			return nil
+		}
+		errno := s.check(&h)
+		var payload, replyData uint32
+		if h.Type == CmdWrite {
+			payload = h.Length
+		}
+		if errno == 0 {
+			switch h.Type {
+			case CmdRead:
+				replyData = h.Length
+			case CmdWrite:
+				replyData = h.Length // received into the slot buffer
+			}
+		}
+		r := s.acquire(int(replyData))
+		r.hdr, r.errno = h, errno
+		if payload > 0 {
+			var err error
+			if errno == 0 {
+				err = s.readFull(r.buf[SimpleReplySize : SimpleReplySize+int(payload)])
+			} else {
+				err = s.skip(int64(payload))
+			}
+			if err != nil {
+				s.release(r)
+				if err == io.EOF || err == io.ErrUnexpectedEOF {
+					return fmt.Errorf("%w: connection closed inside the %d-byte payload of a WRITE", ErrProtocol, payload)
+				}
+				return err
+			}
+		}
+		if errno != 0 {
+			s.finish(r)
+			continue
+		}
+		s.dispatch(r)
+	}
+}
+
+// check validates a request against the export; it returns the errno
+// of the error reply, or 0.
+func (s *session) check(h *Request) uint32 {
+	var allowed uint16
+	switch h.Type {
+	case CmdRead, CmdFlush, CmdCache:
+		allowed = CmdFlagFUA
+	case CmdWrite:
+		allowed = CmdFlagFUA
+		if s.opts.ReadOnly {
+			return EPERM
+		}
+	case CmdTrim:
+		allowed = CmdFlagFUA
+		if s.opts.ReadOnly {
+			return EPERM
+		}
+		if s.disc == nil {
+			return EINVAL // NBD_FLAG_SEND_TRIM was not advertised
+		}
+	case CmdWriteZeroes:
+		allowed = CmdFlagFUA | CmdFlagNoHole
+		if s.opts.ReadOnly {
+			return EPERM
+		}
+	default:
+		return EINVAL
+	}
+	if h.Flags&^allowed != 0 {
+		return EINVAL
+	}
+	if h.Type == CmdFlush {
+		return 0 // offset and length are reserved
+	}
+	if (h.Type == CmdRead || h.Type == CmdWrite) && h.Length > s.opts.MaxPayload {
+		return EINVAL
+	}
+	if (h.Offset|uint64(h.Length))&s.align != 0 {
+		return EINVAL
+	}
+	size := uint64(max(s.b.Size(), 0))
+	if h.Offset > size || uint64(h.Length) > size-h.Offset {
+		if h.Type == CmdWrite || h.Type == CmdWriteZeroes {
+			return ENOSPC
+		}
+		return EINVAL
+	}
+	return 0
+}
+
+// fill makes sure n bytes are buffered at rbuf[rpos:], reading more as
+// needed. It returns io.EOF if the stream ended with nothing buffered,
+// io.ErrUnexpectedEOF if it ended in the middle.
+func (s *session) fill(n int) error {
+	if s.rend-s.rpos >= n {
+		return nil
+	}
+	if s.rpos > 0 {
+		s.rend = copy(s.rbuf, s.rbuf[s.rpos:s.rend])
+		s.rpos = 0
+	}
+	for s.rend < n {
+		k, err := s.conn.Read(s.rbuf[s.rend:])
+		s.rend += k
+		if err != nil {
+			if s.rend >= n {
+				return nil
+			}
+			if err == io.EOF && s.rend > 0 {
+				return io.ErrUnexpectedEOF
+			}
+			return err
+		}
+	}
+	return nil
+}
+
+// readFull fills p from the buffer first, then straight from the
+// connection, so large payloads are not copied twice.
+func (s *session) readFull(p []byte) error {
+	k := copy(p, s.rbuf[s.rpos:s.rend])
+	s.rpos += k
+	if k == len(p) {
+		return nil
+	}
+	_, err := io.ReadFull(s.conn, p[k:])
+	return err
+}
+
+// skip drops n payload bytes of a refused WRITE.
+func (s *session) skip(n int64) error {
+	for n > 0 {
+		if s.rpos == s.rend {
+			s.rpos, s.rend = 0, 0
+			k, err := s.conn.Read(s.rbuf)
+			s.rend = k
+			if err != nil && k == 0 {
+				if err == io.EOF {
+					return io.ErrUnexpectedEOF
+				}
+				return err
+			}
+		}
+		k := min(n, int64(s.rend-s.rpos))
+		s.rpos += int(k)
+		n -= k
+	}
+	return nil
+}
+
+// acquire takes a free slot with room for n payload bytes, waiting while
+// QueueDepth requests or MaxInFlightBytes are in flight.
+func (s *session) acquire(n int) *request {
+	s.slotMu.Lock()
+	for len(s.free) == 0 || (s.outBytes > 0 && s.outBytes+int64(n) > s.opts.MaxInFlightBytes) {
+		s.slotFree.Wait()
+	}
+	r := s.free[len(s.free)-1]
+	s.free = s.free[:len(s.free)-1]
+	s.out++
+	s.outBytes += int64(n)
+	s.slotMu.Unlock()
+	r.bytes = int64(n)
+	if cap(r.buf) < SimpleReplySize+n {
+		if r.bufp != nil {
+			payloadBuffers.put(r.bufp)
+		}
+		r.bufp = payloadBuffers.get(n)
+		r.buf = *r.bufp
+	}
+	r.buf = r.buf[:SimpleReplySize+n]
+	return r
+}
+
+// release returns a slot once its reply is written (or dropped).
+func (s *session) release(r *request) {
+	if cap(r.buf) > SimpleReplySize+slotKeepPayload {
+		payloadBuffers.put(r.bufp)
+		r.buf, r.bufp = nil, nil
+	}
+	s.slotMu.Lock()
+	s.free = append(s.free, r)
+	s.out--
+	s.outBytes -= r.bytes
+	s.slotMu.Unlock()
+	s.slotFree.Signal()
+}
+
+// dispatch hands r to a worker, starting one when none is idle. Workers
+// are started lazily up to QueueDepth and live as long as the session.
+func (s *session) dispatch(r *request) {
+	if s.idle.Add(-1) < 0 && s.workers < s.opts.QueueDepth {
+		s.workers++
+		s.idle.Add(1)
+		s.workerWG.Add(1)
+		go s.worker()
+	}
+	s.work <- r
+}
+
+func (s *session) worker() {
+	defer s.workerWG.Done()
+	for r := range s.work {
+		s.serve(r)
+		s.finish(r)
+		s.idle.Add(1)
+	}
+}
+
+// serve runs r against the backend and records the outcome in r.
+func (s *session) serve(r *request) {
+	h := &r.hdr
+	off := int64(h.Offset)
+	var err error
+	switch h.Type {
+	case CmdRead:
+		data := r.buf[SimpleReplySize:]
+		var n int
+		n, err = s.b.ReadAt(data, off)
+		if n == len(data) {
+			err = nil // io.ReaderAt may report EOF with a full read at the end
+		} else if err == nil {
+			err = io.ErrUnexpectedEOF
+		}
+	case CmdWrite:
+		data := r.buf[SimpleReplySize:]
+		var n int
+		n, err = s.b.WriteAt(data, off)
+		if err == nil && n != len(data) {
+			err = io.ErrShortWrite
+		}
+	case CmdFlush:
+		err = s.b.Flush()
+	case CmdTrim:
+		err = s.disc.Discard(off, int64(h.Length))
+	case CmdWriteZeroes:
+		if s.zw != nil {
+			err = s.zw.WriteZeroes(off, int64(h.Length), h.Flags&CmdFlagNoHole == 0)
+		} else {
+			err = writeZeroes(s.b, off, int64(h.Length))
+		}
+	case CmdCache:
+		// A hint with no required effect.
+	}
+	if err == nil && h.Flags&CmdFlagFUA != 0 && h.Type != CmdRead && h.Type != CmdFlush && h.Type != CmdCache {
+		err = s.b.Flush()
+	}
+	r.errno = Errno(err)
+	if err != nil {
+		s.log.Debug("nbd: request failed", "cmd", CommandName(h.Type), "offset", h.Offset, "length", h.Length, "err", err)
+	}
+}
+
+// finish builds r's reply and queues it. The goroutine that finds the
+// writer idle becomes the writer and writes every queued reply until the
+// queue is empty, several per writev when replies pile up meanwhile.
+func (s *session) finish(r *request) {
+	reply := SimpleReply{Errno: r.errno, Cookie: r.hdr.Cookie}
+	reply.Encode(r.buf[:SimpleReplySize])
+	r.send = SimpleReplySize
+	if r.errno == 0 && r.hdr.Type == CmdRead {
+		r.send += int(r.hdr.Length)
+	}
+
+	s.wMu.Lock()
+	s.queue = append(s.queue, r)
+	if s.writing {
+		s.wMu.Unlock()
+		return
+	}
+	s.writing = true
+	for len(s.queue) > 0 {
+		s.queue, s.batch = s.batch[:0], s.queue
+		s.wMu.Unlock()
+		s.writeBatch()
+		s.wMu.Lock()
+	}
+	s.writing = false
+	s.wMu.Unlock()
+}
+
+// writeBatch writes the replies in s.batch and releases their slots.
+func (s *session) writeBatch() {
+	if s.werr.Load() == nil {
+		for _, r := range s.batch {
+			s.vw.add(r.buf[:r.send])
+		}
+		if err := s.vw.flush(); err != nil {
+			err = fmt.Errorf("nbd: write reply: %w", err)
+			if s.werr.CompareAndSwap(nil, &err) {
+				// The stream is broken: stop the reader; it drains.
+				s.conn.SetReadDeadline(time.Unix(1, 0))
+			}
+		}
+	}
+	for i, r := range s.batch {
+		s.batch[i] = nil
+		s.release(r)
+	}
+}
+
+func (s *session) writeErr() error {
+	if p := s.werr.Load(); p != nil {
+		return *p
+	}
+	return nil
+}
+
+// drain waits for every request in flight to be replied, then stops
+// the workers.
+func (s *session) drain() {
+	s.slotMu.Lock()
+	for s.out > 0 {
+		s.slotFree.Wait()
+	}
+	s.slotMu.Unlock()
+	close(s.work)
+	s.workerWG.Wait()
+}
