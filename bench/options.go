@@ -56,9 +56,8 @@ type Options struct {
 	ProgressInterval time.Duration
 }
 
-// Validate checks the options against a target of backendSize bytes
-// before any IO.
-func (o *Options) Validate(backendSize int64) error {
+// Check validates the options on their own, before a target is opened.
+func (o *Options) Check() error {
 	switch {
 	case o.IODepth < 1:
 		return &OptionError{Option: "iodepth", Value: fmt.Sprint(o.IODepth),
@@ -75,6 +74,15 @@ func (o *Options) Validate(backendSize int64) error {
 			Reason: "give a runtime (e.g. 10s) or a byte total (--total 1G) to end the run"}
 	case o.Ramp < 0:
 		return &OptionError{Option: "ramp", Value: o.Ramp.String(), Reason: "must not be negative"}
+	}
+	return o.Workload.Check()
+}
+
+// Validate checks the options against a target of backendSize bytes
+// before any IO.
+func (o *Options) Validate(backendSize int64) error {
+	if err := o.Check(); err != nil {
+		return err
 	}
 	return o.Workload.Validate(backendSize)
 }

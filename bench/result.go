@@ -9,13 +9,19 @@ import (
 	"time"
 )
 
-// Schema names the JSON layout of Result (documented in README.md,
-// "bench --json"). Bump it when a field changes meaning or goes away.
+// Schema names the JSON layout of Report and SweepReport (documented in
+// README.md, "bench --json"). Bump it when a field changes meaning or
+// goes away.
 const Schema = "rbd-nbd-graph.bench/v1"
 
-// Result is one run's figures. Its JSON form is the --json output.
+// Report is the --json output of `bench`: one Result per target run.
+type Report struct {
+	Schema  string    `json:"schema"`
+	Results []*Result `json:"results"`
+}
+
+// Result is one run's figures.
 type Result struct {
-	Schema      string `json:"schema"`
 	Target      string `json:"target"`  // raw, export or device
 	Backend     string `json:"backend"` // as given: mem:1G, file:PATH, rbd:POOL/IMAGE
 	Device      string `json:"device,omitempty"`

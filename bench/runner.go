@@ -88,7 +88,7 @@ func Run(ctx context.Context, sess *Session, opts Options) (*Result, error) {
 		workers[i] = &worker{buf: alignedBuffer(opts.BlockSize)}
 	}
 	res := &Result{
-		Schema: Schema, Target: sess.Target, Backend: sess.Backend, Device: sess.Device,
+		Target: sess.Target, Backend: sess.Backend, Device: sess.Device,
 		RW: opts.Pattern.String(), BlockSize: opts.BlockSize, IODepth: opts.IODepth,
 		Connections: sess.Connections, Offset: opts.Offset, Size: opts.Size, Seed: opts.Seed,
 		RampNS: int64(opts.Ramp), RuntimeNS: int64(opts.Runtime), TotalBytes: opts.TotalBytes,

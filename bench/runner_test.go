@@ -240,7 +240,7 @@ func TestResultJSONAndTable(t *testing.T) {
 		t.Fatal(err)
 	}
 	// The field names the README documents for --json.
-	for _, k := range []string{"schema", "target", "backend", "rw", "bs", "rwmixread", "iodepth",
+	for _, k := range []string{"target", "backend", "rw", "bs", "rwmixread", "iodepth",
 		"connections", "size", "seed", "elapsed_ns", "read", "write", "total", "cpu"} {
 		if _, ok := m[k]; !ok {
 			t.Errorf("JSON lacks %q: %s", k, raw)

@@ -75,9 +75,9 @@ type Workload struct {
 // Blocks is the number of whole blocks in the region.
 func (w Workload) Blocks() int64 { return w.Size / int64(w.BlockSize) }
 
-// Validate checks the workload on its own and against a target of
-// backendSize bytes, before any IO.
-func (w Workload) Validate(backendSize int64) error {
+// Check validates the workload on its own, before a target is opened.
+// A Size of 0 (the whole target) is checked later by Validate.
+func (w Workload) Check() error {
 	switch {
 	case w.Pattern < Read || w.Pattern > SeqRW:
 		return &OptionError{Option: "rw", Value: w.Pattern.String(), Reason: "unknown pattern"}
@@ -93,9 +93,25 @@ func (w Workload) Validate(backendSize int64) error {
 	case w.Offset < 0 || w.Offset%int64(w.BlockSize) != 0:
 		return &OptionError{Option: "offset", Value: fmt.Sprint(w.Offset),
 			Reason: "must be a non-negative multiple of the block size"}
-	case w.Size < int64(w.BlockSize):
+	case w.Size < 0:
+		return &OptionError{Option: "size", Value: fmt.Sprint(w.Size), Reason: "must not be negative (0: the whole target)"}
+	case w.Size > 0 && w.Size < int64(w.BlockSize):
 		return &OptionError{Option: "size", Value: fmt.Sprint(w.Size),
 			Reason: fmt.Sprintf("the region must hold at least one block of %d bytes", w.BlockSize)}
+	}
+	return nil
+}
+
+// Validate checks the workload against a target of backendSize bytes,
+// before any IO. Size must be set (Run sets 0 to the rest of the target).
+func (w Workload) Validate(backendSize int64) error {
+	if err := w.Check(); err != nil {
+		return err
+	}
+	switch {
+	case w.Size < int64(w.BlockSize):
+		return &OptionError{Option: "size", Value: fmt.Sprint(w.Size),
+			Reason: fmt.Sprintf("the region must hold at least one block of %d bytes (the target has %d bytes)", w.BlockSize, backendSize)}
 	case w.Offset+w.Size > backendSize:
 		return &OptionError{Option: "size", Value: fmt.Sprint(w.Size),
 			Reason: fmt.Sprintf("offset+size %d is past the end of the target (%d bytes); use a smaller --size", w.Offset+w.Size, backendSize)}
