@@ -1,5 +1,40 @@
-// Package graph is the Docker graph driver: every layer is an RBD image
-// (a clone of its parent layer's protected snapshot), attached to the
-// kernel through package nbd, formatted once and mounted. It has no cgo:
-// the image store is an interface that cmd wires to rbdio.
+// Package graph is the layer store behind the Docker graph driver: every
+// layer is a block image (in production a Ceph RBD image), attached to
+// the kernel, formatted once and mounted. It knows nothing of dockerd's
+// protocol (graph/dockerplugin speaks that), so another front end, such
+// as a containerd snapshotter, can sit beside it.
+//
+// The model:
+//
+//   - A base image per root identity (<prefix>base, or
+//     <prefix>base-UID-GID under user-namespace remapping), of
+//     Options.BaseSize, formatted once with a rootfs directory owned by
+//     that root. Layer content lives in rootfs, so lost+found stays out of
+//     sight, as in moby's devicemapper driver.
+//   - Each layer (<prefix>layer-<ID>) is a clone of the snapshot "layer" of
+//     its parent (or of the base). A parent is snapshotted once, when it
+//     gets its first child; if it is mounted read-write then, it is frozen
+//     for the snapshot. Once a layer has a snapshot it is attached
+//     read-only, from the snapshot, exactly what its children see.
+//   - Clone chains are bounded: a layer deeper than Options.MaxCloneDepth
+//     is flattened, in the background or before Create returns.
+//   - Get attaches (Attacher) and mounts (Filesystem) on the first
+//     reference; Put unmounts and detaches on the last. Each layer has a
+//     lock; a Get that fails half way undoes what it did.
+//   - Every layer's state (creating, ready, removing) is image metadata,
+//     changed only by transition. New finishes or undoes what a crash
+//     interrupted and adopts devices still mounted from an earlier run.
+//
+// The boundaries are small interfaces: ImageStore (cmd adapts rbdio's
+// connection; graphtest.FileStore for tests), Attacher (cmd serves rbdio
+// images through package nbd; graphtest.LoopAttacher for tests) and
+// Filesystem (NewFilesystem: mkfs, mount(2), online grow, freeze).
+//
+// Files: driver.go (Driver, New, Create, Get, Put, Remove), state.go (the
+// state machine), recover.go (start-up adoption), flatten.go (background
+// flattening), options.go (the option vocabulary), naming.go (IDs, image
+// names, metadata keys), store.go, attach.go and fs.go (the boundaries),
+// status.go (docker info).
+//
+// This package has no cgo.
 package graph

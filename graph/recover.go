@@ -1,0 +1,83 @@
+package graph
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"path/filepath"
+	"strings"
+
+	"github.com/moby/sys/mountinfo"
+	"golang.org/x/sys/unix"
+)
+
+// recoverDevices deals with what an earlier run of the driver left in the
+// kernel: devices still attached (the process died, the kernel kept them
+// for nbd.deadconntimeout) and mounts under the home directory.
+//
+// A ready layer whose device is still mounted on its mount point is
+// adopted: the device is served again and the layer counts one
+// reference, as moby's RefCounter does for a mount it finds (the next
+// Put unmounts it). Everything else is released: mounts are detached
+// lazily (their device may be gone, so a plain unmount could wait on IO
+// forever) and devices are detached.
+func (d *Driver) recoverDevices(ctx context.Context) error {
+	stale, err := d.attacher.Stale(ctx)
+	if err != nil {
+		return fmt.Errorf("list devices left attached: %w", err)
+	}
+	mounts, err := mountinfo.GetMounts(mountinfo.PrefixFilter(d.home))
+	if err != nil {
+		return fmt.Errorf("read mounts under %s: %w", d.home, err)
+	}
+	bySource := make(map[string]*mountinfo.Info)
+	for _, m := range mounts {
+		bySource[m.Source] = m
+	}
+	adopted := make(map[string]bool) // mount points in use again
+
+	var errs []error
+	for _, s := range stale {
+		req := s.Request()
+		if !strings.HasPrefix(req.Image, d.names.prefix) {
+			continue // another driver's (another prefix on this host)
+		}
+		l := d.byImage[req.Image]
+		m := bySource[s.Path()]
+		canAdopt := l != nil && l.id != "" && l.state == StateReady && m != nil &&
+			m.Mountpoint == filepath.Join(d.mnt, l.id) &&
+			(req.Snapshot == "" || req.Snapshot == snapName && l.snapshot)
+		if canAdopt {
+			dev, err := s.Adopt(ctx)
+			if err == nil {
+				l.mount = &mount{dev: dev, dir: m.Mountpoint, readOnly: req.ReadOnly || req.Snapshot != "", refs: 1}
+				adopted[m.Mountpoint] = true
+				d.log.Info("adopted a layer still mounted from an earlier run", "layer", l.id, "device", dev.Path())
+				continue
+			}
+			d.log.Warn("could not serve a device left attached again; releasing it", "device", s.Path(), "image", req.Image, "err", err)
+		}
+		if m != nil {
+			if err := unix.Unmount(m.Mountpoint, unix.MNT_DETACH); err != nil && !errors.Is(err, unix.EINVAL) {
+				errs = append(errs, fmt.Errorf("unmount %s: %w", m.Mountpoint, err))
+			}
+			adopted[m.Mountpoint] = true // handled
+		}
+		d.log.Warn("detaching a device left attached by an earlier run", "device", s.Path(), "image", req.Ref())
+		if err := s.Detach(ctx); err != nil {
+			errs = append(errs, fmt.Errorf("detach %s: %w", s.Path(), err))
+		}
+	}
+	// Mounts whose device is not one of ours any more (it was detached
+	// or timed out): nothing can be served through them.
+	for _, m := range mounts {
+		if adopted[m.Mountpoint] || m.Mountpoint == d.home {
+			continue
+		}
+		d.log.Warn("unmounting a mount left by an earlier run", "mountpoint", m.Mountpoint, "source", m.Source)
+		if err := unix.Unmount(m.Mountpoint, unix.MNT_DETACH); err != nil && !errors.Is(err, unix.EINVAL) {
+			errs = append(errs, fmt.Errorf("unmount %s: %w", m.Mountpoint, err))
+		}
+	}
+	return errors.Join(errs...)
+}
