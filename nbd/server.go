@@ -4,9 +4,11 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"sync"
+	"syscall"
 	"time"
 )
 
@@ -157,6 +159,11 @@ func (s *Server) ServeConn(ctx context.Context, conn net.Conn) error {
 		conn.Close()
 		if errors.Is(err, errAbort) || ctx.Err() != nil {
 			return nil
+		}
+		if errors.Is(err, io.EOF) || errors.Is(err, syscall.EPIPE) || errors.Is(err, syscall.ECONNRESET) {
+			// A probe (is anyone listening?) rather than a client.
+			log.Debug("nbd: client left during the handshake", "err", err)
+			return err
 		}
 		log.Warn("nbd: handshake failed", "err", err)
 		return err

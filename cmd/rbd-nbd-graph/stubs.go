@@ -8,6 +8,4 @@ import (
 // Placeholders, each replaced by its own file as the feature lands.
 var errNotYet = errors.New("not implemented yet")
 
-func runExport(ctx context.Context, env *environment, args []string) error { return errNotYet }
-func runServe(ctx context.Context, env *environment, args []string) error  { return errNotYet }
-func runBench(ctx context.Context, env *environment, args []string) error  { return errNotYet }
+func runServe(ctx context.Context, env *environment, args []string) error { return errNotYet }

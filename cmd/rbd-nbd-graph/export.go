@@ -1,0 +1,201 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"net"
+	"net/url"
+	"os"
+	"time"
+
+	"github.com/rbd-nbd-graph/rbd-nbd-graph/nbd"
+)
+
+// defaultListen is where export listens when neither --socket nor
+// --listen is given: the IANA NBD port, on loopback only.
+const defaultListen = "127.0.0.1:10809"
+
+type exportFlags struct {
+	ceph        cephFlags
+	socket      string
+	listen      string
+	allowRemote bool
+	readOnly    bool
+	name        string
+	description string
+	queueDepth  int
+	multiConn   bool
+	blockSize   uint
+}
+
+func parseExportFlags(env *environment, args []string) (*exportFlags, string, error) {
+	f := &exportFlags{}
+	fs := flag.NewFlagSet("export", flag.ContinueOnError)
+	fs.SetOutput(env.stderr)
+	f.ceph.register(fs)
+	fs.StringVar(&f.socket, "socket", "", "serve on this unix socket")
+	fs.StringVar(&f.listen, "listen", "", "serve on this TCP address (default "+defaultListen+"; loopback only unless --allow-remote)")
+	fs.BoolVar(&f.allowRemote, "allow-remote", false, "let --listen use a non-loopback address: anyone who can reach it can read and write the export")
+	fs.BoolVar(&f.readOnly, "read-only", false, "refuse writes (and open the target read-only)")
+	fs.StringVar(&f.name, "name", "", "export name clients ask for (the export is also the default one)")
+	fs.StringVar(&f.description, "description", "", "export description shown by NBD_OPT_LIST (default: TARGET)")
+	fs.IntVar(&f.queueDepth, "queue-depth", 0, fmt.Sprintf("requests served at once per connection (0: %d)", nbd.DefaultQueueDepth))
+	fs.BoolVar(&f.multiConn, "multi-conn", false, "advertise NBD_FLAG_CAN_MULTI_CONN: clients may use several connections")
+	fs.UintVar(&f.blockSize, "block-size", 0, "minimum block size clients must align to (0: 512, or 1 if the size is not a multiple of 512)")
+	fs.Usage = func() {
+		fmt.Fprintf(env.stderr, "usage: rbd-nbd-graph export [--socket PATH | --listen ADDR] [flags] TARGET\n\n"+
+			"Serves TARGET to NBD clients (nbdinfo, nbdcopy, qemu, fio, nbd-client) until SIGINT or SIGTERM,\n"+
+			"then finishes the requests in flight and exits 0. Prints the export's NBD URI once it listens.\n"+
+			"TARGET: %s.\n\nflags:\n", targetForms)
+		fs.PrintDefaults()
+	}
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return nil, "", err
+		}
+		return nil, "", fmt.Errorf("%w: %v", errUsage, err)
+	}
+	if fs.NArg() != 1 {
+		fs.Usage()
+		return nil, "", fmt.Errorf("%w: want exactly one TARGET, got %d arguments", errUsage, fs.NArg())
+	}
+	if f.socket != "" && f.listen != "" {
+		return nil, "", fmt.Errorf("%w: --socket and --listen are exclusive: serve on one or the other", errUsage)
+	}
+	if f.socket == "" && f.listen == "" {
+		f.listen = defaultListen
+	}
+	if f.queueDepth < 0 || f.queueDepth > 1024 {
+		return nil, "", fmt.Errorf("%w: --queue-depth %d out of range 0..1024", errUsage, f.queueDepth)
+	}
+	if b := f.blockSize; b != 0 && (b&(b-1) != 0 || b > 65536) {
+		return nil, "", fmt.Errorf("%w: --block-size %d is not a power of two up to 65536", errUsage, b)
+	}
+	return f, fs.Arg(0), nil
+}
+
+func runExport(ctx context.Context, env *environment, args []string) (err error) {
+	f, target, err := parseExportFlags(env, args)
+	if err != nil {
+		return err
+	}
+	// Check the address before opening the target, which may be slow.
+	if f.listen != "" {
+		if err := checkListenAddr(f.listen, f.allowRemote); err != nil {
+			return err
+		}
+	}
+	b, closeTarget, err := openTarget(ctx, target, f.ceph, f.readOnly)
+	if err != nil {
+		return err
+	}
+	defer func() {
+		if cerr := closeTarget(); cerr != nil && err == nil {
+			err = fmt.Errorf("closing %s: %w", target, cerr)
+		}
+	}()
+	bs := uint32(f.blockSize)
+	if bs == 0 {
+		bs = 512
+		if b.Size()%512 != 0 {
+			bs = 1
+		}
+	}
+	desc := f.description
+	if desc == "" {
+		desc = target
+	}
+	srv, err := nbd.NewServer([]nbd.Export{{
+		Name:        f.name,
+		Description: desc,
+		Backend:     b,
+		Options:     nbd.TransmissionOptions{ReadOnly: f.readOnly, QueueDepth: f.queueDepth, BlockSize: bs, Logger: env.log},
+		MultiConn:   f.multiConn,
+	}}, nbd.ServerOptions{Logger: env.log})
+	if err != nil {
+		return fmt.Errorf("%w: %v", errUsage, err)
+	}
+
+	ln, uri, err := listen(f)
+	if err != nil {
+		return err
+	}
+	env.log.Info("export: serving", "target", target, "size", b.Size(), "uri", uri, "read_only", f.readOnly)
+	// The URI on stdout tells scripts (and tests) the export is ready.
+	fmt.Fprintln(env.stdout, uri)
+	if err := srv.Serve(ctx, ln); err != nil {
+		return err
+	}
+	env.log.Info("export: stopped; requests in flight were completed")
+	return nil
+}
+
+// checkListenAddr refuses addresses that are not loopback unless
+// allowRemote: the NBD protocol has no authentication here.
+func checkListenAddr(addr string, allowRemote bool) error {
+	host, _, err := net.SplitHostPort(addr)
+	if err != nil {
+		return fmt.Errorf("%w: --listen %q: %v (want HOST:PORT, e.g. %s)", errUsage, addr, err, defaultListen)
+	}
+	if allowRemote {
+		return nil
+	}
+	if host == "" {
+		return fmt.Errorf("%w: --listen %q listens on every interface; NBD has no authentication, so use a loopback address (e.g. %s) or add --allow-remote", errUsage, addr, defaultListen)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	ips, err := net.DefaultResolver.LookupIPAddr(ctx, host)
+	if err != nil {
+		return fmt.Errorf("%w: --listen %q: %v", errUsage, addr, err)
+	}
+	for _, ip := range ips {
+		if !ip.IP.IsLoopback() {
+			return fmt.Errorf("%w: --listen %q is not a loopback address (%s); NBD has no authentication, so anyone who can reach it could read and write the export: use 127.0.0.1 or [::1], or add --allow-remote", errUsage, addr, ip.IP)
+		}
+	}
+	return nil
+}
+
+// listen opens the listener and returns it with the export's NBD URI.
+func listen(f *exportFlags) (net.Listener, string, error) {
+	path := "/" + url.PathEscape(f.name)
+	if f.socket != "" {
+		if err := removeStaleSocket(f.socket); err != nil {
+			return nil, "", err
+		}
+		ln, err := net.Listen("unix", f.socket)
+		if err != nil {
+			return nil, "", fmt.Errorf("listen on unix socket: %w", err)
+		}
+		q := url.Values{"socket": {f.socket}}
+		return ln, "nbd+unix://" + path + "?" + q.Encode(), nil
+	}
+	ln, err := net.Listen("tcp", f.listen)
+	if err != nil {
+		return nil, "", fmt.Errorf("listen on %s: %w", f.listen, err)
+	}
+	return ln, "nbd://" + ln.Addr().String() + path, nil
+}
+
+// removeStaleSocket removes a unix socket left by a process that died,
+// but never a socket someone still serves, nor anything else.
+func removeStaleSocket(path string) error {
+	st, err := os.Lstat(path)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	if st.Mode()&os.ModeSocket == 0 {
+		return fmt.Errorf("%w: --socket %s exists and is not a socket; choose another path", errUsage, path)
+	}
+	if c, err := net.DialTimeout("unix", path, time.Second); err == nil {
+		c.Close()
+		return fmt.Errorf("--socket %s: another server is listening there", path)
+	}
+	return os.Remove(path)
+}
