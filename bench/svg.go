@@ -11,10 +11,12 @@ import (
 	"time"
 )
 
-// The chart: for each block size a column of two panels, IOPS (top) and
-// p99 latency (bottom), against queue depth on a log2 axis, one line per
-// connection count. The p99 budget is a dashed line; the recommended
-// point is ringed on both panels. Each marker carries a <title> with its
+// The chart: for each block size a row of two panels, IOPS (left) and
+// p99 latency (right), against queue depth on a log2 axis, one line per
+// connection count. Latency goes on a log axis when it spans more than
+// a factor of 20 (low depths would otherwise sit flat on zero). The p99
+// budget is a dashed line; the recommended point is ringed on both
+// panels. Each marker carries a <title> with its
 // exact figures (a tooltip in browsers).
 
 const (
@@ -52,8 +54,8 @@ func (rep *SweepReport) WriteSVG(w io.Writer) error {
 	}
 	cellW := marginLeft + panelW + marginRight
 	cellH := marginTop + panelH + marginBot
-	width := cellW*float64(len(sizes)) + 20
-	height := headerH + 2*cellH + footerH
+	width := 2*cellW + 20
+	height := headerH + float64(len(sizes))*cellH + footerH
 
 	var b strings.Builder
 	fmt.Fprintf(&b, `<svg xmlns="http://www.w3.org/2000/svg" width="%.0f" height="%.0f" viewBox="0 0 %.0f %.0f" font-family="DejaVu Sans, Helvetica, Arial, sans-serif">`+"\n",
@@ -61,7 +63,7 @@ func (rep *SweepReport) WriteSVG(w io.Writer) error {
 	fmt.Fprintf(&b, `<rect width="100%%" height="100%%" fill="#ffffff"/>`+"\n")
 	title := fmt.Sprintf("%s via %s: %s", rep.Backend, rep.Target, rep.RW)
 	fmt.Fprintf(&b, `<text x="20" y="30" font-size="19" font-weight="bold" fill="#222">%s</text>`+"\n", esc(title))
-	sub := fmt.Sprintf("IOPS and p99 latency against queue depth, one line per connection count · p99 budget %s", compactLatency(float64(rep.P99BudgetNS)))
+	sub := fmt.Sprintf("one line per connection count · p99 budget %s", compactLatency(float64(rep.P99BudgetNS)))
 	if len(rep.Results) > 0 {
 		r := rep.Results[0]
 		sub += fmt.Sprintf(" · %s per point", time.Duration(r.RuntimeNS).Round(time.Millisecond))
@@ -85,7 +87,7 @@ func (rep *SweepReport) WriteSVG(w io.Writer) error {
 	lx += 22 + 7.2*11 + 22
 	fmt.Fprintf(&b, `<line x1="%.1f" y1="74" x2="%.1f" y2="74" stroke="#c0392b" stroke-width="1.5" stroke-dasharray="6 4"/><text x="%.1f" y="78" font-size="12.5" fill="#333">p99 budget</text>`+"\n", lx, lx+26, lx+32)
 
-	for col, bs := range sizes {
+	for row, bs := range sizes {
 		var rs []*Result
 		for _, r := range rep.Results {
 			if r.BlockSize == bs {
@@ -98,9 +100,9 @@ func (rep *SweepReport) WriteSVG(w io.Writer) error {
 				rec = r
 			}
 		}
-		x0 := 10 + float64(col)*cellW + marginLeft
-		iopsP := panel{x: x0, y: headerH + marginTop, depths: depths}
-		latP := panel{x: x0, y: headerH + cellH + marginTop, depths: depths}
+		y0 := headerH + float64(row)*cellH + marginTop
+		iopsP := panel{x: 10 + marginLeft, y: y0, depths: depths}
+		latP := panel{x: 10 + cellW + marginLeft, y: y0, depths: depths}
 		bsLabel := FormatBytes(int64(bs))
 		iopsP.draw(&b, rs, conns, rec, panelSpec{
 			title: fmt.Sprintf("IOPS · bs %s", bsLabel), axis: "IOPS",
@@ -112,6 +114,7 @@ func (rep *SweepReport) WriteSVG(w io.Writer) error {
 			value:  func(r *Result) float64 { return float64(r.Total.Latency.P99) },
 			format: compactLatency,
 			budget: budget,
+			logOK:  true,
 		})
 	}
 	fmt.Fprintf(&b, `<text x="20" y="%.0f" font-size="11" fill="#888">rbd-nbd-graph bench sweep · %s · percentiles from a log-linear histogram (within 0.8%%)</text>`+"\n",
@@ -126,6 +129,7 @@ type panelSpec struct {
 	value       func(*Result) float64
 	format      func(float64) string
 	budget      float64 // >0: a dashed line at this value
+	logOK       bool    // a log axis when the values span orders of magnitude
 }
 
 type panel struct {
@@ -146,19 +150,37 @@ func (p panel) xPos(qd int) float64 {
 }
 
 func (p panel) draw(b *strings.Builder, rs []*Result, conns []int, rec *Recommendation, s panelSpec) {
-	maxV := 0.0
+	maxV, minV := 0.0, math.Inf(1)
 	for _, r := range rs {
-		maxV = max(maxV, s.value(r))
+		v := s.value(r)
+		maxV = max(maxV, v)
+		if v > 0 {
+			minV = min(minV, v)
+		}
 	}
 	// Show the budget line when it is on the scale of the data; a
 	// budget far above every point would flatten the lines.
 	showBudget := s.budget > 0 && s.budget <= 1.6*maxV
 	if showBudget {
 		maxV = max(maxV, s.budget)
+		minV = min(minV, s.budget)
 	}
-	ticks := niceTicks(maxV * 1.04)
-	top := ticks[len(ticks)-1]
-	yPos := func(v float64) float64 { return p.y + panelH - v/top*panelH }
+	var ticks []float64
+	var yPos func(float64) float64
+	axis := s.axis
+	if s.logOK && minV > 0 && maxV/minV > 20 {
+		ticks = logTicks(minV, maxV)
+		lo, hi := math.Log10(ticks[0]), math.Log10(ticks[len(ticks)-1])
+		yPos = func(v float64) float64 {
+			v = max(v, ticks[0])
+			return p.y + panelH - (math.Log10(v)-lo)/(hi-lo)*panelH
+		}
+		axis += " (log scale)"
+	} else {
+		ticks = niceTicks(maxV * 1.04)
+		top := ticks[len(ticks)-1]
+		yPos = func(v float64) float64 { return p.y + panelH - v/top*panelH }
+	}
 
 	fmt.Fprintf(b, `<text x="%.1f" y="%.1f" font-size="14" font-weight="bold" fill="#222">%s</text>`+"\n", p.x, p.y-12, esc(s.title))
 	fmt.Fprintf(b, `<rect x="%.1f" y="%.1f" width="%.1f" height="%.1f" fill="#fafafa" stroke="none"/>`+"\n", p.x, p.y, panelW, panelH)
@@ -175,12 +197,13 @@ func (p panel) draw(b *strings.Builder, rs []*Result, conns []int, rec *Recommen
 	fmt.Fprintf(b, `<line x1="%.1f" y1="%.1f" x2="%.1f" y2="%.1f" stroke="#888" stroke-width="1"/>`, p.x, p.y+panelH, p.x+panelW, p.y+panelH)
 	fmt.Fprintf(b, `<line x1="%.1f" y1="%.1f" x2="%.1f" y2="%.1f" stroke="#888" stroke-width="1"/>`+"\n", p.x, p.y, p.x, p.y+panelH)
 	fmt.Fprintf(b, `<text x="%.1f" y="%.1f" font-size="12" fill="#444" text-anchor="middle">queue depth (IOs in flight, log scale)</text>`+"\n", p.x+panelW/2, p.y+panelH+38)
-	fmt.Fprintf(b, `<text transform="translate(%.1f %.1f) rotate(-90)" font-size="12" fill="#444" text-anchor="middle">%s</text>`+"\n", p.x-60, p.y+panelH/2, esc(s.axis))
+	fmt.Fprintf(b, `<text transform="translate(%.1f %.1f) rotate(-90)" font-size="12" fill="#444" text-anchor="middle">%s</text>`+"\n", p.x-60, p.y+panelH/2, esc(axis))
 
 	if showBudget {
 		y := yPos(s.budget)
 		fmt.Fprintf(b, `<line x1="%.1f" y1="%.1f" x2="%.1f" y2="%.1f" stroke="#c0392b" stroke-width="1.5" stroke-dasharray="6 4"/>`, p.x, y, p.x+panelW, y)
-		fmt.Fprintf(b, `<text x="%.1f" y="%.1f" font-size="11" fill="#c0392b" text-anchor="end">budget %s</text>`+"\n", p.x+panelW-4, y-5, esc(s.format(s.budget)))
+		// Left end: lines rise with depth, so the left is usually clear.
+		fmt.Fprintf(b, `<text x="%.1f" y="%.1f" font-size="11" fill="#c0392b">budget %s</text>`+"\n", p.x+6, y-5, esc(s.format(s.budget)))
 	} else if s.budget > 0 {
 		fmt.Fprintf(b, `<text x="%.1f" y="%.1f" font-size="11" fill="#c0392b" text-anchor="end">budget %s (above every point)</text>`+"\n", p.x+panelW-4, p.y+13, esc(s.format(s.budget)))
 	}
@@ -273,6 +296,25 @@ func compactLatency(ns float64) string {
 		return strconv.FormatFloat(ns/1e3, 'g', 4, 64) + "µs"
 	}
 	return strconv.FormatFloat(ns, 'g', 4, 64) + "ns"
+}
+
+// logTicks returns 1-2-5 steps from the largest at or below lo to the
+// first at or above hi.
+func logTicks(lo, hi float64) []float64 {
+	var t []float64
+	for d := math.Pow(10, math.Floor(math.Log10(lo))); ; d *= 10 {
+		for _, m := range []float64{1, 2, 5} {
+			v := m * d
+			if v <= lo {
+				t = append(t[:0], v)
+				continue
+			}
+			t = append(t, v)
+			if v >= hi {
+				return t
+			}
+		}
+	}
 }
 
 func esc(s string) string { return html.EscapeString(s) }

@@ -28,8 +28,9 @@ type SweepOptions struct {
 	// then names).
 	QueueDepth int
 	P99Budget  time.Duration
-	// OnPoint, if set, is called before each point runs (i from 0 of n).
-	OnPoint func(i, n int, p SweepPoint)
+	// OnPoint, if set, is called before each point runs (i from 0 of n)
+	// and returns that run's Options.Progress (nil for none).
+	OnPoint func(i, n int, p SweepPoint) func(Progress)
 }
 
 // SweepPoint is one run's settings.
@@ -129,15 +130,15 @@ func Sweep(ctx context.Context, t Target, o SweepOptions) (*SweepReport, error) 
 		P99BudgetNS: int64(o.P99Budget), Started: time.Now().UTC().Truncate(time.Second)}
 	pts := o.Points()
 	for i, p := range pts {
+		opts := o.Base
+		opts.IODepth, opts.BlockSize = p.IODepth, p.BlockSize
 		if o.OnPoint != nil {
-			o.OnPoint(i, len(pts), p)
+			opts.Progress = o.OnPoint(i, len(pts), p)
 		}
 		sess, err := t.Open(ctx, Setup{Connections: p.Connections, QueueDepth: p.QueueDepth})
 		if err != nil {
 			return rep, fmt.Errorf("point %d (bs %d, iodepth %d, %d connections): %w", i+1, p.BlockSize, p.IODepth, p.Connections, err)
 		}
-		opts := o.Base
-		opts.IODepth, opts.BlockSize = p.IODepth, p.BlockSize
 		res, err := Run(ctx, sess, opts)
 		cerr := sess.Close()
 		if err != nil {

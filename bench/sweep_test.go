@@ -88,7 +88,7 @@ func TestSweepExportWritesChart(t *testing.T) {
 		Connections: []int{1, 2},
 		BlockSizes:  []int{4096, 65536},
 		P99Budget:   50 * time.Millisecond,
-		OnPoint:     func(i, n int, p SweepPoint) { started = append(started, p) },
+		OnPoint:     func(i, n int, p SweepPoint) func(Progress) { started = append(started, p); return nil },
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -151,6 +151,20 @@ func TestNiceTicks(t *testing.T) {
 	} {
 		if got := niceTicks(maxV); !slices.Equal(got, want) {
 			t.Errorf("niceTicks(%v) = %v, want %v", maxV, got, want)
+		}
+	}
+}
+
+func TestLogTicks(t *testing.T) {
+	for _, c := range []struct {
+		lo, hi float64
+		want   []float64
+	}{
+		{30e3, 6e6, []float64{20e3, 50e3, 1e5, 2e5, 5e5, 1e6, 2e6, 5e6, 1e7}},
+		{1e3, 1e5, []float64{1e3, 2e3, 5e3, 1e4, 2e4, 5e4, 1e5}},
+	} {
+		if got := logTicks(c.lo, c.hi); !slices.Equal(got, c.want) {
+			t.Errorf("logTicks(%v, %v) = %v, want %v", c.lo, c.hi, got, c.want)
 		}
 	}
 }

@@ -21,8 +21,12 @@ type Device struct {
 	Backend nbd.Backend
 	Spec    string
 	Logger  *slog.Logger
-	// BlockSize of the IO, to choose the device's logical block size.
+	// IOSize is the workload's block size, to choose the device's
+	// logical block size.
 	IOSize int
+	// ReadOnly attaches the device read-only (for read workloads on a
+	// backend opened read-only).
+	ReadOnly bool
 }
 
 // Name is "device".
@@ -99,6 +103,7 @@ func (t Device) Open(ctx context.Context, s Setup) (*Session, error) {
 		Connections: s.Connections,
 		QueueDepth:  s.QueueDepth,
 		BlockSize:   bsz,
+		ReadOnly:    t.ReadOnly,
 		BackendID:   "rbd-nbd-graph-bench:" + t.Spec,
 		Logger:      t.Logger,
 	})
@@ -111,7 +116,7 @@ func (t Device) Open(ctx context.Context, s Setup) (*Session, error) {
 		cancel()
 		return err
 	}
-	f, err := openDirect(dev.Path())
+	f, err := openDirect(dev.Path(), t.ReadOnly)
 	if err != nil {
 		return nil, errors.Join(err, detach())
 	}
@@ -131,8 +136,12 @@ type directFile struct {
 	size int64
 }
 
-func openDirect(path string) (*directFile, error) {
-	f, err := os.OpenFile(path, os.O_RDWR|syscall.O_DIRECT, 0)
+func openDirect(path string, readOnly bool) (*directFile, error) {
+	mode := os.O_RDWR
+	if readOnly {
+		mode = os.O_RDONLY
+	}
+	f, err := os.OpenFile(path, mode|syscall.O_DIRECT, 0)
 	if err != nil {
 		return nil, fmt.Errorf("device: opening %s for direct IO: %w", path, err)
 	}

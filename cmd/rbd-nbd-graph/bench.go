@@ -1,0 +1,451 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+	"unsafe"
+
+	"github.com/rbd-nbd-graph/rbd-nbd-graph/bench"
+	"github.com/rbd-nbd-graph/rbd-nbd-graph/nbd"
+)
+
+// benchFlags is the command line of `bench` and `bench sweep`. The
+// depth, connection and block size flags take comma lists in a sweep.
+type benchFlags struct {
+	ceph        cephFlags
+	targets     []string
+	backend     string
+	opts        bench.Options
+	iodepths    []int
+	connections []int
+	blockSizes  []int
+	queueDepth  int
+	jsonOut     bool
+	// sweep only
+	out       string
+	p99Budget time.Duration
+}
+
+// Sweep defaults: depths from 1 to 64 show where a line flattens out;
+// three connection counts show whether more sockets help at all.
+var (
+	sweepDepths      = []int{1, 2, 4, 8, 16, 32, 64}
+	sweepConnections = []int{1, 2, 4}
+)
+
+const benchUsage = `usage: rbd-nbd-graph bench [flags]
+       rbd-nbd-graph bench sweep [flags]
+
+Measures the IO path to a backend, as fio would, through a target:
+  raw     the backend called directly (for rbd: the librbd ceiling, no NBD)
+  export  our NBD server in this process, through a unix socket, driven
+          by our NBD client (the protocol and IO-loop cost)
+  device  a kernel /dev/nbdN attached by this command, direct IO
+          (the whole path; needs root and a kernel with NBD)
+--target takes a comma list (raw,export) to run the targets in turn.
+
+sweep runs every --iodepth x --connections x --bs (comma lists), writes
+an SVG chart and a JSON file into --out, and recommends the driver
+options with the best IOPS within --p99-budget.
+
+Backends: mem:SIZE, file:PATH, rbd:POOL/IMAGE (or POOL/IMAGE).
+Sizes take k, m, g, t suffixes (powers of 1024). See README.md, "bench".
+
+flags:
+`
+
+func parseBenchFlags(env *environment, args []string, sweep bool) (*benchFlags, error) {
+	f := &benchFlags{}
+	name := "bench"
+	if sweep {
+		name = "bench sweep"
+	}
+	fs := flag.NewFlagSet(name, flag.ContinueOnError)
+	fs.SetOutput(env.stderr)
+	f.ceph.register(fs)
+	target := fs.String("target", "raw", "raw, export or device (a comma list runs each in turn)")
+	fs.StringVar(&f.backend, "backend", "mem:1G", "what to measure: mem:SIZE, file:PATH or rbd:POOL/IMAGE")
+	rw := fs.String("rw", "randread", "read, write, randread, randwrite, mixed (randrw) or rw (sequential mixed)")
+	rwmix := fs.Int("rwmix", 50, "mixed patterns: percentage of reads")
+	bs := fs.String("bs", "4k", "block size: bytes per IO, a multiple of 512")
+	iodepth := fs.String("iodepth", "16", "IOs kept in flight in total, spread over the connections")
+	conns := fs.String("connections", "1", "NBD connections (export: client sockets; device: kernel sockets); raw takes 1")
+	fs.IntVar(&f.queueDepth, "queue-depth", 0, "requests each connection serves at once (server and kernel side); 0: iodepth/connections")
+	fs.DurationVar(&f.opts.Runtime, "runtime", 10*time.Second, "how long to measure, after the ramp (0 with --total: until the total is done)")
+	total := fs.String("total", "0", "stop after this many bytes (fio's io_size); 0: no limit")
+	size := fs.String("size", "0", "bytes of the backend to spread IO over, from --offset (0: to the end)")
+	offset := fs.String("offset", "0", "where the IO region starts, a multiple of --bs")
+	fs.DurationVar(&f.opts.Ramp, "ramp", 0, "run this long before measuring (not counted)")
+	fs.Uint64Var(&f.opts.Seed, "seed", 1, "seed of the random offsets: the same seed gives the same offsets")
+	fs.BoolVar(&f.opts.Verify, "verify", false, "write a pattern, check every read of it, read back all written blocks at the end")
+	fs.BoolVar(&f.jsonOut, "json", false, "print JSON for machines instead of tables (schema: README.md)")
+	if sweep {
+		fs.StringVar(&f.out, "out", ".", "folder for the chart (SVG) and the results (JSON)")
+		fs.DurationVar(&f.p99Budget, "p99-budget", 10*time.Millisecond, "the recommendation's p99 latency limit")
+		f.opts.Runtime = 3 * time.Second
+		fs.Lookup("runtime").DefValue = "3s"
+		f.opts.Ramp = time.Second
+		fs.Lookup("ramp").DefValue = "1s"
+		fs.Lookup("iodepth").DefValue = joinInts(sweepDepths)
+		fs.Lookup("connections").DefValue = joinInts(sweepConnections) + " (raw: 1)"
+	}
+	fs.Usage = func() {
+		fmt.Fprint(env.stderr, benchUsage)
+		fs.PrintDefaults()
+	}
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return nil, err
+		}
+		return nil, fmt.Errorf("%w: %v", errUsage, err)
+	}
+	if fs.NArg() != 0 {
+		return nil, fmt.Errorf("%w: unexpected arguments %q: everything is a flag (see -h)", errUsage, fs.Args())
+	}
+	set := map[string]bool{}
+	fs.Visit(func(fl *flag.Flag) { set[fl.Name] = true })
+
+	usage := func(err error) error { return fmt.Errorf("%w: %w", errUsage, err) }
+	var err error
+	for _, t := range strings.Split(*target, ",") {
+		if err := bench.CheckTargetName(t); err != nil {
+			return nil, usage(err)
+		}
+		f.targets = append(f.targets, t)
+	}
+	if sweep && len(f.targets) != 1 {
+		return nil, usage(&bench.OptionError{Option: "target", Value: *target, Reason: "a sweep measures one target; run one sweep per target"})
+	}
+	if f.opts.Pattern, err = bench.ParsePattern(*rw); err != nil {
+		return nil, usage(err)
+	}
+	f.opts.ReadPercent = *rwmix
+	listOf := func(name, val string, parse func(string) (int, error)) ([]int, error) {
+		l, err := bench.ParseList(val, parse)
+		if err != nil {
+			return nil, &bench.OptionError{Option: name, Value: val, Reason: err.Error()}
+		}
+		if len(l) > 1 && !sweep {
+			return nil, &bench.OptionError{Option: name, Value: val, Reason: "a list is for 'bench sweep'; give one value"}
+		}
+		return l, nil
+	}
+	atoi := func(s string) (int, error) {
+		n, err := strconv.Atoi(s)
+		if err != nil {
+			return 0, fmt.Errorf("%q is not a whole number", s)
+		}
+		return n, nil
+	}
+	sizeInt := func(s string) (int, error) {
+		n, err := bench.ParseSize(s)
+		if err != nil || n > 1<<40 {
+			return 0, fmt.Errorf("%q: want a size such as 4k or 1m", s)
+		}
+		return int(n), nil
+	}
+	if f.blockSizes, err = listOf("bs", *bs, sizeInt); err != nil {
+		return nil, usage(err)
+	}
+	if sweep && !set["iodepth"] {
+		f.iodepths = sweepDepths
+	} else if f.iodepths, err = listOf("iodepth", *iodepth, atoi); err != nil {
+		return nil, usage(err)
+	}
+	switch {
+	case sweep && !set["connections"] && f.targets[0] == "raw":
+		f.connections = []int{1}
+	case sweep && !set["connections"]:
+		f.connections = sweepConnections
+	default:
+		if f.connections, err = listOf("connections", *conns, atoi); err != nil {
+			return nil, usage(err)
+		}
+	}
+	for name, v := range map[string]struct {
+		s   string
+		dst *int64
+	}{"total": {*total, &f.opts.TotalBytes}, "size": {*size, &f.opts.Size}, "offset": {*offset, &f.opts.Offset}} {
+		n, err := bench.ParseSize(v.s)
+		if err != nil {
+			return nil, usage(&bench.OptionError{Option: name, Value: v.s, Reason: err.Error()})
+		}
+		*v.dst = n
+	}
+	if set["total"] && !set["runtime"] {
+		f.opts.Runtime = 0 // --total alone: run until it is done
+	}
+	// Every value checked now, before the backend is opened.
+	for _, bsz := range f.blockSizes {
+		for _, qd := range f.iodepths {
+			o := f.opts
+			o.BlockSize, o.IODepth = bsz, qd
+			if err := o.Check(); err != nil {
+				return nil, usage(err)
+			}
+		}
+	}
+	if f.queueDepth < 0 {
+		return nil, usage(&bench.OptionError{Option: "queue-depth", Value: strconv.Itoa(f.queueDepth), Reason: "must not be negative"})
+	}
+	if sweep && f.p99Budget <= 0 {
+		return nil, usage(&bench.OptionError{Option: "p99-budget", Value: f.p99Budget.String(), Reason: "must be positive, e.g. 5ms"})
+	}
+	return f, nil
+}
+
+func joinInts(v []int) string {
+	s := make([]string, len(v))
+	for i, n := range v {
+		s[i] = strconv.Itoa(n)
+	}
+	return strings.Join(s, ",")
+}
+
+// runBench: `bench` and `bench sweep`.
+func runBench(ctx context.Context, env *environment, args []string) error {
+	sweep := len(args) > 0 && args[0] == "sweep"
+	if sweep {
+		args = args[1:]
+	}
+	f, err := parseBenchFlags(env, args, sweep)
+	if err != nil {
+		return err
+	}
+	// Check the targets (a device target on a kernel without NBD, raw
+	// with connections) before the backend is even opened.
+	log := benchLogger(env)
+	for _, name := range f.targets {
+		t := makeBenchTarget(name, nil, f, log)
+		for _, c := range f.connections {
+			if err := t.Check(ctx, bench.Setup{Connections: c, QueueDepth: f.queueDepth}); err != nil {
+				if errors.Is(err, bench.ErrInvalidOption) {
+					return fmt.Errorf("%w: %w", errUsage, err)
+				}
+				return err
+			}
+		}
+	}
+	readOnly := !f.opts.Pattern.Writes() && !f.opts.Verify
+	backend, closeBackend, err := openTarget(ctx, f.backend, f.ceph, readOnly)
+	if err != nil {
+		return fmt.Errorf("--backend %s: %w", f.backend, err)
+	}
+	defer func() {
+		if cerr := closeBackend(); cerr != nil {
+			env.log.Warn("closing the backend", "backend", f.backend, "err", cerr)
+		}
+	}()
+	// Against the backend's size, still before any IO.
+	for _, bsz := range f.blockSizes {
+		o := f.opts
+		o.BlockSize, o.IODepth = bsz, f.iodepths[0]
+		if o.Size == 0 {
+			o.Size = backend.Size() - o.Offset
+		}
+		if err := o.Validate(backend.Size()); err != nil {
+			return fmt.Errorf("%w: %w", errUsage, err)
+		}
+	}
+	if sweep {
+		return runSweep(ctx, env, f, makeBenchTarget(f.targets[0], backend, f, log))
+	}
+	return runBenchOnce(ctx, env, f, backend, log)
+}
+
+// benchLogger keeps the server's and device's routine logs out of the
+// figures unless RBD_NBD_GRAPH_LOG asks for them.
+func benchLogger(env *environment) *slog.Logger {
+	if os.Getenv("RBD_NBD_GRAPH_LOG") != "" {
+		return env.log
+	}
+	return slog.New(slog.NewTextHandler(env.stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
+}
+
+func makeBenchTarget(name string, b nbd.Backend, f *benchFlags, log *slog.Logger) bench.Target {
+	switch name {
+	case "export":
+		return bench.Export{Backend: b, Spec: f.backend, Logger: log}
+	case "device":
+		return bench.Device{Backend: b, Spec: f.backend, Logger: log, IOSize: f.blockSizes[0],
+			ReadOnly: !f.opts.Pattern.Writes() && !f.opts.Verify}
+	}
+	return bench.Raw{Backend: b, Spec: f.backend}
+}
+
+func runBenchOnce(ctx context.Context, env *environment, f *benchFlags, b nbd.Backend, log *slog.Logger) error {
+	opts := f.opts
+	opts.BlockSize, opts.IODepth = f.blockSizes[0], f.iodepths[0]
+	conns := f.connections[0]
+	live := newLiveLine(env.stdout, !f.jsonOut)
+	report := &bench.Report{Schema: bench.Schema}
+	var runErr error
+	for _, name := range f.targets {
+		t := makeBenchTarget(name, b, f, log)
+		sess, err := t.Open(ctx, bench.Setup{Connections: conns, QueueDepth: f.queueDepth})
+		if err != nil {
+			runErr = fmt.Errorf("%s target: %w", name, err)
+			break
+		}
+		opts.Progress = live.progress(name)
+		res, err := bench.Run(ctx, sess, opts)
+		live.clear()
+		if cerr := sess.Close(); cerr != nil {
+			env.log.Warn("closing the target", "target", name, "err", cerr)
+		}
+		if res != nil {
+			report.Results = append(report.Results, res)
+			if !f.jsonOut {
+				res.WriteTable(env.stdout)
+				fmt.Fprintln(env.stdout)
+			}
+		}
+		if err != nil {
+			runErr = fmt.Errorf("%s target: %w", name, err)
+			break
+		}
+	}
+	if f.jsonOut {
+		enc := json.NewEncoder(env.stdout)
+		enc.SetIndent("", "  ")
+		if err := enc.Encode(report); err != nil {
+			return err
+		}
+	} else if len(report.Results) > 1 {
+		writeComparison(env.stdout, report.Results)
+	}
+	return runErr
+}
+
+// writeComparison sets every target against the first: the cost of each
+// layer added on top.
+func writeComparison(w io.Writer, rs []*bench.Result) {
+	base := rs[0]
+	fmt.Fprintf(w, "compared with %s:\n", base.Target)
+	for _, r := range rs[1:] {
+		ratio := 0.0
+		if base.Total.IOPS > 0 {
+			ratio = r.Total.IOPS / base.Total.IOPS
+		}
+		fmt.Fprintf(w, "  %-7s %5.1f%% of the IOPS, p50 %+s, p99 %+s, cpu/IO %+s\n", r.Target, 100*ratio,
+			signedLatency(r.Total.Latency.P50-base.Total.Latency.P50),
+			signedLatency(r.Total.Latency.P99-base.Total.Latency.P99),
+			signedLatency(int64(r.CPU.PerIO-base.CPU.PerIO)))
+	}
+}
+
+func signedLatency(ns int64) string {
+	if ns < 0 {
+		return "-" + bench.FormatLatency(-ns)
+	}
+	return "+" + bench.FormatLatency(ns)
+}
+
+func runSweep(ctx context.Context, env *environment, f *benchFlags, t bench.Target) error {
+	if err := os.MkdirAll(f.out, 0o755); err != nil {
+		return fmt.Errorf("--out %s: %w", f.out, err)
+	}
+	live := newLiveLine(env.stdout, !f.jsonOut)
+	so := bench.SweepOptions{
+		Base: f.opts, IODepths: f.iodepths, Connections: f.connections, BlockSizes: f.blockSizes,
+		QueueDepth: f.queueDepth, P99Budget: f.p99Budget,
+	}
+	so.OnPoint = func(i, n int, p bench.SweepPoint) func(bench.Progress) {
+		return live.progress(fmt.Sprintf("point %d/%d: bs %s, iodepth %d, %d connection(s)", i+1, n,
+			bench.FormatBytes(int64(p.BlockSize)), p.IODepth, p.Connections))
+	}
+	rep, err := bench.Sweep(ctx, t, so)
+	live.clear()
+	if rep == nil {
+		return err
+	}
+	rep.Backend = f.backend
+	base := fmt.Sprintf("sweep-%s-%s", rep.Target, rep.RW)
+	jsonPath := filepath.Join(f.out, base+".json")
+	svgPath := filepath.Join(f.out, base+".svg")
+	js, jerr := json.MarshalIndent(rep, "", "  ")
+	if jerr != nil {
+		return jerr
+	}
+	if werr := os.WriteFile(jsonPath, append(js, '\n'), 0o644); werr != nil {
+		return werr
+	}
+	if err != nil { // partial results are saved, but no chart or advice
+		return fmt.Errorf("%w (the points measured so far are in %s)", err, jsonPath)
+	}
+	sf, serr := os.Create(svgPath)
+	if serr != nil {
+		return serr
+	}
+	if serr = rep.WriteSVG(sf); serr == nil {
+		serr = sf.Close()
+	} else {
+		sf.Close()
+	}
+	if serr != nil {
+		return fmt.Errorf("writing %s: %w", svgPath, serr)
+	}
+	if f.jsonOut {
+		_, err := env.stdout.Write(append(js, '\n'))
+		return err
+	}
+	rep.WriteSweepTable(env.stdout)
+	fmt.Fprintln(env.stdout)
+	rep.WriteRecommendations(env.stdout)
+	fmt.Fprintf(env.stdout, "\nchart: %s\nresults: %s\n", svgPath, jsonPath)
+	return nil
+}
+
+// liveLine is the one-line progress display, drawn only when stdout is
+// a terminal (and not with --json).
+type liveLine struct {
+	w  io.Writer
+	on bool
+}
+
+func newLiveLine(w io.Writer, wanted bool) *liveLine {
+	f, ok := w.(*os.File)
+	return &liveLine{w: w, on: wanted && ok && isTerminal(f)}
+}
+
+func (l *liveLine) progress(label string) func(bench.Progress) {
+	if !l.on {
+		return nil
+	}
+	return func(p bench.Progress) {
+		phase := "run"
+		if p.Ramping {
+			phase = "ramp"
+		}
+		of := ""
+		if p.Runtime > 0 {
+			of = "/" + p.Runtime.Round(100*time.Millisecond).String()
+		}
+		fmt.Fprintf(l.w, "\r\033[K%s: %s %s%s  %s IOPS  %.1f MiB/s", label, phase,
+			p.Elapsed.Round(100*time.Millisecond), of, bench.FormatCount(p.IOPS), p.BytesPerSec/(1<<20))
+	}
+}
+
+func (l *liveLine) clear() {
+	if l.on {
+		fmt.Fprint(l.w, "\r\033[K")
+	}
+}
+
+// isTerminal asks the tty driver (TCGETS succeeds only on a terminal).
+func isTerminal(f *os.File) bool {
+	var t syscall.Termios
+	_, _, errno := syscall.Syscall(syscall.SYS_IOCTL, f.Fd(), syscall.TCGETS, uintptr(unsafe.Pointer(&t)))
+	return errno == 0
+}
