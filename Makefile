@@ -49,6 +49,14 @@ test-unit: deps
 test-clients: deps build
 	RBD_NBD_GRAPH_BIN=$(BIN) $(GO) test $(GOFLAGS_BUILD) -count=1 ./test/clients
 
+# A one-node Ceph cluster for trying things by hand (test/ceph/README.md):
+# eval "$$(test/ceph/cluster env .build/ceph)" afterwards.
+CEPH_DIR ?= $(BUILD)/ceph
+cluster: deps
+	test/ceph/cluster start $(CEPH_DIR)
+cluster-stop:
+	test/ceph/cluster stop $(CEPH_DIR)
+
 # Under the test targets a test that lacks a tool, root or a cluster fails
 # instead of skipping (and prerequisites inherit this), so CI cannot pass
 # by skipping.
