@@ -1,0 +1,73 @@
+package dockerplugin
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"time"
+)
+
+// SocketDir is where dockerd looks for plugin sockets.
+const SocketDir = "/run/docker/plugins"
+
+// SocketPath is the socket dockerd finds plugin name at.
+func SocketPath(name string) string { return filepath.Join(SocketDir, name+".sock") }
+
+// Listen creates the plugin's unix socket at path with mode 0600 (only
+// root, as dockerd, may call a storage driver). A socket file left by a
+// plugin that died is replaced; one that still answers is an error.
+func Listen(path string) (net.Listener, error) {
+	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+		return nil, err
+	}
+	if _, err := os.Lstat(path); err == nil {
+		c, err := net.DialTimeout("unix", path, time.Second)
+		if err == nil {
+			c.Close()
+			return nil, fmt.Errorf("%s: another plugin is serving there; stop it or choose another --name", path)
+		}
+		if err := os.Remove(path); err != nil {
+			return nil, fmt.Errorf("remove stale socket: %w", err)
+		}
+	}
+	ln, err := net.Listen("unix", path)
+	if err != nil {
+		return nil, err
+	}
+	// The socket was created under the umask (at most 0755, so nobody
+	// else could connect: that needs write permission); now narrow it.
+	if err := os.Chmod(path, 0o600); err != nil {
+		ln.Close()
+		return nil, err
+	}
+	return ln, nil
+}
+
+// Serve answers plugin requests on ln until ctx ends, then stops taking
+// requests, waits up to grace for those in flight, and shuts the plugin
+// down (Cleanup: nothing left mounted, attached or open).
+func Serve(ctx context.Context, ln net.Listener, p *Plugin, grace time.Duration) error {
+	h := NewHandler(p)
+	srv := &http.Server{Handler: h, ReadHeaderTimeout: 30 * time.Second}
+	errc := make(chan error, 1)
+	go func() { errc <- srv.Serve(ln) }()
+	p.log.Info("plugin listening", "socket", ln.Addr().String(), "name", p.cfg.Name)
+
+	var err error
+	select {
+	case err = <-errc:
+	case <-ctx.Done():
+		p.log.Info("shutting down")
+		sctx, cancel := context.WithTimeout(context.Background(), grace)
+		err = srv.Shutdown(sctx)
+		cancel()
+	}
+	if errors.Is(err, http.ErrServerClosed) {
+		err = nil
+	}
+	return errors.Join(err, p.Shutdown(), h.Close())
+}
