@@ -17,7 +17,7 @@ DEBS := gcc pkg-config librbd-dev librados-dev \
 	ceph-mon ceph-osd ceph-common rbd-nbd \
 	libnbd-bin nbdkit fio qemu-utils qemu-block-extra \
 	qemu-system-x86 busybox-static cpio kmod \
-	docker.io iproute2 e2fsprogs xfsprogs util-linux procps jq
+	docker.io iproute2 e2fsprogs xfsprogs util-linux procps jq librsvg2-bin
 
 .PHONY: all build deps test test-unit test-clients test-integration check bench demo cluster cluster-stop vmtest bench-vm clean
 
@@ -90,6 +90,18 @@ vmtest: deps build
 		--env RUN='$(RUN)' --env E2E_TIMEOUT=$$(( $(VM_TIMEOUT) - 120 ))s \
 		test/vm/e2e.sh || rc=$$?; \
 	test/vm/summary $(VM_OUT); exit $$rc
+
+# Benchmarks, leaving their results under results/: a short `bench sweep`
+# (SVG chart, JSON, recommended driver options) and the cross-check of
+# bench against fio (exits 1 when out of tolerance), both on a throw-away
+# local Ceph cluster (or $CEPH_CONF). Add further steps as recipe lines.
+bench: deps build
+	RBD_NBD_GRAPH_BIN=$(BIN) bench/scripts/sweep.sh --out results/sweep
+	RBD_NBD_GRAPH_BIN=$(BIN) bench/scripts/crosscheck.sh --out results/crosscheck
+
+# The device target's cross-check against fio libaio, in the VM.
+bench-vm: deps build
+	RBD_NBD_GRAPH_BIN=$(BIN) bench/scripts/crosscheck-vm.sh --out results/crosscheck-vm
 
 clean:
 	rm -rf bin $(BUILD)

@@ -1,0 +1,32 @@
+#!/bin/bash
+# bench/scripts/crosscheck-vm-guest.sh: the device-target cross-check, run
+# as root inside the project's VM guest (test/vm/run; started by
+# crosscheck-vm.sh, or by anyone's VM harness) where the kernel has NBD.
+# Compares bench --target device with fio libaio (direct IO) on a device
+# mapped by `rbd-nbd-graph map`, through crosscheck.sh, and leaves the
+# results in $VM_OUT/crosscheck.
+#
+# Environment: VM_OUT (set by test/vm/run), RBD_NBD_GRAPH_BIN, XC_ARGS
+# (extra crosscheck.sh arguments, e.g. "--runtime 5 --rounds 1"),
+# XC_BACKEND (rbd, default, with a Ceph cluster started in the guest; or
+# mem: no Ceph).
+set -euo pipefail
+: "${VM_OUT:?run me inside the VM: bench/scripts/crosscheck-vm.sh}"
+repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
+backend=${XC_BACKEND:-rbd}
+
+# The guest's root is a tmpfs overlay over the host's /: the cluster and
+# everything written here vanish at poweroff. Its RAM is 4 GiB, so the
+# memstore OSD gets 1.5 GiB and the image stays small.
+work=/var/lib/rbd-nbd-graph-bench
+mkdir -p "$work"
+dmesg -n 4 2>/dev/null || true
+if [ "$backend" = rbd ] && [ -z "${CEPH_CONF:-}" ]; then
+	start=$(date +%s)
+	RBD_NBD_GRAPH_CEPH_STORE_BYTES=$((1536 << 20)) "$repo/test/ceph/cluster" start "$work/ceph" >&2
+	export CEPH_CONF=$work/ceph/ceph.conf
+	echo "crosscheck-vm: Ceph cluster up in $(( $(date +%s) - start ))s" >&2
+fi
+# shellcheck disable=SC2086 # XC_ARGS is a list of arguments
+exec "$repo/bench/scripts/crosscheck.sh" --pairs device --backend "$backend" --size 256M \
+	--out "$VM_OUT/crosscheck" ${XC_ARGS:-}
