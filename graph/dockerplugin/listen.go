@@ -49,8 +49,11 @@ func Listen(path string) (net.Listener, error) {
 
 // Serve answers plugin requests on ln until ctx ends, then stops taking
 // requests, waits up to grace for those in flight, and shuts the plugin
-// down (Cleanup: nothing left mounted, attached or open).
+// down (nothing left mounted, attached or open). First it resumes the
+// instance a previous plugin process was serving (Plugin.Resume); dockerd's
+// requests wait in the socket's backlog meanwhile.
 func Serve(ctx context.Context, ln net.Listener, p *Plugin, grace time.Duration) error {
+	p.Resume()
 	h := NewHandler(p)
 	srv := &http.Server{Handler: h, ReadHeaderTimeout: 30 * time.Second}
 	errc := make(chan error, 1)

@@ -2,11 +2,14 @@ package dockerplugin
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"log/slog"
 	"net/http"
+	"os"
+	"path/filepath"
 	"sync"
 
 	dgraph "github.com/docker/docker/daemon/graphdriver"
@@ -38,6 +41,13 @@ type Config struct {
 	// Open builds the backend for the final options. It is called by
 	// every Init.
 	Open func(ctx context.Context, opts graph.Options) (Backend, error)
+	// StateFile, when set, records the last Init (home, options, ID
+	// maps) so that a plugin restarted while dockerd keeps running
+	// (dockerd calls Init only when it starts) resumes serving at once,
+	// adopting the devices the previous process left attached. dockerd's
+	// Cleanup removes it. Put it on a tmpfs such as /run: after a reboot
+	// there is nothing to resume.
+	StateFile string
 	// Filesystem and HostID are passed to graph.New (tests); zero
 	// values mean the defaults.
 	Filesystem graph.Filesystem
@@ -91,6 +101,56 @@ func New(cfg Config) *Plugin {
 	return &Plugin{cfg: cfg, log: log, ctx: ctx, cancel: cancel}
 }
 
+// initRecord is the StateFile's content.
+type initRecord struct {
+	Home    string
+	Options []string
+	UIDMaps []idtools.IDMap
+	GIDMaps []idtools.IDMap
+}
+
+// Resume repeats the Init recorded in StateFile, if any: `serve` calls it
+// at start. Failing to resume is logged, not fatal; dockerd's next Init
+// tries again.
+func (p *Plugin) Resume() {
+	if p.cfg.StateFile == "" {
+		return
+	}
+	b, err := os.ReadFile(p.cfg.StateFile)
+	if errors.Is(err, os.ErrNotExist) {
+		return
+	}
+	var rec initRecord
+	if err == nil {
+		err = json.Unmarshal(b, &rec)
+	}
+	if err == nil {
+		p.log.Info("resuming the driver dockerd initialized before this plugin restarted", "home", rec.Home, "state", p.cfg.StateFile)
+		err = p.Init(rec.Home, rec.Options, rec.UIDMaps, rec.GIDMaps)
+	}
+	if err != nil {
+		p.log.Error("could not resume; waiting for dockerd's Init", "state", p.cfg.StateFile, "err", err)
+	}
+}
+
+func (p *Plugin) saveRecord(rec initRecord) error {
+	if p.cfg.StateFile == "" {
+		return nil
+	}
+	b, err := json.Marshal(rec)
+	if err != nil {
+		return err
+	}
+	if err := os.MkdirAll(filepath.Dir(p.cfg.StateFile), 0o700); err != nil {
+		return err
+	}
+	tmp := p.cfg.StateFile + ".tmp"
+	if err := os.WriteFile(tmp, b, 0o600); err != nil {
+		return err
+	}
+	return os.Rename(tmp, p.cfg.StateFile)
+}
+
 // Init starts a driver instance for dockerd's home, --storage-opt values
 // and user-namespace maps.
 func (p *Plugin) Init(home string, options []string, uidMaps, gidMaps []idtools.IDMap) error {
@@ -133,6 +193,10 @@ func (p *Plugin) Init(home string, options []string, uidMaps, gidMaps []idtools.
 			err = errors.Join(err, backend.Close())
 		}
 		return err
+	}
+	if err := p.saveRecord(initRecord{Home: home, Options: options, UIDMaps: uidMaps, GIDMaps: gidMaps}); err != nil {
+		// Serving works without it; only a restart could not resume.
+		p.log.Warn("could not record Init for a plugin restart", "state", p.cfg.StateFile, "err", err)
 	}
 	proto := &protoDriver{name: p.cfg.Name, ctx: p.ctx, d: drv}
 	p.cur = &instance{key: key, drv: drv, proto: proto, diff: dgraph.NewNaiveDiffDriver(proto, idMap), idMap: idMap, backend: backend}
@@ -232,11 +296,18 @@ func (p *Plugin) GetMetadata(id string) (map[string]string, error) {
 }
 
 // Cleanup closes the current instance: nothing stays mounted, attached
-// or open. dockerd calls it when it stops; a later Init starts again.
+// or open. dockerd calls it when it stops; a later Init starts again, and
+// until then a restarted plugin has nothing to resume.
 func (p *Plugin) Cleanup() error {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	return p.closeLocked()
+	err := p.closeLocked()
+	if p.cfg.StateFile != "" {
+		if rerr := os.Remove(p.cfg.StateFile); rerr != nil && !errors.Is(rerr, os.ErrNotExist) {
+			err = errors.Join(err, rerr)
+		}
+	}
+	return err
 }
 
 func (p *Plugin) closeLocked() error {
@@ -252,10 +323,15 @@ func (p *Plugin) closeLocked() error {
 	return err
 }
 
-// Shutdown cancels operations in flight and cleans up: for SIGTERM.
+// Shutdown is for SIGTERM: it cancels operations in flight and closes the
+// instance like Cleanup (nothing left mounted, attached or open), but keeps
+// the Init record, because dockerd, still running, will not call Init
+// again: the next plugin process resumes from it.
 func (p *Plugin) Shutdown() error {
 	p.cancel()
-	return p.Cleanup()
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.closeLocked()
 }
 
 // DiffStream is Diff with its error: the tar stream of the changes of id

@@ -64,7 +64,8 @@ func startServer(dir string, log *slog.Logger) (*server, error) {
 	}
 	s := &server{sock: filepath.Join(dir, "plugin.sock"), store: store, att: gt.NewLoopAttacher(store), done: make(chan error, 1)}
 	s.plugin = dockerplugin.New(dockerplugin.Config{
-		Name:     "rbd-nbd-test",
+		Name:      "rbd-nbd-test",
+		StateFile: filepath.Join(dir, "state", "init.json"),
 		Defaults: graph.DefaultOptions(),
 		Open: func(ctx context.Context, opts graph.Options) (dockerplugin.Backend, error) {
 			return dockerplugin.Backend{Store: s.store, Attacher: s.att}, nil
@@ -495,6 +496,71 @@ func TestUserNamespaceRemap(t *testing.T) {
 	}
 	if !found {
 		t.Error("diff lacks etc/owned")
+	}
+}
+
+// The plugin restarts while dockerd keeps running: dockerd does not call
+// Init again, so the new process resumes the recorded instance.
+func TestPluginRestartResumes(t *testing.T) {
+	requireLoop(t)
+	dir := t.TempDir()
+	log := slog.New(slog.NewTextHandler(testWriter{t}, nil))
+	srv, err := startServer(dir, log)
+	if err != nil {
+		t.Fatal(err)
+	}
+	d, err := srv.dockerDriver(filepath.Join(dir, "home"), testOpts, idtools.IdentityMapping{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := d.Create("l", "", nil); err != nil {
+		t.Fatal(err)
+	}
+	fs, err := d.Get("l", "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(fs.Path(), "f"), []byte("v"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := srv.stop(); err != nil { // SIGTERM
+		t.Fatal(err)
+	}
+	if n := len(srv.att.Attached()); n != 0 {
+		t.Fatalf("%d devices attached after SIGTERM", n)
+	}
+	srv, err = startServer(dir, log)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The same dockerd proxy, no new Init.
+	if !d.Exists("l") {
+		t.Fatal("after a plugin restart the layer is unknown")
+	}
+	fs, err = d.Get("l", "")
+	if err != nil {
+		t.Fatalf("Get after a plugin restart: %v", err)
+	}
+	if b, err := os.ReadFile(filepath.Join(fs.Path(), "f")); err != nil || string(b) != "v" {
+		t.Fatalf("after restart: %q, %v", b, err)
+	}
+	if err := d.Put("l"); err != nil {
+		t.Fatal(err)
+	}
+	// dockerd's Cleanup ends the instance for good: nothing to resume.
+	if err := d.Cleanup(); err != nil {
+		t.Fatal(err)
+	}
+	if err := srv.stop(); err != nil {
+		t.Fatal(err)
+	}
+	srv, err = startServer(dir, log)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer srv.stop()
+	if d.Exists("l") || !hasStatus(d.Status(), "State", "not initialized") {
+		t.Fatalf("resumed after dockerd's Cleanup: %v", d.Status())
 	}
 }
 
