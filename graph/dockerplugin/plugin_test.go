@@ -66,7 +66,7 @@ func startServer(dir string, log *slog.Logger) (*server, error) {
 	s.plugin = dockerplugin.New(dockerplugin.Config{
 		Name:      "rbd-nbd-test",
 		StateFile: filepath.Join(dir, "state", "init.json"),
-		Defaults: graph.DefaultOptions(),
+		Defaults:  graph.DefaultOptions(),
 		Open: func(ctx context.Context, opts graph.Options) (dockerplugin.Backend, error) {
 			return dockerplugin.Backend{Store: s.store, Attacher: s.att}, nil
 		},
