@@ -35,9 +35,10 @@ type Setup struct {
 	// sockets to our server; device: sockets the kernel spreads its
 	// queues over). Raw takes only 1.
 	Connections int
-	// QueueDepth is the most requests each connection keeps in flight
-	// (the server's and the kernel's per-connection queue depth). 0 lets
-	// the target choose: the run's iodepth divided over the connections.
+	// QueueDepth is the most requests each connection serves at once
+	// (the server's per-connection queue depth, also handed to the
+	// kernel for the device target). 0: package nbd's default. The
+	// command line sets it to iodepth/connections unless told otherwise.
 	QueueDepth int
 	// BlockSize is the device's logical block size (device target); 0:
 	// 4096, or 512 when the IO size is not a multiple of 4096.

@@ -288,12 +288,16 @@ func runBenchOnce(ctx context.Context, env *environment, f *benchFlags, b nbd.Ba
 	opts := f.opts
 	opts.BlockSize, opts.IODepth = f.blockSizes[0], f.iodepths[0]
 	conns := f.connections[0]
+	qd := f.queueDepth
+	if qd == 0 {
+		qd = (opts.IODepth + conns - 1) / conns
+	}
 	live := newLiveLine(env.stdout, !f.jsonOut)
 	report := &bench.Report{Schema: bench.Schema}
 	var runErr error
 	for _, name := range f.targets {
 		t := makeBenchTarget(name, b, f, log)
-		sess, err := t.Open(ctx, bench.Setup{Connections: conns, QueueDepth: f.queueDepth})
+		sess, err := t.Open(ctx, bench.Setup{Connections: conns, QueueDepth: qd})
 		if err != nil {
 			runErr = fmt.Errorf("%s target: %w", name, err)
 			break
