@@ -8,7 +8,6 @@ import (
 	"fmt"
 	"os"
 	"strings"
-	"syscall"
 	"time"
 
 	"github.com/rbd-nbd-graph/rbd-nbd-graph/nbd"
@@ -118,11 +117,11 @@ func mountedAt(dev string) string {
 	return ""
 }
 
-// waitExit waits for process pid to go away. It is not our child, so
-// poll with signal 0.
+// waitExit waits for process pid to exit. It is not our child, so poll
+// /proc; a zombie (exited, not yet reaped by its new parent) has exited.
 func waitExit(ctx context.Context, pid int) error {
 	for {
-		if err := syscall.Kill(pid, 0); errors.Is(err, syscall.ESRCH) {
+		if !running(pid) {
 			return nil
 		}
 		select {
@@ -131,4 +130,17 @@ func waitExit(ctx context.Context, pid int) error {
 		case <-time.After(20 * time.Millisecond):
 		}
 	}
+}
+
+// running: pid exists and is not a zombie.
+func running(pid int) bool {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return false
+	}
+	// The state follows the command name, which is in parentheses and
+	// may itself contain ") ".
+	s := string(b)
+	i := strings.LastIndexByte(s, ')')
+	return i < 0 || i+2 >= len(s) || s[i+2] != 'Z'
 }

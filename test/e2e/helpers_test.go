@@ -224,9 +224,16 @@ func deviceBytes(t *testing.T, dev string) int64 {
 	return n * 512
 }
 
+// processAlive: pid exists and is not a zombie (in the guest, orphaned
+// servers are reparented to a PID 1 that may not reap them at once).
 func processAlive(pid int) bool {
-	_, err := os.Stat(fmt.Sprintf("/proc/%d", pid))
-	return err == nil
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return false
+	}
+	s := string(b)
+	i := strings.LastIndexByte(s, ')')
+	return i < 0 || i+2 >= len(s) || s[i+2] != 'Z'
 }
 
 // eventually polls cond every 50ms until it holds or timeout passes.
