@@ -28,6 +28,7 @@ rc=0
 if [ -d "$out/vm/crosscheck" ]; then
 	rm -rf "$out/crosscheck"
 	mv "$out/vm/crosscheck" "$out/crosscheck"
+	sed -i "s#/vmout/crosscheck#$out/crosscheck#" "$out/crosscheck/crosscheck.txt" 2>/dev/null || true
 fi
 if [ -s "$out/crosscheck/crosscheck.txt" ]; then
 	cat "$out/crosscheck/crosscheck.txt"

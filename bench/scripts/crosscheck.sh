@@ -166,13 +166,15 @@ for rw in randread randwrite; do
 	done
 done
 
-# Compare the means over the rounds, per workload and pair.
+# Compare the medians over the rounds, per workload and pair (a median
+# shrugs off one round disturbed by something else on the machine).
 jq -R -s --argjson tol "$tol" --argjson enforce "$([ "$backend" = rbd ] && echo true || echo false)" --arg backend "$bench_backend" --argjson runtime "$runtime" --argjson rounds "$rounds" '
+	def median: sort | if length % 2 == 1 then .[length / 2 | floor] else (.[length / 2 - 1] + .[length / 2]) / 2 end;
 	[split("\n")[] | select(length > 0) | split("\t") | {rw: .[0], pair: .[1], round: (.[2] | tonumber), tool: .[3], iops: (.[4] | tonumber)}] as $m
 	| [$m | group_by([.rw, .pair])[] | {
 		rw: .[0].rw, pair: .[0].pair,
-		bench_iops: ([.[] | select(.tool == "bench") | .iops] | add / length),
-		fio_iops: ([.[] | select(.tool == "fio") | .iops] | add / length),
+		bench_iops: ([.[] | select(.tool == "bench") | .iops] | median),
+		fio_iops: ([.[] | select(.tool == "fio") | .iops] | median),
 		bench_rounds: [.[] | select(.tool == "bench") | .iops],
 		fio_rounds: [.[] | select(.tool == "fio") | .iops]
 	  } | .ratio = (.bench_iops / .fio_iops) | .within = ((.ratio - 1 | fabs) <= $tol)]
@@ -189,6 +191,6 @@ jq -r '.enforced as $enforced | .comparisons[] | [.rw, .pair, (.bench_iops | flo
 	"$out/crosscheck.json" | while IFS=$'\t' read -r rw pair b f ratio verdict; do
 	printf '%-10s %-7s %12s %12s %8s  %s\n' "$rw" "$pair" "$b" "$f" "$ratio" "$verdict"
 done
-echo "(bench IOPS / fio IOPS, means over the rounds; 4k, queue depth 16, ${runtime}s x $rounds rounds each, alternating; tolerance ±$(jq -r '.tolerance * 100' "$out/crosscheck.json")%; details in $out)"
+echo "(bench IOPS / fio IOPS, medians over the rounds; 4k, queue depth 16, ${runtime}s x $rounds rounds each, alternating; tolerance ±$(jq -r '.tolerance * 100' "$out/crosscheck.json")%; details in $out)"
 } | tee "$out/crosscheck.txt"
 jq -e '.pass' "$out/crosscheck.json" >/dev/null
