@@ -1,0 +1,83 @@
+//go:build vmtest
+
+package e2e
+
+import (
+	"bytes"
+	"context"
+	"os/exec"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// The serving process dies (SIGKILL) while fio writes with verification;
+// the kernel holds the IO (dead-connection timeout), a new process
+// reattaches the live device through RECONFIGURE, found by its backend
+// identifier, and fio finishes with no IO error and its verify passing.
+func TestReattachAfterKill(t *testing.T) {
+	needTools(t, "fio")
+	image := newImage(t, 256, "")
+	dev := mapDevice(t, image, "--dead-conn-timeout", "180s")
+	pid := servingPID(t, dev)
+
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
+	defer cancel()
+	fio := exec.CommandContext(ctx, "fio", "--name=reattach", "--filename="+dev, "--ioengine=libaio",
+		"--direct=1", "--rw=randwrite", "--bs=4k", "--iodepth=8", "--size=64M",
+		"--verify=crc32c", "--do_verify=1", "--verify_fatal=1", "--randrepeat=0")
+	var out bytes.Buffer
+	fio.Stdout, fio.Stderr = &out, &out
+	if err := fio.Start(); err != nil {
+		t.Fatal(err)
+	}
+	fioDone := make(chan error, 1)
+	go func() { fioDone <- fio.Wait() }()
+
+	// Let fio get going, then kill the server in the middle of its writes.
+	time.Sleep(3 * time.Second)
+	select {
+	case err := <-fioDone:
+		t.Fatalf("fio finished before the kill (make it longer): %v\n%s", err, out.String())
+	default:
+	}
+	if err := syscall.Kill(pid, syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, 30*time.Second, "the server to die", func() bool { return !processAlive(pid) })
+	t.Logf("killed the server (pid %d) while fio was writing", pid)
+	if !isConnected(t, dev) {
+		t.Fatalf("%s lost its configuration when its server died; the kernel should wait for a reattach", dev)
+	}
+	time.Sleep(2 * time.Second) // IO piles up in the kernel meanwhile
+
+	got := strings.TrimSpace(must(t, 3*time.Minute, bin(t), "attach", "--dead-conn-timeout", "180s", image))
+	if got != dev {
+		t.Fatalf("attach printed %q, want the live device %s", got, dev)
+	}
+	newPID := servingPID(t, dev)
+	t.Logf("reattached %s (sysfs pid %d)", dev, newPID)
+
+	select {
+	case err := <-fioDone:
+		if err != nil {
+			t.Fatalf("fio failed across the reattach: %v\n%s", err, out.String())
+		}
+	case <-ctx.Done():
+		t.Fatalf("fio did not finish after the reattach\n%s", out.String())
+	}
+	if !strings.Contains(out.String(), "err= 0") {
+		t.Fatalf("fio reported errors:\n%s", out.String())
+	}
+	t.Logf("fio finished, verify passed:\n%s", lastLines(out.String(), 12))
+	unmap(t, dev)
+}
+
+func lastLines(s string, n int) string {
+	lines := strings.Split(strings.TrimRight(s, "\n"), "\n")
+	if len(lines) > n {
+		lines = lines[len(lines)-n:]
+	}
+	return strings.Join(lines, "\n")
+}
