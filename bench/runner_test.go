@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -302,5 +303,35 @@ func TestFormatters(t *testing.T) {
 		if got := FormatCount(in); got != want {
 			t.Errorf("FormatCount(%v) = %q, want %q", in, got, want)
 		}
+	}
+}
+
+// nop does no IO: what is left is bench's own cost per IO.
+type nop struct{ size int64 }
+
+func (n nop) ReadAt(p []byte, off int64) (int, error)  { return len(p), nil }
+func (n nop) WriteAt(p []byte, off int64) (int, error) { return len(p), nil }
+func (n nop) Flush() error                             { return nil }
+func (n nop) Size() int64                              { return n.size }
+
+// BenchmarkRunnerOverhead is the runner's cost per IO (generator, clock
+// reads, histogram, phase checks) on a backend that does nothing: the
+// floor under every figure bench reports. It must not allocate per IO.
+func BenchmarkRunnerOverhead(b *testing.B) {
+	for _, depth := range []int{1, 16} {
+		b.Run(fmt.Sprintf("iodepth=%d", depth), func(b *testing.B) {
+			sess := &Session{Target: "raw", Connections: 1, Backends: []nbd.Backend{nop{1 << 30}}}
+			opts := Options{Workload: Workload{Pattern: RandRW, BlockSize: 4096, ReadPercent: 50},
+				IODepth: depth, TotalBytes: int64(b.N) * 4096}
+			b.ReportAllocs()
+			b.ResetTimer()
+			res, err := Run(context.Background(), sess, opts)
+			if err != nil {
+				b.Fatal(err)
+			}
+			if res.Total.IOs != uint64(b.N) {
+				b.Fatalf("%d IOs counted, want %d", res.Total.IOs, b.N)
+			}
+		})
 	}
 }
