@@ -19,7 +19,7 @@ DEBS := gcc pkg-config librbd-dev librados-dev \
 	qemu-system-x86 busybox-static cpio kmod \
 	docker.io iproute2 e2fsprogs xfsprogs util-linux procps jq librsvg2-bin
 
-.PHONY: all build deps test test-unit test-clients test-integration check bench demo cluster cluster-stop vmtest bench-vm clean
+.PHONY: all build deps test test-unit test-clients test-integration check bench demo cluster cluster-stop vmtest bench-vm bench-vm-crosscheck clean
 
 all: build
 
@@ -99,8 +99,14 @@ bench: deps build
 	RBD_NBD_GRAPH_BIN=$(BIN) bench/scripts/sweep.sh --out results/sweep
 	RBD_NBD_GRAPH_BIN=$(BIN) bench/scripts/crosscheck.sh --out results/crosscheck
 
-# The device target's cross-check against fio libaio, in the VM.
+# The kernel path against the anchors, in one VM boot: the same RBD image
+# mapped by rbd-nbd-graph, Debian's rbd-nbd and krbd, fio on each; prints
+# the table and the ours/rbd-nbd ratios (results/bench-vm/).
 bench-vm: deps build
+	RBD_NBD_GRAPH_BIN=$(BIN) bench/scripts/vm.sh --out results/bench-vm
+
+# The device target's cross-check against fio libaio, in the VM.
+bench-vm-crosscheck: deps build
 	RBD_NBD_GRAPH_BIN=$(BIN) bench/scripts/crosscheck-vm.sh --out results/crosscheck-vm
 
 clean:

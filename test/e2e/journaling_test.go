@@ -23,12 +23,12 @@ func TestJournalingImageKrbdVersusOurs(t *testing.T) {
 		t.Fatalf("the image lacks the journaling feature:\n%s", info)
 	}
 
-	// krbd.
-	krbdOut, krbdErr := run(t, 3*time.Minute, "rbd", "device", "map", image)
+	// krbd. noudev: the guest runs no udevd, and rbd would wait for it.
+	krbdOut, krbdErr := run(t, 3*time.Minute, "rbd", "device", "map", "-o", "noudev", image)
 	dmesg, _ := run(t, time.Minute, "dmesg")
 	if krbdErr == nil {
 		dev := strings.TrimSpace(krbdOut)
-		run(t, time.Minute, "rbd", "device", "unmap", dev)
+		run(t, time.Minute, "rbd", "device", "unmap", "-o", "noudev", dev)
 		t.Fatalf("krbd mapped the journaling image as %s; this kernel was expected to refuse it", dev)
 	}
 	if !strings.Contains(dmesg, "unsupported features: 0x40") {

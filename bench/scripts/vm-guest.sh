@@ -1,0 +1,106 @@
+#!/bin/bash
+# bench/scripts/vm-guest.sh: runs in the VM guest (bench/scripts/vm.sh
+# starts it through test/vm/run). Maps one filled RBD image three ways, one
+# after another (rbd-nbd-graph, Debian's rbd-nbd, krbd), runs the same fio
+# workloads on each device (libaio, direct), alternating the order of the
+# paths from round to round, and appends one JSON line per measurement to
+# $VM_OUT/bench.jsonl:
+#   {"round":1,"path":"ours","workload":"randread-4k-qd32","rw":"randread","bs":"4k","iodepth":32,
+#    "iops":1234.5,"bw_bytes":5056512,"lat_us":25.1}
+# A path that fails to map gets {"path":...,"error":"..."} and the run goes on.
+#
+# Environment: RBD_NBD_GRAPH_BIN, VM_OUT; BENCH_ROUNDS (2), BENCH_RUNTIME
+# (fio seconds per workload, 10), BENCH_SIZE (image size, 512M),
+# BENCH_OURS_FLAGS (extra map flags for ours, e.g. "--connections 2"),
+# BENCH_PATHS ("ours rbd-nbd krbd").
+set -uo pipefail
+: "${RBD_NBD_GRAPH_BIN:?}" "${VM_OUT:?}"
+repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
+rounds=${BENCH_ROUNDS:-2}
+runtime=${BENCH_RUNTIME:-10}
+size=${BENCH_SIZE:-512M}
+paths=(${BENCH_PATHS:-ours rbd-nbd krbd})
+work=/var/lib/rbd-nbd-graph-bench
+mkdir -p "$work"
+out=$VM_OUT/bench.jsonl
+: > "$out"
+log() { echo "bench-vm: $*"; }
+dmesg -n 4 2>/dev/null
+
+# The workloads of issue 4: name rw bs iodepth.
+workloads=(
+	"randread-4k-qd1 randread 4k 1"
+	"randread-4k-qd32 randread 4k 32"
+	"randwrite-4k-qd1 randwrite 4k 1"
+	"randwrite-4k-qd32 randwrite 4k 32"
+	"read-1m-qd4 read 1M 4"
+	"write-1m-qd4 write 1M 4"
+)
+
+start=$(date +%s)
+RBD_NBD_GRAPH_CEPH_STORE_BYTES=${RBD_NBD_GRAPH_CEPH_STORE_BYTES:-$((2 << 30))} \
+	"$repo/test/ceph/cluster" start "$work/ceph" || { log "the Ceph cluster did not start"; exit 1; }
+export CEPH_CONF=$work/ceph/ceph.conf
+log "Ceph up in $(( $(date +%s) - start ))s"
+image=rbd/bench
+rbd create --size "$size" "$image" || exit 1
+# Fill it, so reads hit real objects (not the object map's "no such
+# object" shortcut).
+fio --name=fill --ioengine=rbd --clientname=admin --pool=rbd --rbdname=bench \
+	--rw=write --bs=4M --iodepth=8 --size="$size" --output=/dev/null || { log "filling the image failed"; exit 1; }
+log "image $image ($size) filled"
+
+map_path() { # path -> device on stdout
+	case $1 in
+	ours) timeout 300 "$RBD_NBD_GRAPH_BIN" map ${BENCH_OURS_FLAGS:-} --log-file "$work/ours.log" "$image" ;;
+	rbd-nbd) timeout 300 rbd-nbd map "$image" ;;
+	krbd) timeout 300 rbd device map -o noudev "$image" ;;
+	esac
+}
+unmap_path() { # path device
+	case $1 in
+	ours) "$RBD_NBD_GRAPH_BIN" unmap "$2" ;;
+	rbd-nbd) rbd-nbd unmap "$2" && while [ -e "/sys/block/${2#/dev/}/pid" ]; do sleep 0.2; done ;;
+	krbd) rbd device unmap -o noudev "$2" ;;
+	esac
+}
+json_error() { jq -cn --argjson r "$1" --arg p "$2" --arg e "$3" '{round:$r,path:$p,error:$e}' >> "$out"; }
+
+for ((r = 1; r <= rounds; r++)); do
+	# Rotate the order of the paths each round, so none always runs first
+	# (a warm cluster, a fragmented memstore) or last.
+	n=${#paths[@]}
+	for ((k = 0; k < n; k++)); do
+		p=${paths[$(( (k + r - 1) % n ))]}
+		dev=$(map_path "$p" 2>"$work/map.err" | tail -n1)
+		if [ -z "$dev" ] || [ ! -b "$dev" ]; then
+			err=$(tr '\n' ' ' < "$work/map.err")
+			log "round $r: mapping with $p failed: $err"
+			json_error "$r" "$p" "map failed: $err"
+			continue
+		fi
+		log "round $r: $p on $dev"
+		for w in "${workloads[@]}"; do
+			set -- $w
+			name=$1 rw=$2 bs=$3 qd=$4
+			res=$(fio --name="$name" --filename="$dev" --ioengine=libaio --direct=1 --rw="$rw" --bs="$bs" \
+				--iodepth="$qd" --time_based --runtime="$runtime" --ramp_time=2 --size="$size" \
+				--randrepeat=0 --output-format=json 2>"$work/fio.err")
+			if [ $? -ne 0 ] || [ -z "$res" ]; then
+				json_error "$r" "$p" "fio $name failed: $(tr '\n' ' ' < "$work/fio.err")"
+				continue
+			fi
+			dir=read
+			case $rw in *write) dir=write ;; esac
+			echo "$res" | jq -c --argjson r "$r" --arg p "$p" --arg w "$name" --arg rw "$rw" --arg bs "$bs" \
+				--argjson qd "$qd" --arg d "$dir" \
+				'.jobs[0][$d] | {round:$r, path:$p, workload:$w, rw:$rw, bs:$bs, iodepth:$qd,
+				iops:.iops, bw_bytes:.bw_bytes, lat_us:(.lat_ns.mean/1000)}' >> "$out"
+			log "  $name: $(tail -n1 "$out" | jq -r '"\(.iops | floor) IOPS, \(.bw_bytes / 1048576 * 10 | floor / 10) MiB/s"')"
+		done
+		unmap_path "$p" "$dev" || json_error "$r" "$p" "unmap of $dev failed"
+	done
+done
+dmesg > "$VM_OUT/dmesg.log" 2>&1
+cp "$work/ours.log" "$VM_OUT/ours.log" 2>/dev/null
+exit 0
