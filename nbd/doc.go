@@ -39,6 +39,20 @@
 //     optional abilities (Discarder, ZeroWriter, Resizer).
 //   - memory.go, file.go: the sparse in-memory backend and the file or
 //     block-device backend (pread/pwrite, fallocate for trim and zeroes).
+//   - netlink.go, kmod.go: the kernel's "nbd" generic netlink family
+//     (CONNECT, DISCONNECT, RECONFIGURE, STATUS: message encoding and
+//     decoding over vishvananda/netlink's nl package) and loading the nbd
+//     module with pmorjan/kmod when the family is missing; a kernel with
+//     no NBD at all gives an error wrapping ErrNoKernelSupport.
+//   - device.go, device_status.go: the kernel device API. Attach makes a
+//     socketpair per connection, serves our ends with ServeTransmission,
+//     hands the kernel the other ends in CONNECT and returns a Device
+//     (/dev/nbdN) that lives until Detach, the caller's context ends, or
+//     the kernel disconnects it; Reattach gives a live device whose server
+//     died new sockets through RECONFIGURE; a Resizer backend's size
+//     changes become RECONFIGURE with the new size. List, Status,
+//     FindByBackend, Disconnect and WaitFree look at and release devices
+//     served by other processes.
 //
 // Semantics the loop guarantees: FLUSH calls Backend.Flush, which covers
 // every write completed (hence every write replied) before it; FUA on a
