@@ -91,11 +91,14 @@ vmtest: deps build
 		test/vm/e2e.sh || rc=$$?; \
 	test/vm/summary $(VM_OUT); exit $$rc
 
-# Benchmarks, leaving their results under results/: a short `bench sweep`
-# (SVG chart, JSON, recommended driver options) and the cross-check of
-# bench against fio (exits 1 when out of tolerance), both on a throw-away
-# local Ceph cluster (or $CEPH_CONF). Add further steps as recipe lines.
+# Benchmarks, leaving their results under results/: our NBD server
+# against nbdkit and qemu-nbd under fio (ratios, exits 1 below the bars),
+# a short `bench sweep` (SVG chart, JSON, recommended driver options) and
+# the cross-check of bench against fio (exits 1 when out of tolerance),
+# the last two on a throw-away local Ceph cluster (or $CEPH_CONF). Add
+# further steps as recipe lines.
 bench: deps build
+	RBD_NBD_GRAPH_BIN=$(BIN) bench/scripts/nbd.sh --out results/nbd
 	RBD_NBD_GRAPH_BIN=$(BIN) bench/scripts/sweep.sh --out results/sweep
 	RBD_NBD_GRAPH_BIN=$(BIN) bench/scripts/crosscheck.sh --out results/crosscheck
 

@@ -7,7 +7,8 @@ package nbd
 // ReadAt and WriteAt follow io.ReaderAt and io.WriterAt and are called
 // concurrently from up to the queue depth of goroutines per connection, so
 // implementations must be safe for concurrent use. The IO loop never hands
-// a backend a range past Size().
+// a backend a range past Size(); it calls Size on every request, so Size
+// must be cheap (cache it; update it when the size changes).
 //
 // Errors are mapped to NBD error replies by Errno: return (or wrap with %w)
 // a syscall.Errno such as EIO, ENOSPC, EROFS or EINVAL to choose the reply;
@@ -32,6 +33,17 @@ type Discarder interface {
 // allocated.
 type ZeroWriter interface {
 	WriteZeroes(off, length int64, mayUnmap bool) error
+}
+
+// NonBlocking is an optional ability of backends whose calls complete in
+// microseconds without waiting on a device or the network: memory, or a
+// file on tmpfs. When NonBlocking reports true the IO loop serves their
+// requests on the goroutine that reads them, with no hand-off to a
+// worker, and answers everything one socket read brought in with one
+// vectored write. A call that does block would stall its whole
+// connection, so a backend that may wait must not claim it.
+type NonBlocking interface {
+	NonBlocking() bool
 }
 
 // Resizer is an optional ability of backends whose size can change while

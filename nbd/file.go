@@ -24,6 +24,9 @@ type File struct {
 	// go straight to the fallback instead of failing a syscall each time.
 	noPunch     atomic.Bool
 	noZeroRange atomic.Bool
+	// inMemory: the file lives on tmpfs or ramfs, whose IO never waits
+	// on a device.
+	inMemory bool
 }
 
 // OpenFile opens an existing regular file or block device as a backend.
@@ -56,8 +59,19 @@ func OpenFile(path string, readOnly bool) (*File, error) {
 	}
 	// Fd switches the descriptor to blocking mode, which is what pread
 	// and pwrite on a regular file or a block device want anyway.
-	return &File{f: f, fd: int(f.Fd()), size: size, readOnly: readOnly}, nil
+	b := &File{f: f, fd: int(f.Fd()), size: size, readOnly: readOnly}
+	var fs unix.Statfs_t
+	if st.Mode().IsRegular() && unix.Fstatfs(b.fd, &fs) == nil {
+		b.inMemory = fs.Type == unix.TMPFS_MAGIC || fs.Type == unix.RAMFS_MAGIC
+	}
+	return b, nil
 }
+
+// NonBlocking reports whether the file is on tmpfs or ramfs: pread and
+// pwrite there are memory copies that never wait on a disk, so the IO
+// loop may serve them on its reading goroutine. Files on disks say no,
+// as a page-cache miss would stall the connection.
+func (b *File) NonBlocking() bool { return b.inMemory }
 
 // Close closes the file. Requests must not be in flight.
 func (b *File) Close() error { return b.f.Close() }

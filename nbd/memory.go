@@ -23,6 +23,15 @@ const (
 
 type memChunk [memChunkSize]byte
 
+// stripeLock is a lock padded to a cache line of its own, so goroutines
+// locking neighbouring stripes on different CPUs do not contend for one
+// cache line (measured: unpadded, RWMutex.Unlock was a tenth of the
+// write path).
+type stripeLock struct {
+	sync.RWMutex
+	_ [64 - 24]byte
+}
+
 type memDir [memDirLen]atomic.Pointer[memChunk]
 
 // Memory is a sparse in-memory Backend: reads of never-written ranges
@@ -32,7 +41,7 @@ type memDir [memDirLen]atomic.Pointer[memChunk]
 type Memory struct {
 	size      int64
 	dirs      []atomic.Pointer[memDir]
-	locks     [memStripes]sync.RWMutex
+	locks     [memStripes]stripeLock
 	allocated atomic.Int64
 }
 
@@ -51,6 +60,10 @@ func (m *Memory) Size() int64 { return m.size }
 
 // Flush does nothing: memory has no volatile cache.
 func (m *Memory) Flush() error { return nil }
+
+// NonBlocking reports true: memory never waits, so the IO loop serves
+// it on the reading goroutine.
+func (m *Memory) NonBlocking() bool { return true }
 
 // Allocated is the number of bytes of chunk memory in use.
 func (m *Memory) Allocated() int64 { return m.allocated.Load() }

@@ -106,10 +106,10 @@ func ServerFlags(b Backend, opts TransmissionOptions, multiConn bool) uint64 {
 // an error wrapping ErrProtocol when the client breaks the protocol (bad
 // magic, truncated request), and the socket error otherwise.
 //
-// Requests are read by the calling goroutine, served concurrently by up
-// to opts.QueueDepth goroutines, and answered out of order; each reply
-// (header and data) goes out whole in one vectored write, several
-// replies per write under load. Invalid requests (out of range,
+// Requests are read by the calling goroutine and served either on it (a
+// NonBlocking backend) or concurrently by up to opts.QueueDepth worker
+// goroutines, answered out of order; each reply (header and data) goes
+// out whole in one vectored write, several replies per write under load. Invalid requests (out of range,
 // misaligned, unknown command or flag, oversized) get an error reply and
 // the connection goes on.
 func ServeTransmission(ctx context.Context, conn net.Conn, b Backend, opts TransmissionOptions) error {
@@ -123,6 +123,7 @@ func ServeTransmission(ctx context.Context, conn net.Conn, b Backend, opts Trans
 	stop := context.AfterFunc(ctx, func() { conn.SetReadDeadline(time.Unix(1, 0)) })
 	err = s.readLoop()
 	stop()
+	s.flushDeferred()
 	s.drain()
 	if werr := s.writeErr(); werr != nil && (err == nil || errors.Is(err, os.ErrDeadlineExceeded)) {
 		// The reader was stopped because a reply could not be written.
@@ -163,6 +164,12 @@ type session struct {
 	rbuf       []byte
 	rpos, rend int
 	workers    int
+	// inline serves requests on the reading goroutine instead of
+	// handing them to workers, and defers their replies until the reader
+	// is about to wait for input (deferred counts them), so one writev
+	// answers everything one read brought in.
+	inline   bool
+	deferred int
 
 	// Request slots: free ones, and payload bytes of those in use.
 	slotMu   sync.Mutex
@@ -198,6 +205,9 @@ func newSession(conn net.Conn, b Backend, opts TransmissionOptions) *session {
 		queue: make([]*request, 0, opts.QueueDepth),
 		batch: make([]*request, 0, opts.QueueDepth),
 		vw:    newVectorWriter(conn),
+	}
+	if nb, ok := b.(NonBlocking); ok {
+		s.inline = nb.NonBlocking()
 	}
 	s.disc, _ = b.(Discarder)
 	s.zw, _ = b.(ZeroWriter)
@@ -260,7 +270,12 @@ func (s *session) readLoop() error {
 			}
 		}
 		if errno != 0 {
-			s.finish(r)
+			s.finish(r, true)
+			continue
+		}
+		if s.inline {
+			s.serve(r)
+			s.finish(r, true)
 			continue
 		}
 		s.dispatch(r)
@@ -329,6 +344,7 @@ func (s *session) fill(n int) error {
 		s.rpos = 0
 	}
 	for s.rend < n {
+		s.flushDeferred()
 		k, err := s.conn.Read(s.rbuf[s.rend:])
 		s.rend += k
 		if err != nil {
@@ -352,6 +368,7 @@ func (s *session) readFull(p []byte) error {
 	if k == len(p) {
 		return nil
 	}
+	s.flushDeferred()
 	_, err := io.ReadFull(s.conn, p[k:])
 	return err
 }
@@ -360,6 +377,7 @@ func (s *session) readFull(p []byte) error {
 func (s *session) skip(n int64) error {
 	for n > 0 {
 		if s.rpos == s.rend {
+			s.flushDeferred()
 			s.rpos, s.rend = 0, 0
 			k, err := s.conn.Read(s.rbuf)
 			s.rend = k
@@ -382,6 +400,13 @@ func (s *session) skip(n int64) error {
 func (s *session) acquire(n int) *request {
 	s.slotMu.Lock()
 	for len(s.free) == 0 || (s.outBytes > 0 && s.outBytes+int64(n) > s.opts.MaxInFlightBytes) {
+		if s.deferred > 0 {
+			// The slots may be held by our own deferred replies.
+			s.slotMu.Unlock()
+			s.flushDeferred()
+			s.slotMu.Lock()
+			continue
+		}
 		s.slotFree.Wait()
 	}
 	r := s.free[len(s.free)-1]
@@ -431,7 +456,7 @@ func (s *session) worker() {
 	defer s.workerWG.Done()
 	for r := range s.work {
 		s.serve(r)
-		s.finish(r)
+		s.finish(r, false)
 		s.idle.Add(1)
 	}
 }
@@ -483,7 +508,9 @@ func (s *session) serve(r *request) {
 // finish builds r's reply and queues it. The goroutine that finds the
 // writer idle becomes the writer and writes every queued reply until the
 // queue is empty, several per writev when replies pile up meanwhile.
-func (s *session) finish(r *request) {
+// The reader passes deferred: it leaves the writing to flushDeferred,
+// called before it next waits for input.
+func (s *session) finish(r *request, deferred bool) {
 	reply := SimpleReply{Errno: r.errno, Cookie: r.hdr.Cookie}
 	reply.Encode(r.buf[:SimpleReplySize])
 	r.send = SimpleReplySize
@@ -493,10 +520,34 @@ func (s *session) finish(r *request) {
 
 	s.wMu.Lock()
 	s.queue = append(s.queue, r)
+	if deferred {
+		s.deferred++
+	}
+	if s.writing || deferred {
+		s.wMu.Unlock()
+		return
+	}
+	s.writeQueue()
+}
+
+// flushDeferred writes the replies the reader deferred (and any others
+// queued), unless another goroutine is writing: that one will.
+func (s *session) flushDeferred() {
+	if s.deferred == 0 {
+		return
+	}
+	s.deferred = 0
+	s.wMu.Lock()
 	if s.writing {
 		s.wMu.Unlock()
 		return
 	}
+	s.writeQueue()
+}
+
+// writeQueue writes queued replies until the queue is empty. It is
+// called with wMu held and returns with it released.
+func (s *session) writeQueue() {
 	s.writing = true
 	for len(s.queue) > 0 {
 		s.queue, s.batch = s.batch[:0], s.queue
@@ -515,16 +566,24 @@ func (s *session) writeBatch() {
 			s.vw.add(r.buf[:r.send])
 		}
 		if err := s.vw.flush(); err != nil {
-			err = fmt.Errorf("nbd: write reply: %w", err)
-			if s.werr.CompareAndSwap(nil, &err) {
-				// The stream is broken: stop the reader; it drains.
-				s.conn.SetReadDeadline(time.Unix(1, 0))
-			}
+			s.writeFailed(err)
 		}
 	}
 	for i, r := range s.batch {
 		s.batch[i] = nil
 		s.release(r)
+	}
+}
+
+// writeFailed records the first reply write error and stops the reader:
+// the stream is broken, and the loop drains. It is a function of its own
+// so the error's heap escape stays off the writer's hot path.
+//
+//go:noinline
+func (s *session) writeFailed(err error) {
+	err = fmt.Errorf("nbd: write reply: %w", err)
+	if s.werr.CompareAndSwap(nil, &err) {
+		s.conn.SetReadDeadline(time.Unix(1, 0))
 	}
 }
 

@@ -148,33 +148,79 @@ func TestErrorRepliesKeepStreamInSync(t *testing.T) {
 		{"backend error", TransmissionOptions{}, failingBackend{NewMemory(size)}, Request{Type: CmdRead, Length: 512}, nil, EIO},
 	}
 	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			m := NewMemory(size)
-			ref := bytes.Repeat([]byte{0x5a}, 4096)
-			m.WriteAt(ref, 4096)
-			b := Backend(m)
-			if tt.backend != nil {
-				b = tt.backend
-				b.WriteAt(ref, 4096)
-			}
-			c, done := serving(t, b, tt.opts)
-			rc := rawConn{t, c}
-			tt.req.Cookie = 77
-			if e, data := rc.roundTrip(tt.req, tt.payload); e != tt.want || data != nil {
-				t.Fatalf("errno %d (data %d bytes), want %d and no data", e, len(data), tt.want)
-			}
-			if tt.want != EIO {
-				e, data := rc.roundTrip(Request{Type: CmdRead, Cookie: 78, Offset: 4096, Length: 4096}, nil)
-				if e != 0 || !bytes.Equal(data, ref) {
-					t.Fatalf("connection unusable after the error reply: errno %d", e)
+		for _, inline := range []bool{true, false} {
+			t.Run(fmt.Sprintf("%s/inline=%v", tt.name, inline), func(t *testing.T) {
+				m := NewMemory(size)
+				ref := bytes.Repeat([]byte{0x5a}, 4096)
+				m.WriteAt(ref, 4096)
+				b := Backend(m)
+				if tt.backend != nil {
+					b = tt.backend
+					b.WriteAt(ref, 4096)
 				}
-			}
-			rc.send(Request{Type: CmdDisc}, nil)
-			rc.expectClosed()
-			if err := waitErr(t, done); err != nil {
-				t.Fatalf("ServeTransmission = %v", err)
-			}
-		})
+				if !inline {
+					b = blockingBackend{b}
+				}
+				c, done := serving(t, b, tt.opts)
+				rc := rawConn{t, c}
+				tt.req.Cookie = 77
+				if e, data := rc.roundTrip(tt.req, tt.payload); e != tt.want || data != nil {
+					t.Fatalf("errno %d (data %d bytes), want %d and no data", e, len(data), tt.want)
+				}
+				if tt.want != EIO {
+					e, data := rc.roundTrip(Request{Type: CmdRead, Cookie: 78, Offset: 4096, Length: 4096}, nil)
+					if e != 0 || !bytes.Equal(data, ref) {
+						t.Fatalf("connection unusable after the error reply: errno %d", e)
+					}
+				}
+				rc.send(Request{Type: CmdDisc}, nil)
+				rc.expectClosed()
+				if err := waitErr(t, done); err != nil {
+					t.Fatalf("ServeTransmission = %v", err)
+				}
+			})
+		}
+	}
+}
+
+// asBlocking serves b through the worker pool: it claims to block and
+// keeps b's trim and write-zeroes abilities.
+func asBlocking(b Backend) Backend {
+	if m, ok := b.(*Memory); ok {
+		return blocking{m}
+	}
+	return blockingBackend{b}
+}
+
+type blockingBackend struct{ Backend }
+
+func (blockingBackend) NonBlocking() bool { return false }
+
+// TestInlineBurstBeyondQueueDepth: served inline, a burst of requests
+// larger than the queue depth arrives in one read; the reader must write
+// its deferred replies to free slots rather than wait for itself.
+func TestInlineBurstBeyondQueueDepth(t *testing.T) {
+	c, done := serving(t, NewMemory(1<<20), TransmissionOptions{QueueDepth: 2})
+	var burst []byte
+	lens := map[uint64]int{}
+	for i := range 50 {
+		b := make([]byte, RequestSize)
+		(&Request{Type: CmdRead, Cookie: uint64(i), Offset: uint64(i) * 512, Length: 512}).Encode(b)
+		burst = append(burst, b...)
+		lens[uint64(i)] = 512
+	}
+	if _, err := c.Write(burst); err != nil {
+		t.Fatal(err)
+	}
+	rc := rawConn{t, c}
+	for i := range 50 {
+		if r, data := rc.reply(lens); r.Errno != 0 || r.Cookie != uint64(i) || len(data) != 512 {
+			t.Fatalf("reply %d: %+v (inline replies come in request order)", i, r)
+		}
+	}
+	rc.send(Request{Type: CmdDisc}, nil)
+	if err := waitErr(t, done); err != nil {
+		t.Fatal(err)
 	}
 }
 
@@ -292,6 +338,9 @@ func (g *gateBackend) WriteAt(p []byte, off int64) (int, error) {
 
 func (g *gateBackend) open() { g.releaseAll.Do(func() { close(g.gate) }) }
 
+// NonBlocking is false: the gate blocks, so requests go to workers.
+func (g *gateBackend) NonBlocking() bool { return false }
+
 func TestConcurrentRequestsUpToQueueDepth(t *testing.T) {
 	const qd = 8
 	g := newGateBackend(1 << 20)
@@ -340,6 +389,8 @@ type orderBackend struct {
 	release chan struct{}
 }
 
+func (o *orderBackend) NonBlocking() bool { return false }
+
 func (o *orderBackend) ReadAt(p []byte, off int64) (int, error) {
 	if off == 0 {
 		<-o.release
@@ -368,8 +419,10 @@ func TestRepliesOutOfOrder(t *testing.T) {
 }
 
 // journalBackend records the order of completed writes and flushes.
+// inline chooses how the loop serves it.
 type journalBackend struct {
 	*Memory
+	inline  bool
 	mu      sync.Mutex
 	written map[int64]bool // completed writes (by offset) not yet flushed
 	durable map[int64]bool // writes covered by a completed flush
@@ -379,6 +432,8 @@ type journalBackend struct {
 func newJournal(size int64) *journalBackend {
 	return &journalBackend{Memory: NewMemory(size), written: map[int64]bool{}, durable: map[int64]bool{}}
 }
+
+func (j *journalBackend) NonBlocking() bool { return j.inline }
 
 func (j *journalBackend) WriteAt(p []byte, off int64) (int, error) {
 	// A little work so writes overlap with the flush.
@@ -417,7 +472,16 @@ func (j *journalBackend) isDurable(off int64) bool {
 // had when it sent FLUSH is durable by the time FLUSH is answered, while
 // writes keep flowing concurrently.
 func TestFlushCoversCompletedWrites(t *testing.T) {
-	j := newJournal(4 << 20)
+	for _, inline := range []bool{false, true} {
+		t.Run(fmt.Sprintf("inline=%v", inline), func(t *testing.T) {
+			j := newJournal(4 << 20)
+			j.inline = inline
+			testFlushCovers(t, j)
+		})
+	}
+}
+
+func testFlushCovers(t *testing.T, j *journalBackend) {
 	c, done := serving(t, j, TransmissionOptions{QueueDepth: 16})
 	rc := rawConn{t, c}
 	payload := make([]byte, 4096)
@@ -486,7 +550,16 @@ func TestFlushCoversCompletedWrites(t *testing.T) {
 }
 
 func TestFUAWriteIsDurableWhenReplied(t *testing.T) {
-	j := newJournal(1 << 20)
+	for _, inline := range []bool{false, true} {
+		t.Run(fmt.Sprintf("inline=%v", inline), func(t *testing.T) {
+			j := newJournal(1 << 20)
+			j.inline = inline
+			testFUA(t, j)
+		})
+	}
+}
+
+func testFUA(t *testing.T, j *journalBackend) {
 	c, done := serving(t, j, TransmissionOptions{})
 	rc := rawConn{t, c}
 	for i, flags := range []uint16{0, CmdFlagFUA} {
