@@ -35,6 +35,14 @@ type ZeroWriter interface {
 	WriteZeroes(off, length int64, mayUnmap bool) error
 }
 
+// FUAWriter is an optional ability: WriteAtFUA writes like WriteAt and
+// returns once the written range is durable (NBD_CMD_FLAG_FUA), usually
+// cheaper than WriteAt followed by a Flush of everything. Without it the
+// IO loop does exactly that.
+type FUAWriter interface {
+	WriteAtFUA(p []byte, off int64) (n int, err error)
+}
+
 // NonBlocking is an optional ability of backends whose calls complete in
 // microseconds without waiting on a device or the network: memory, or a
 // file on tmpfs. When NonBlocking reports true the IO loop serves their

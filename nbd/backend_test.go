@@ -65,6 +65,16 @@ func backendSuite(t *testing.T, b Backend) {
 			t.Fatalf("ReadAt at the end = %d, %v, want 0, EOF", n, err)
 		}
 	})
+	if f, ok := b.(FUAWriter); ok {
+		t.Run("fua write", func(t *testing.T) {
+			p := bytes.Repeat([]byte{0xfa}, 8192)
+			if n, err := f.WriteAtFUA(p, 4096+512); n != len(p) || err != nil {
+				t.Fatalf("WriteAtFUA = %d, %v", n, err)
+			}
+			copy(model[4096+512:], p)
+			check(t, "after FUA write")
+		})
+	}
 	t.Run("flush", func(t *testing.T) {
 		if err := b.Flush(); err != nil {
 			t.Fatal(err)

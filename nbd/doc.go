@@ -43,9 +43,11 @@
 //   - client.go: Client, the handshake's client side and a pipelined,
 //     concurrency-safe transmission client. It satisfies Backend.
 //   - backend.go: the Backend interface every store implements, and its
-//     optional abilities (Discarder, ZeroWriter, NonBlocking, Resizer).
+//     optional abilities (Discarder, ZeroWriter, FUAWriter, NonBlocking,
+//     Resizer).
 //   - memory.go, file.go: the sparse in-memory backend and the file or
-//     block-device backend (pread/pwrite, fallocate for trim and zeroes).
+//     block-device backend (pread/pwrite, pwritev2 RWF_DSYNC for FUA,
+//     fallocate for trim and zeroes).
 //   - netlink.go, kmod.go: the kernel's "nbd" generic netlink family
 //     (CONNECT, DISCONNECT, RECONFIGURE, STATUS: message encoding and
 //     decoding over vishvananda/netlink's nl package) and loading the nbd

@@ -24,6 +24,7 @@ type File struct {
 	// go straight to the fallback instead of failing a syscall each time.
 	noPunch     atomic.Bool
 	noZeroRange atomic.Bool
+	noDsync     atomic.Bool
 	// inMemory: the file lives on tmpfs or ramfs, whose IO never waits
 	// on a device.
 	inMemory bool
@@ -117,6 +118,42 @@ func (b *File) WriteAt(p []byte, off int64) (int, error) {
 		n += k
 	}
 	return n, nil
+}
+
+// WriteAtFUA writes with pwritev2(RWF_DSYNC), which makes just this
+// range durable; kernels or file systems without it get pwrite and
+// fdatasync.
+func (b *File) WriteAtFUA(p []byte, off int64) (int, error) {
+	if b.readOnly {
+		return 0, syscall.EROFS
+	}
+	if !b.noDsync.Load() {
+		iov := [][]byte{p}
+		n := 0
+		for n < len(p) {
+			iov[0] = p[n:]
+			k, err := unix.Pwritev2(b.fd, iov, off+int64(n), unix.RWF_DSYNC)
+			if err == unix.EINTR {
+				continue
+			}
+			if err == unix.ENOSYS || err == unix.EOPNOTSUPP || (err == unix.EINVAL && n == 0) {
+				b.noDsync.Store(true)
+				break
+			}
+			if err != nil {
+				return n, err
+			}
+			n += k
+		}
+		if n == len(p) {
+			return n, nil
+		}
+	}
+	n, err := b.WriteAt(p, off)
+	if err == nil {
+		err = b.Flush()
+	}
+	return n, err
 }
 
 // Flush makes completed writes durable with fdatasync(2).

@@ -5,26 +5,10 @@ import (
 	"context"
 	"log/slog"
 	"net"
-	"os"
-	"os/exec"
 	"sync"
 	"testing"
 	"time"
 )
-
-// requireTool skips the test when tool is missing, unless
-// RBD_NBD_GRAPH_REQUIRE=1 (make test), where a missing tool fails it.
-func requireTool(t testing.TB, tool string) string {
-	t.Helper()
-	p, err := exec.LookPath(tool)
-	if err != nil {
-		if os.Getenv("RBD_NBD_GRAPH_REQUIRE") == "1" {
-			t.Fatalf("%s not found and RBD_NBD_GRAPH_REQUIRE=1: %v", tool, err)
-		}
-		t.Skipf("%s not installed (make deps installs it): %v", tool, err)
-	}
-	return p
-}
 
 // socketPair returns two connected unix stream sockets, the kind of
 // connection the kernel path serves.

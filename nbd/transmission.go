@@ -47,6 +47,9 @@ const (
 	DefaultQueueDepth       = 64
 	DefaultMaxInFlightBytes = 64 << 20
 	readBufferSize          = 128 << 10
+	// drainTimeout bounds how long replies may wait for a client that
+	// stopped reading once the context is cancelled.
+	drainTimeout = 30 * time.Second
 )
 
 func (o TransmissionOptions) withDefaults() (TransmissionOptions, error) {
@@ -120,7 +123,12 @@ func ServeTransmission(ctx context.Context, conn net.Conn, b Backend, opts Trans
 	}
 	s := newSession(conn, b, opts)
 	// Cancellation interrupts the blocking read; the loop then drains.
-	stop := context.AfterFunc(ctx, func() { conn.SetReadDeadline(time.Unix(1, 0)) })
+	// A client that stopped reading replies gets drainTimeout to take
+	// them before the writes fail, so the drain cannot hang on it.
+	stop := context.AfterFunc(ctx, func() {
+		conn.SetReadDeadline(time.Unix(1, 0))
+		conn.SetWriteDeadline(time.Now().Add(drainTimeout))
+	})
 	err = s.readLoop()
 	stop()
 	s.flushDeferred()
@@ -156,6 +164,7 @@ type session struct {
 	b     Backend
 	disc  Discarder
 	zw    ZeroWriter
+	fua   FUAWriter
 	opts  TransmissionOptions
 	log   *slog.Logger
 	align uint64 // BlockSize-1
@@ -211,6 +220,7 @@ func newSession(conn net.Conn, b Backend, opts TransmissionOptions) *session {
 	}
 	s.disc, _ = b.(Discarder)
 	s.zw, _ = b.(ZeroWriter)
+	s.fua, _ = b.(FUAWriter)
 	s.slotFree.L = &s.slotMu
 	for i := range s.free {
 		s.free[i] = &request{}
@@ -466,6 +476,7 @@ func (s *session) serve(r *request) {
 	h := &r.hdr
 	off := int64(h.Offset)
 	var err error
+	fuaDone := false // the write itself was durable
 	switch h.Type {
 	case CmdRead:
 		data := r.buf[SimpleReplySize:]
@@ -479,7 +490,12 @@ func (s *session) serve(r *request) {
 	case CmdWrite:
 		data := r.buf[SimpleReplySize:]
 		var n int
-		n, err = s.b.WriteAt(data, off)
+		if h.Flags&CmdFlagFUA != 0 && s.fua != nil {
+			n, err = s.fua.WriteAtFUA(data, off)
+			fuaDone = true
+		} else {
+			n, err = s.b.WriteAt(data, off)
+		}
 		if err == nil && n != len(data) {
 			err = io.ErrShortWrite
 		}
@@ -496,7 +512,7 @@ func (s *session) serve(r *request) {
 	case CmdCache:
 		// A hint with no required effect.
 	}
-	if err == nil && h.Flags&CmdFlagFUA != 0 && h.Type != CmdRead && h.Type != CmdFlush && h.Type != CmdCache {
+	if err == nil && !fuaDone && h.Flags&CmdFlagFUA != 0 && h.Type != CmdRead && h.Type != CmdFlush && h.Type != CmdCache {
 		err = s.b.Flush()
 	}
 	r.errno = Errno(err)

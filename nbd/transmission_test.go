@@ -757,3 +757,46 @@ func TestServerFlags(t *testing.T) {
 		}
 	}
 }
+
+// fuaRecorder has its own durable write.
+type fuaRecorder struct {
+	*Memory
+	mu          sync.Mutex
+	fuaWrites   int
+	flushes     int
+	plainWrites int
+}
+
+func (f *fuaRecorder) WriteAt(p []byte, off int64) (int, error) {
+	f.mu.Lock()
+	f.plainWrites++
+	f.mu.Unlock()
+	return f.Memory.WriteAt(p, off)
+}
+
+func (f *fuaRecorder) WriteAtFUA(p []byte, off int64) (int, error) {
+	f.mu.Lock()
+	f.fuaWrites++
+	f.mu.Unlock()
+	return f.Memory.WriteAt(p, off)
+}
+
+func (f *fuaRecorder) Flush() error {
+	f.mu.Lock()
+	f.flushes++
+	f.mu.Unlock()
+	return nil
+}
+
+func TestFUAUsesFUAWriter(t *testing.T) {
+	f := &fuaRecorder{Memory: NewMemory(1 << 20)}
+	c, done := serving(t, f, TransmissionOptions{})
+	rc := rawConn{t, c}
+	rc.roundTrip(Request{Type: CmdWrite, Flags: CmdFlagFUA, Cookie: 1, Length: 512}, make([]byte, 512))
+	rc.roundTrip(Request{Type: CmdWrite, Cookie: 2, Length: 512}, make([]byte, 512))
+	rc.send(Request{Type: CmdDisc}, nil)
+	waitErr(t, done)
+	if f.fuaWrites != 1 || f.plainWrites != 1 || f.flushes != 0 {
+		t.Fatalf("FUA writes %d, plain writes %d, flushes %d; want 1, 1, 0", f.fuaWrites, f.plainWrites, f.flushes)
+	}
+}
