@@ -1,0 +1,170 @@
+package rbdio
+
+import (
+	"context"
+	"fmt"
+	"syscall"
+
+	"github.com/ceph/go-ceph/rbd"
+)
+
+// ImageSpec names an image (and optionally a snapshot) anywhere in the
+// cluster.
+type ImageSpec struct {
+	Pool      string
+	Namespace string
+	Image     string
+	Snapshot  string
+	// Trash is set for a child that was moved to the trash but still
+	// depends on its parent.
+	Trash bool
+}
+
+// String writes the spec as rbd(8) does: pool[/namespace]/image[@snap].
+func (s ImageSpec) String() string {
+	out := s.Pool + "/"
+	if s.Namespace != "" {
+		out += s.Namespace + "/"
+	}
+	out += s.Image
+	if s.Snapshot != "" {
+		out += "@" + s.Snapshot
+	}
+	if s.Trash {
+		out += " (in trash)"
+	}
+	return out
+}
+
+// Clone makes child a copy-on-write clone of parent@snap in the same
+// pool and namespace (rbd_clone3). The snapshot must be protected
+// (ErrNotProtected otherwise), which keeps clones usable by krbd and by
+// clients that predate clone v2. opts.Size is ignored; Features
+// defaults to DefaultFeatures. librbd removes a half-made clone itself
+// when a step fails.
+func (c *Conn) Clone(ctx context.Context, parent, snap, child string, opts CreateOptions) error {
+	spec := c.spec(child, "")
+	if err := validName("image", child); err != nil {
+		return err
+	}
+	if err := validName("snapshot", snap); err != nil {
+		return err
+	}
+	err := c.withImage(ctx, "clone", parent, "", true, func(img *rbd.Image) error {
+		protected, err := img.GetSnapshot(snap).IsProtected()
+		if err != nil {
+			return snapError(err, "clone", c.spec(parent, snap), "rbd_snap_is_protected")
+		}
+		if !protected {
+			return &Error{Op: "clone", Object: c.spec(parent, snap), Kind: ErrNotProtected,
+				Hint: "protect the snapshot first (ProtectSnapshot, rbd snap protect)"}
+		}
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	rio, err := c.imageOptions("clone", spec, opts, true)
+	if err != nil {
+		return err
+	}
+	defer rio.Destroy()
+	if err := rbd.CloneImage(c.ioctx, parent, snap, c.ioctx, child, rio); err != nil {
+		e := wrap(err, "clone "+c.spec(parent, snap)+" to", spec, "rbd_clone3")
+		if e.Errno == syscall.EEXIST {
+			e.Hint = "pick another name, or remove the old image first"
+		}
+		return e
+	}
+	return nil
+}
+
+// Flatten copies into image every block it still reads from its clone
+// parent, so it no longer depends on it (rbd_flatten). It may run while
+// the image is open for IO elsewhere: librbd hands the work to the
+// exclusive lock holder. An image that is not a clone is left alone.
+// The call cannot be interrupted once started; ctx is checked before.
+func (c *Conn) Flatten(ctx context.Context, image string) error {
+	return c.withImage(ctx, "flatten", image, "", false, func(img *rbd.Image) error {
+		if err := img.Flatten(); err != nil {
+			e := wrap(err, "flatten", c.spec(image, ""), "rbd_flatten")
+			if e.Errno == syscall.EINVAL {
+				// librbd's answer for "not a clone".
+				if _, err := img.GetParent(); err != nil {
+					return nil
+				}
+			}
+			return e
+		}
+		return nil
+	})
+}
+
+// Children lists the clones of image@snap (rbd_list_children3).
+func (c *Conn) Children(ctx context.Context, image, snap string) ([]ImageSpec, error) {
+	if err := validName("snapshot", snap); err != nil {
+		return nil, err
+	}
+	var out []ImageSpec
+	err := c.withImage(ctx, "list children", image, snap, true, func(img *rbd.Image) error {
+		kids, err := img.ListChildrenAttributes()
+		if err != nil {
+			return wrap(err, "list children", c.spec(image, snap), "rbd_list_children3")
+		}
+		for _, k := range kids {
+			out = append(out, ImageSpec{Pool: k.PoolName, Namespace: k.PoolNamespace, Image: k.ImageName, Trash: k.Trash})
+		}
+		return nil
+	})
+	return out, err
+}
+
+// Parent returns the clone parent of image; ok is false when the image
+// is not a clone (or was flattened) (rbd_get_parent).
+func (c *Conn) Parent(ctx context.Context, image string) (parent ImageSpec, ok bool, err error) {
+	err = c.withImage(ctx, "get parent", image, "", true, func(img *rbd.Image) error {
+		var e error
+		parent, ok, e = parentOf(img, c.spec(image, ""))
+		return e
+	})
+	return parent, ok, err
+}
+
+func parentOf(img *rbd.Image, spec string) (ImageSpec, bool, error) {
+	p, err := img.GetParent()
+	if err != nil {
+		if code, _ := cephErrno(err); code == syscall.ENOENT {
+			return ImageSpec{}, false, nil
+		}
+		return ImageSpec{}, false, wrap(err, "get parent", spec, "rbd_get_parent")
+	}
+	return ImageSpec{
+		Pool:      p.Image.PoolName,
+		Namespace: p.Image.PoolNamespace,
+		Image:     p.Image.ImageName,
+		Snapshot:  p.Snap.SnapName,
+		Trash:     p.Image.Trash,
+	}, true, nil
+}
+
+// checkChildren returns ErrHasChildren naming the clones of any of
+// image's snapshots, or nil.
+func (c *Conn) checkChildren(ctx context.Context, op, image string, snaps []SnapshotInfo) error {
+	var all []ImageSpec
+	var from []string
+	for _, s := range snaps {
+		kids, err := c.Children(ctx, image, s.Name)
+		if err != nil {
+			return err
+		}
+		if len(kids) > 0 {
+			all = append(all, kids...)
+			from = append(from, s.Name)
+		}
+	}
+	if len(all) == 0 {
+		return nil
+	}
+	return &Error{Op: op, Object: c.spec(image, ""), Kind: ErrHasChildren,
+		Hint: fmt.Sprintf("clones %s depend on snapshot(s) %v: flatten or remove them first", specList(all), from)}
+}

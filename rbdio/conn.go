@@ -1,0 +1,304 @@
+package rbdio
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"strconv"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/ceph/go-ceph/rados"
+	"github.com/ceph/go-ceph/rbd"
+)
+
+// Config says how to reach the cluster and which pool to work in. The
+// zero value connects as client.admin of cluster "ceph" to pool "rbd"
+// with librados' own ceph.conf search (CEPH_CONF, then
+// /etc/ceph/ceph.conf).
+type Config struct {
+	// ConfFile is the ceph.conf to read; "" means librados' default
+	// search, which honours $CEPH_CONF.
+	ConfFile string
+	// Keyring is the cephx keyring file; "" means the one ceph.conf
+	// names (or librados' default locations).
+	Keyring string
+	// ID is the cephx client id, without "client." (default "admin").
+	ID string
+	// Cluster is the cluster name (default "ceph"); it selects the
+	// default conf and keyring file names, as in `ceph --cluster`.
+	Cluster string
+	// Pool holds the images (default "rbd").
+	Pool string
+	// Namespace is the RADOS namespace in Pool ("" is the default one).
+	Namespace string
+	// ConnectTimeout bounds connecting and every monitor request
+	// (default 30s). Data IO is not bounded by it.
+	ConnectTimeout time.Duration
+}
+
+// Defaults of Config's empty fields.
+const (
+	DefaultID             = "admin"
+	DefaultCluster        = "ceph"
+	DefaultPool           = "rbd"
+	DefaultConnectTimeout = 30 * time.Second
+)
+
+func (c Config) withDefaults() Config {
+	if c.ID == "" {
+		c.ID = DefaultID
+	}
+	if c.Cluster == "" {
+		c.Cluster = DefaultCluster
+	}
+	if c.Pool == "" {
+		c.Pool = DefaultPool
+	}
+	if c.ConnectTimeout <= 0 {
+		c.ConnectTimeout = DefaultConnectTimeout
+	}
+	return c
+}
+
+// Conn is a connection to the cluster with the pool (and namespace)
+// open. Its methods are safe for concurrent use. Close it after the
+// images opened from it.
+type Conn struct {
+	cfg   Config
+	rados *rados.Conn
+	ioctx *rados.IOContext
+
+	mu     sync.Mutex
+	images map[*Image]struct{} // open images, closed by Close
+	closed bool
+}
+
+// Connect reads the configuration, authenticates, and opens the pool
+// (and namespace). It fails with ErrUnreachable when no monitor answers
+// within ConnectTimeout, ErrPermission when cephx refuses the key, and
+// ErrNotFound for a missing conf file, keyring, pool or namespace. If
+// ctx ends first Connect returns ctx.Err() and abandons the attempt
+// (librados cannot be interrupted; the connection is shut down when it
+// finishes).
+func Connect(ctx context.Context, cfg Config) (*Conn, error) {
+	cfg = cfg.withDefaults()
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	for _, f := range []struct{ what, path, how string }{
+		{"ceph.conf", cfg.ConfFile, "--ceph-conf, Config.ConfFile"},
+		{"keyring", cfg.Keyring, "--keyring, Config.Keyring"},
+	} {
+		if f.path == "" {
+			continue
+		}
+		if _, err := os.Stat(f.path); err != nil {
+			return nil, &Error{Op: "connect", Object: f.what + " " + f.path, Kind: ErrNotFound,
+				Hint: fmt.Sprintf("pass the right path (%s): %v", f.how, err)}
+		}
+	}
+
+	type result struct {
+		c   *Conn
+		err error
+	}
+	done := make(chan result, 1)
+	abandoned := make(chan struct{})
+	go func() {
+		c, err := connect(cfg)
+		select {
+		case done <- result{c, err}:
+		case <-abandoned:
+			if c != nil {
+				c.Close()
+			}
+		}
+	}()
+	select {
+	case r := <-done:
+		return r.c, r.err
+	case <-ctx.Done():
+		close(abandoned)
+		// The goroutine may have finished just now: don't leak its conn.
+		select {
+		case r := <-done:
+			if r.c != nil {
+				r.c.Close()
+			}
+		default:
+		}
+		return nil, ctx.Err()
+	}
+}
+
+// connect does the blocking part of Connect.
+func connect(cfg Config) (*Conn, error) {
+	user := "client." + cfg.ID
+	object := fmt.Sprintf("cluster %q as %s", cfg.Cluster, user)
+	rc, err := rados.NewConnWithClusterAndUser(cfg.Cluster, user)
+	if err != nil {
+		return nil, wrap(err, "connect", object, "rados_create2")
+	}
+	ok := false
+	defer func() {
+		if !ok {
+			rc.Shutdown()
+		}
+	}()
+	if cfg.ConfFile != "" {
+		err = rc.ReadConfigFile(cfg.ConfFile)
+	} else {
+		err = rc.ReadDefaultConfigFile()
+	}
+	if err != nil {
+		conf := cfg.ConfFile
+		if conf == "" {
+			conf = "default search ($CEPH_CONF, /etc/ceph/" + cfg.Cluster + ".conf)"
+		}
+		return nil, wrap(err, "read ceph.conf", conf, "rados_conf_read_file").
+			with(ErrNotFound, "pass --ceph-conf (Config.ConfFile) or set CEPH_CONF")
+	}
+	secs := strconv.FormatFloat(cfg.ConnectTimeout.Seconds(), 'f', -1, 64)
+	opts := [][2]string{
+		{"client_mount_timeout", secs},
+		{"rados_mon_op_timeout", secs},
+		// NBD carries flushes, so librbd's cache may acknowledge writes
+		// before they reach the OSDs (writearound, bounded by
+		// rbd_cache_max_dirty) from the first request on, as it does
+		// after a client's first flush anyway; see doc.go.
+		{"rbd_cache_writethrough_until_flush", "false"},
+	}
+	if cfg.Keyring != "" {
+		opts = append(opts, [2]string{"keyring", cfg.Keyring})
+	}
+	for _, o := range opts {
+		if err := rc.SetConfigOption(o[0], o[1]); err != nil {
+			return nil, wrap(err, "set option "+o[0], object, "rados_conf_set")
+		}
+	}
+	if err := rc.Connect(); err != nil {
+		e := wrap(err, "connect", object, "rados_connect")
+		mons, _ := rc.GetConfigOption("mon_host")
+		switch e.Errno {
+		case syscall.ETIMEDOUT:
+			return nil, e.with(ErrUnreachable, fmt.Sprintf(
+				"no monitor answered at %q within %v: is the cluster running (test/ceph/cluster status DIR, make cluster)?", mons, cfg.ConnectTimeout))
+		case syscall.EACCES, syscall.EPERM:
+			keyring, _ := rc.GetConfigOption("keyring")
+			return nil, e.with(ErrPermission, fmt.Sprintf(
+				"cephx refused %s with keyring %q: check --id and --keyring (Config.ID, Config.Keyring)", user, keyring))
+		case syscall.ENOENT:
+			keyring, _ := rc.GetConfigOption("keyring")
+			return nil, e.with(ErrNotFound, fmt.Sprintf(
+				"no key for %s in keyring %q: pass --keyring (Config.Keyring) or name it in ceph.conf", user, keyring))
+		}
+		return nil, e.with(nil, fmt.Sprintf("monitors %q", mons))
+	}
+	ioctx, err := rc.OpenIOContext(cfg.Pool)
+	if err != nil {
+		e := wrap(err, "open pool", cfg.Pool, "rados_ioctx_create")
+		if e.Errno == syscall.ENOENT {
+			e.Hint = fmt.Sprintf("create it with 'ceph osd pool create %s && rbd pool init %s', or pass another pool", cfg.Pool, cfg.Pool)
+		}
+		return nil, e
+	}
+	if cfg.Namespace != "" {
+		ioctx.SetNamespace(cfg.Namespace)
+		exists, err := rbd.NamespaceExists(ioctx, cfg.Namespace)
+		if err != nil {
+			ioctx.Destroy()
+			return nil, wrap(err, "check namespace", cfg.Pool+"/"+cfg.Namespace, "rbd_namespace_exists")
+		}
+		if !exists {
+			ioctx.Destroy()
+			return nil, &Error{Op: "open namespace", Object: cfg.Pool + "/" + cfg.Namespace, Kind: ErrNotFound,
+				Hint: fmt.Sprintf("create it with 'rbd namespace create %s/%s'", cfg.Pool, cfg.Namespace)}
+		}
+	}
+	ok = true
+	return &Conn{cfg: cfg, rados: rc, ioctx: ioctx, images: make(map[*Image]struct{})}, nil
+}
+
+// Config returns the configuration the connection was made with,
+// defaults filled in.
+func (c *Conn) Config() Config { return c.cfg }
+
+// FSID is the cluster's fsid (rados_cluster_fsid).
+func (c *Conn) FSID() (string, error) {
+	id, err := c.rados.GetFSID()
+	if err != nil {
+		return "", wrap(err, "get fsid", "cluster", "rados_cluster_fsid")
+	}
+	return id, nil
+}
+
+// Close closes the images still open from c (their IO then fails with
+// ErrClosed), then the pool and the cluster connection. Closing twice
+// is harmless.
+func (c *Conn) Close() error {
+	c.mu.Lock()
+	if c.closed {
+		c.mu.Unlock()
+		return nil
+	}
+	c.closed = true
+	open := make([]*Image, 0, len(c.images))
+	for im := range c.images {
+		open = append(open, im)
+	}
+	c.mu.Unlock()
+	var errs []error
+	for _, im := range open {
+		if err := im.Close(); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	c.ioctx.Destroy()
+	c.rados.Shutdown()
+	return errors.Join(errs...)
+}
+
+// spec names an image (and snapshot) in this connection's pool and
+// namespace, as rbd(8) writes it: pool[/namespace]/image[@snap].
+func (c *Conn) spec(image, snap string) string {
+	s := c.cfg.Pool + "/"
+	if c.cfg.Namespace != "" {
+		s += c.cfg.Namespace + "/"
+	}
+	s += image
+	if snap != "" {
+		s += "@" + snap
+	}
+	return s
+}
+
+// check refuses calls after Close and with a done context.
+func (c *Conn) check(ctx context.Context, op, object string) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	c.mu.Lock()
+	closed := c.closed
+	c.mu.Unlock()
+	if closed {
+		return &Error{Op: op, Object: object, Kind: ErrClosed, Errno: syscall.ESHUTDOWN}
+	}
+	return nil
+}
+
+// validName refuses names librbd would refuse or misparse.
+func validName(what, name string) error {
+	if name == "" {
+		return &Error{Op: "check " + what + " name", Kind: ErrInvalid, Hint: "the " + what + " name is empty"}
+	}
+	for _, r := range name {
+		if r == '/' || r == '@' || r < ' ' {
+			return &Error{Op: "check " + what + " name", Object: strconv.Quote(name), Kind: ErrInvalid,
+				Hint: "names cannot contain '/', '@' or control characters"}
+		}
+	}
+	return nil
+}

@@ -1,0 +1,147 @@
+package rbdio
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"os"
+	"os/exec"
+	"strings"
+	"testing"
+	"time"
+)
+
+// The integration tests run against the cluster CEPH_CONF names
+// (test/ceph/cluster start DIR; eval "$(test/ceph/cluster env DIR)").
+// Without one they skip, unless RBD_NBD_GRAPH_REQUIRE=1 (make test),
+// when they fail.
+
+func required() bool { return os.Getenv("RBD_NBD_GRAPH_REQUIRE") == "1" }
+
+// skipOrFail skips the test, or fails it under RBD_NBD_GRAPH_REQUIRE=1.
+func skipOrFail(t testing.TB, why string) {
+	t.Helper()
+	if required() {
+		t.Fatalf("%s (RBD_NBD_GRAPH_REQUIRE=1, so this fails instead of skipping)", why)
+	}
+	t.Skip(why)
+}
+
+// cephConf returns the test cluster's ceph.conf.
+func cephConf(t testing.TB) string {
+	t.Helper()
+	conf := os.Getenv("CEPH_CONF")
+	if conf == "" {
+		skipOrFail(t, "no test cluster: set CEPH_CONF (test/ceph/cluster start DIR; eval \"$(test/ceph/cluster env DIR)\")")
+	}
+	if _, err := os.Stat(conf); err != nil {
+		t.Fatalf("CEPH_CONF=%s: %v", conf, err)
+	}
+	return conf
+}
+
+func testContext(t testing.TB) context.Context {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	t.Cleanup(cancel)
+	return ctx
+}
+
+// testConn connects to the test cluster's pool rbd; closed at cleanup.
+func testConn(t testing.TB) *Conn {
+	t.Helper()
+	conf := cephConf(t)
+	c, err := Connect(testContext(t), Config{ConfFile: conf, ConnectTimeout: 20 * time.Second})
+	if err != nil {
+		t.Fatalf("Connect: %v", err)
+	}
+	t.Cleanup(func() {
+		if err := c.Close(); err != nil {
+			t.Errorf("Close: %v", err)
+		}
+	})
+	return c
+}
+
+// imageName returns a fresh image name for this test; the image (and
+// its snapshots) are removed at cleanup if they exist. Register clones
+// after their parents: cleanups run last-in first-out.
+func imageName(t testing.TB, c *Conn) string {
+	t.Helper()
+	var b [4]byte
+	if _, err := rand.Read(b[:]); err != nil {
+		t.Fatal(err)
+	}
+	base := strings.NewReplacer("/", "-", " ", "-").Replace(t.Name())
+	if len(base) > 40 {
+		base = base[:40]
+	}
+	name := "rbdio-test-" + base + "-" + hex.EncodeToString(b[:])
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+		defer cancel()
+		err := c.RemoveImage(ctx, name, RemoveOptions{Snapshots: true})
+		if err != nil && !errors.Is(err, ErrNotFound) && !errors.Is(err, ErrClosed) {
+			t.Errorf("cleanup: %v", err)
+		}
+	})
+	return name
+}
+
+// createImage makes a fresh image of size bytes with default features.
+func createImage(t testing.TB, c *Conn, size int64) string {
+	t.Helper()
+	name := imageName(t, c)
+	if err := c.CreateImage(testContext(t), name, CreateOptions{Size: size}); err != nil {
+		t.Fatalf("CreateImage: %v", err)
+	}
+	return name
+}
+
+// openImage opens name; closed at cleanup.
+func openImage(t testing.TB, c *Conn, name string, opts OpenOptions) *Image {
+	t.Helper()
+	im, err := c.OpenImage(testContext(t), name, opts)
+	if err != nil {
+		t.Fatalf("OpenImage(%s, %+v): %v", name, opts, err)
+	}
+	t.Cleanup(func() { im.Close() })
+	return im
+}
+
+// needTool returns the path of a command-line tool, or skips/fails.
+func needTool(t testing.TB, name string) string {
+	t.Helper()
+	p, err := exec.LookPath(name)
+	if err != nil {
+		skipOrFail(t, name+" not installed (make deps)")
+	}
+	return p
+}
+
+// pattern fills n bytes with a pattern derived from seed.
+func pattern(n int, seed byte) []byte {
+	p := make([]byte, n)
+	for i := range p {
+		p[i] = byte(i*7) ^ seed
+	}
+	return p
+}
+
+// mustRead reads n bytes at off.
+func mustRead(t testing.TB, im *Image, off int64, n int) []byte {
+	t.Helper()
+	p := make([]byte, n)
+	if k, err := im.ReadAt(p, off); err != nil || k != n {
+		t.Fatalf("ReadAt(%d, %d) = %d, %v", off, n, k, err)
+	}
+	return p
+}
+
+// mustWrite writes p at off.
+func mustWrite(t testing.TB, im *Image, p []byte, off int64) {
+	t.Helper()
+	if k, err := im.WriteAt(p, off); err != nil || k != len(p) {
+		t.Fatalf("WriteAt(%d, %d) = %d, %v", off, len(p), k, err)
+	}
+}
