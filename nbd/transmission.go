@@ -259,6 +259,16 @@ func (s *session) readLoop() error {
 			case CmdRead:
 				replyData = h.Length
 			case CmdWrite:
+				if s.inline && s.rend-s.rpos >= int(payload) {
+					// Served now, straight from the read buffer: no
+					// copy into a slot (WriteAt must not retain p).
+					r := s.acquire(0)
+					r.hdr = h
+					s.serve(r, s.rbuf[s.rpos:s.rpos+int(payload)])
+					s.rpos += int(payload)
+					s.finish(r, true)
+					continue
+				}
 				replyData = h.Length // received into the slot buffer
 			}
 		}
@@ -284,7 +294,7 @@ func (s *session) readLoop() error {
 			continue
 		}
 		if s.inline {
-			s.serve(r)
+			s.serve(r, r.buf[SimpleReplySize:])
 			s.finish(r, true)
 			continue
 		}
@@ -465,21 +475,21 @@ func (s *session) dispatch(r *request) {
 func (s *session) worker() {
 	defer s.workerWG.Done()
 	for r := range s.work {
-		s.serve(r)
+		s.serve(r, r.buf[SimpleReplySize:])
 		s.finish(r, false)
 		s.idle.Add(1)
 	}
 }
 
-// serve runs r against the backend and records the outcome in r.
-func (s *session) serve(r *request) {
+// serve runs r against the backend and records the outcome in r. data
+// is where a READ's data goes, or a WRITE's payload.
+func (s *session) serve(r *request, data []byte) {
 	h := &r.hdr
 	off := int64(h.Offset)
 	var err error
 	fuaDone := false // the write itself was durable
 	switch h.Type {
 	case CmdRead:
-		data := r.buf[SimpleReplySize:]
 		var n int
 		n, err = s.b.ReadAt(data, off)
 		if n == len(data) {
@@ -488,7 +498,6 @@ func (s *session) serve(r *request) {
 			err = io.ErrUnexpectedEOF
 		}
 	case CmdWrite:
-		data := r.buf[SimpleReplySize:]
 		var n int
 		if h.Flags&CmdFlagFUA != 0 && s.fua != nil {
 			n, err = s.fua.WriteAtFUA(data, off)
