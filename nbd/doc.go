@@ -28,7 +28,9 @@
 //     reading goroutine itself, and the replies to everything one socket
 //     read brought in go out in one writev just before the next read,
 //     like a single-threaded event loop (measured with fio: about a third
-//     of the CPU per request of handing each to a worker); any other
+//     of the CPU per request of handing each to a worker), and a WRITE
+//     whose payload is already buffered is written from the read buffer
+//     without a copy; any other
 //     backend (rbd, a file on disk, a remote Client) is served by a pool
 //     of worker goroutines, so slow requests overlap. A finished request
 //     queues its reply; whichever goroutine finds the writer idle writes
