@@ -2,29 +2,105 @@ package main
 
 import (
 	"context"
-	"errors"
 	"flag"
+	"fmt"
+	"strings"
+	"time"
 
 	"github.com/rbd-nbd-graph/rbd-nbd-graph/nbd"
+	"github.com/rbd-nbd-graph/rbd-nbd-graph/rbdio"
 )
 
 // cephFlags are the connection flags of every subcommand that can open an
-// rbd: target.
+// rbd: target. Each one reaches rbdio.Config.
 type cephFlags struct {
-	conf    string
-	keyring string
-	id      string
+	conf           string
+	keyring        string
+	id             string
+	cluster        string
+	connectTimeout time.Duration
+	shared         bool
 }
 
 func (c *cephFlags) register(fs *flag.FlagSet) {
-	fs.StringVar(&c.conf, "ceph-conf", "", "path to ceph.conf (default: librbd's search path)")
-	fs.StringVar(&c.keyring, "keyring", "", "path to the cephx keyring (default: from ceph.conf)")
-	fs.StringVar(&c.id, "id", "admin", "cephx client id (client.ID)")
+	fs.StringVar(&c.conf, "ceph-conf", "", "path to ceph.conf (default: $CEPH_CONF, then /etc/ceph/CLUSTER.conf)")
+	fs.StringVar(&c.keyring, "keyring", "", "path to the cephx keyring (default: the one ceph.conf names)")
+	fs.StringVar(&c.id, "id", rbdio.DefaultID, "cephx client id (client.ID)")
+	fs.StringVar(&c.cluster, "cluster", rbdio.DefaultCluster, "Ceph cluster name (picks the default conf and keyring names)")
+	fs.DurationVar(&c.connectTimeout, "connect-timeout", rbdio.DefaultConnectTimeout, "give up connecting to the cluster after this long")
+	fs.BoolVar(&c.shared, "shared-lock", false, "don't hold the image's exclusive lock for good: another writer may take it over")
 }
 
-// openRBDTarget opens rbd:POOL/IMAGE[@SNAP]. spec is the part after "rbd:".
-// The returned close function releases the image and the cluster
-// connection.
+// config is the rbdio configuration for pool and namespace.
+func (c cephFlags) config(pool, namespace string) rbdio.Config {
+	return rbdio.Config{
+		ConfFile:       c.conf,
+		Keyring:        c.keyring,
+		ID:             c.id,
+		Cluster:        c.cluster,
+		Pool:           pool,
+		Namespace:      namespace,
+		ConnectTimeout: c.connectTimeout,
+	}
+}
+
+// rbdTarget is a parsed POOL[/NAMESPACE]/IMAGE[@SNAP].
+type rbdTarget struct {
+	pool, namespace, image, snap string
+}
+
+// parseRBDTarget reads POOL[/NAMESPACE]/IMAGE[@SNAP], the way rbd(8)
+// writes image specs.
+func parseRBDTarget(spec string) (rbdTarget, error) {
+	var t rbdTarget
+	rest, snap, hasSnap := strings.Cut(spec, "@")
+	if hasSnap && snap == "" {
+		return t, fmt.Errorf("empty snapshot name after '@'")
+	}
+	t.snap = snap
+	parts := strings.Split(rest, "/")
+	switch len(parts) {
+	case 2:
+		t.pool, t.image = parts[0], parts[1]
+	case 3:
+		t.pool, t.namespace, t.image = parts[0], parts[1], parts[2]
+		if t.namespace == "" {
+			return t, fmt.Errorf("empty namespace in %q: want POOL[/NAMESPACE]/IMAGE[@SNAP]", spec)
+		}
+	default:
+		return t, fmt.Errorf("%q: want POOL[/NAMESPACE]/IMAGE[@SNAP]", spec)
+	}
+	if t.pool == "" || t.image == "" {
+		return t, fmt.Errorf("%q: want POOL[/NAMESPACE]/IMAGE[@SNAP]", spec)
+	}
+	return t, nil
+}
+
+// openRBDTarget opens rbd:POOL[/NAMESPACE]/IMAGE[@SNAP]. spec is the part
+// after "rbd:". A snapshot is always opened read-only. A read-write
+// image is held with its exclusive lock (unless --shared-lock), so a
+// second writer is refused instead of interleaving. The returned close
+// function releases the image and the cluster connection.
 func openRBDTarget(ctx context.Context, spec string, c cephFlags, readOnly bool) (nbd.Backend, func() error, error) {
-	return nil, nil, errors.New("rbd: targets are not implemented yet")
+	t, err := parseRBDTarget(spec)
+	if err != nil {
+		return nil, nil, fmt.Errorf("%w: target rbd:%s: %v", errUsage, spec, err)
+	}
+	conn, err := rbdio.Connect(ctx, c.config(t.pool, t.namespace))
+	if err != nil {
+		return nil, nil, err
+	}
+	im, err := conn.OpenImage(ctx, t.image, rbdio.OpenOptions{ReadOnly: readOnly, Snapshot: t.snap, Shared: c.shared})
+	if err != nil {
+		conn.Close()
+		return nil, nil, err
+	}
+	closeAll := func() error {
+		err := im.Close()
+		if cerr := conn.Close(); err == nil {
+			err = cerr
+		}
+		return err
+	}
+	return im, closeAll, nil
 }
