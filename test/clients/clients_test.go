@@ -149,7 +149,7 @@ func TestFioVerify(t *testing.T) {
 			args := append([]string{
 				"--name=verify", "--ioengine=nbd", "--uri=" + uri,
 				"--size=32M", "--verify=crc32c", "--do_verify=1", "--verify_fatal=1",
-				"--verify_backlog=64", "--output-format=json",
+				"--verify_backlog=64", "--verify_state_save=0", "--output-format=json",
 			}, tt.args...)
 			out := runTool(t, "fio", args...)
 			var res struct {

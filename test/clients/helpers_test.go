@@ -132,7 +132,11 @@ func tool(t *testing.T, name string, args ...string) (string, error) {
 	path := requireTool(t, name)
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	out, err := exec.CommandContext(ctx, path, args...).CombinedOutput()
+	cmd := exec.CommandContext(ctx, path, args...)
+	// Tools may leave files in their working directory (fio's verify
+	// state): keep them out of the source tree.
+	cmd.Dir = t.TempDir()
+	out, err := cmd.CombinedOutput()
 	return string(out), err
 }
 
