@@ -88,6 +88,12 @@ if [ "$backend" = rbd ]; then
 	bench_image "$pool/$image" "$size" "$out/fill.log"
 	bench_backend=rbd:$pool/$image
 	ceph_flags=(--ceph-conf "$CEPH_CONF")
+	# fio's rbd engine gets librbd's settings as rbdio sets them
+	# (rbdio/conn.go), or the raw pair would compare two cache modes
+	# rather than two measurements: writes acknowledged from librbd's
+	# cache from the first request on, not only after a first flush.
+	fio_conf=$out/fio-ceph.conf
+	{ cat "$CEPH_CONF"; printf '\n[client]\n\trbd_cache_writethrough_until_flush = false\n'; } >"$fio_conf"
 else
 	bench_backend=mem:$size
 	ceph_flags=()
@@ -105,7 +111,7 @@ bench_iops() { # TARGET RW TAG
 	jq -r '.results[0].total.iops' "$out/$3.json"
 }
 fio_rbd_iops() { # RW TAG
-	fio --name=xc --ioengine=rbd --clientname=admin --pool="$pool" --rbdname="$image" --rw="$1" \
+	CEPH_CONF=$fio_conf fio --name=xc --ioengine=rbd --clientname=admin --pool="$pool" --rbdname="$image" --rw="$1" \
 		"${common_fio[@]}" --output="$out/$2.json" >"$out/$2.log" 2>&1
 	jq -r '.jobs[0].read.iops + .jobs[0].write.iops' "$out/$2.json"
 }
