@@ -56,3 +56,16 @@ func TestBenchDeviceTarget(t *testing.T) {
 		})
 	}
 }
+
+// TestBenchMissingImage: an image that does not exist is a clear error
+// before any IO, on every target.
+func TestBenchMissingImage(t *testing.T) {
+	needCeph(t)
+	for _, target := range []string{"raw", "export", "device"} {
+		out, err := run(t, time.Minute, bin(t), "bench", "--target", target, "--backend", "rbd:rbd/"+uniqueName(t),
+			"--ceph-conf", os.Getenv("CEPH_CONF"), "--runtime", "1s")
+		if err == nil || !strings.Contains(out, "not found") || !strings.Contains(out, "create it first") || strings.Contains(out, "IOPS") {
+			t.Errorf("--target %s on a missing image: err %v, output:\n%s\nwant a not-found error naming the fix and no figures", target, err, out)
+		}
+	}
+}
