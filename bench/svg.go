@@ -169,7 +169,7 @@ func (p panel) draw(b *strings.Builder, rs []*Result, conns []int, rec *Recommen
 	var yPos func(float64) float64
 	axis := s.axis
 	if s.logOK && minV > 0 && maxV/minV > 20 {
-		ticks = logTicks(minV, maxV)
+		ticks = logTicks(minV*0.8, maxV)
 		lo, hi := math.Log10(ticks[0]), math.Log10(ticks[len(ticks)-1])
 		yPos = func(v float64) float64 {
 			v = max(v, ticks[0])
