@@ -17,7 +17,8 @@ DEBS := gcc pkg-config librbd-dev librados-dev \
 	ceph-mon ceph-osd ceph-common rbd-nbd \
 	libnbd-bin nbdkit fio qemu-utils qemu-block-extra \
 	qemu-system-x86 busybox-static cpio kmod \
-	docker.io iproute2 e2fsprogs xfsprogs util-linux procps jq librsvg2-bin
+	docker.io iproute2 e2fsprogs xfsprogs util-linux procps jq librsvg2-bin \
+	python3-libnbd
 
 .PHONY: all build deps test test-unit test-clients test-integration check bench demo cluster cluster-stop vmtest bench-vm bench-vm-crosscheck clean
 
@@ -57,6 +58,19 @@ cluster: deps
 cluster-stop:
 	test/ceph/cluster stop $(CEPH_DIR)
 
+# Against a real Ceph cluster, started for the run in its own folder and
+# removed afterwards, also when a test fails or make is interrupted:
+# rbdio's integration tests and `export rbd:` with real clients
+# (test/rbdexport). Packages with more Ceph tests go in CEPH_TEST_PKGS.
+CEPH_TEST_DIR  := $(BUILD)/ceph-test
+CEPH_TEST_PKGS ?= ./rbdio/... ./test/rbdexport/...
+test-integration: deps build
+	@trap 'test/ceph/cluster purge $(CEPH_TEST_DIR) >/dev/null 2>&1' EXIT; \
+	test/ceph/cluster purge $(CEPH_TEST_DIR) >/dev/null 2>&1; \
+	test/ceph/cluster start $(CEPH_TEST_DIR) >/dev/null && \
+	CEPH_CONF=$(CEPH_TEST_DIR)/ceph.conf RBD_NBD_GRAPH_BIN=$(BIN) \
+		$(GO) test $(GOFLAGS_BUILD) -count=1 $(CEPH_TEST_PKGS)
+
 # Under the test targets a test that lacks a tool, root or a cluster fails
 # instead of skipping (and prerequisites inherit this), so CI cannot pass
 # by skipping.
@@ -69,7 +83,7 @@ check:
 	GOBIN=$(BUILD)/bin $(GO) install honnef.co/go/tools/cmd/staticcheck@$(STATICCHECK_VERSION)
 	$(BUILD)/bin/staticcheck -tags $(TAGS) ./...
 
-test: deps check build test-unit test-clients vmtest
+test: deps check build test-unit test-clients test-integration vmtest
 
 # The kernel path, for real: Debian's kernel under qemu (TCG), the host's
 # root shared read-only, a Ceph cluster and the end-to-end tests (test/e2e,
