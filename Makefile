@@ -110,11 +110,13 @@ vmtest: deps build
 # a short `bench sweep` (SVG chart, JSON, recommended driver options) and
 # the cross-check of bench against fio (exits 1 when out of tolerance),
 # the last two on a throw-away local Ceph cluster (or $CEPH_CONF). Add
-# further steps as recipe lines.
+# further steps as recipe lines. Last, `export rbd:` against fio's rbd
+# engine (raw librbd) and qemu-nbd on one image (exits 1 below 0.85).
 bench: deps build
 	RBD_NBD_GRAPH_BIN=$(BIN) bench/scripts/nbd.sh --out results/nbd
 	RBD_NBD_GRAPH_BIN=$(BIN) bench/scripts/sweep.sh --out results/sweep
 	RBD_NBD_GRAPH_BIN=$(BIN) bench/scripts/crosscheck.sh --out results/crosscheck
+	RBD_NBD_GRAPH_BIN=$(BIN) bench/scripts/rbd.sh --out results/rbd
 
 # The kernel path against the anchors, in one VM boot: the same RBD image
 # mapped by rbd-nbd-graph, Debian's rbd-nbd and krbd, fio on each; prints
