@@ -205,14 +205,27 @@ func isConnected(t *testing.T, dev string) bool {
 	return sysBlock(t, dev, "pid") != ""
 }
 
-// servingPID is the process that connected dev.
+// servingPID is the process that connected dev. The kernel records the
+// thread that sent CONNECT; /proc/TID/status names its process.
 func servingPID(t *testing.T, dev string) int {
 	t.Helper()
-	pid, err := strconv.Atoi(sysBlock(t, dev, "pid"))
+	tid, err := strconv.Atoi(sysBlock(t, dev, "pid"))
 	if err != nil {
 		t.Fatalf("%s has no serving pid in sysfs: %v", dev, err)
 	}
-	return pid
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", tid))
+	if err != nil {
+		t.Fatalf("thread %d that connected %s: %v", tid, dev, err)
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if v, ok := strings.CutPrefix(line, "Tgid:"); ok {
+			if pid, err := strconv.Atoi(strings.TrimSpace(v)); err == nil {
+				return pid
+			}
+		}
+	}
+	t.Fatalf("no Tgid in /proc/%d/status", tid)
+	return 0
 }
 
 func deviceBytes(t *testing.T, dev string) int64 {

@@ -44,13 +44,8 @@ func TestReadOnlyMapping(t *testing.T) {
 	if !strings.Contains(out, "Operation not permitted") && !strings.Contains(out, "Read-only file system") {
 		t.Errorf("the write failed, but not as read-only (EPERM/EROFS):\n%s", out)
 	}
-	// Opening the device for writing is refused outright too.
-	if f, err := os.OpenFile(dev, os.O_WRONLY, 0); err == nil {
-		f.Close()
-		t.Error("opening the read-only device for writing succeeded")
-	} else if !errors.Is(err, syscall.EROFS) && !errors.Is(err, syscall.EACCES) && !errors.Is(err, syscall.EPERM) {
-		t.Errorf("open for writing: %v, want EROFS", err)
-	}
+	// (Guest kernel 6.1 still lets a read-only block device be opened
+	// for writing; the write itself is what the block layer refuses.)
 
 	dir = mountDev(t, dev, "-o", "ro")
 	data, err := os.ReadFile(filepath.Join(dir, "hello"))
