@@ -17,7 +17,7 @@ type mapping struct {
 	Device    string `json:"device"`
 	Index     int    `json:"index"`
 	Target    string `json:"target"`
-	PID       int    `json:"pid"`
+	PID       int    `json:"pid"` // the live serving process, 0 if none
 	Size      int64  `json:"size"`
 	ReadOnly  bool   `json:"read_only"`
 	Connected bool   `json:"connected"`
@@ -52,7 +52,7 @@ func runList(ctx context.Context, env *environment, args []string) error {
 		if !*all && !(d.Connected && ours) {
 			continue
 		}
-		m := mapping{Device: d.Path, Index: d.Index, PID: d.PID, Size: d.Size, ReadOnly: d.ReadOnly,
+		m := mapping{Device: d.Path, Index: d.Index, PID: serverPID(d), Size: d.Size, ReadOnly: d.ReadOnly,
 			Connected: d.Connected, BackendID: d.BackendID}
 		if ours {
 			m.Target = strings.TrimPrefix(d.BackendID, backendPrefix)

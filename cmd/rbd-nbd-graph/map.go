@@ -245,6 +245,12 @@ func serveMapped(ctx context.Context, env *environment, f *mapFlags, target stri
 	if err != nil {
 		return err
 	}
+	// The kernel's sysfs pid names the process that sent CONNECT, which
+	// after a reattach is dead; record who serves the device now.
+	if perr := writeServerPID(dev.Index()); perr != nil {
+		env.log.Warn("cannot record the serving pid", "err", perr)
+	}
+	defer removeServerPID(dev.Index())
 	if ready != nil {
 		fmt.Fprintf(ready, "ready %s\n", dev.Path())
 		ready.Close()
@@ -329,4 +335,50 @@ func deviceIndex(dev string) (int, error) {
 		return -1, fmt.Errorf("%q is not an NBD device (want /dev/nbdN)", dev)
 	}
 	return i, nil
+}
+
+// serverPIDDir holds nbdN.pid for each device a map process serves.
+const serverPIDDir = "/run/rbd-nbd-graph"
+
+func serverPIDFile(index int) string {
+	return filepath.Join(serverPIDDir, fmt.Sprintf("nbd%d.pid", index))
+}
+
+func writeServerPID(index int) error {
+	if err := os.MkdirAll(serverPIDDir, 0o755); err != nil {
+		return err
+	}
+	return os.WriteFile(serverPIDFile(index), []byte(strconv.Itoa(os.Getpid())+"\n"), 0o644)
+}
+
+func removeServerPID(index int) {
+	// Only our own record: a reattached server may have replaced it.
+	if readServerPID(index) == os.Getpid() {
+		os.Remove(serverPIDFile(index))
+	}
+}
+
+// readServerPID is the recorded server of device index, or 0.
+func readServerPID(index int) int {
+	b, err := os.ReadFile(serverPIDFile(index))
+	if err != nil {
+		return 0
+	}
+	pid, err := strconv.Atoi(strings.TrimSpace(string(b)))
+	if err != nil {
+		return 0
+	}
+	return pid
+}
+
+// serverPID is the live process serving device index: the recorded one,
+// else the one the kernel names, else 0.
+func serverPID(st nbd.DeviceStatus) int {
+	if pid := readServerPID(st.Index); pid > 0 && running(pid) {
+		return pid
+	}
+	if st.PID > 0 && running(st.PID) {
+		return st.PID
+	}
+	return 0
 }

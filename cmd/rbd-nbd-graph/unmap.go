@@ -80,15 +80,16 @@ func runUnmap(ctx context.Context, env *environment, args []string) error {
 	defer cancel()
 	for _, i := range indexes {
 		st, _ := nbd.Status(ctx, i)
+		server := serverPID(st)
 		if err := nbd.Disconnect(ctx, i); err != nil {
 			return err
 		}
 		if err := nbd.WaitFree(wctx, i); err != nil {
 			return err
 		}
-		if st.PID > 0 && st.PID != os.Getpid() {
-			if err := waitExit(wctx, st.PID); err != nil {
-				return fmt.Errorf("%s is free but its server (pid %d) %w", nbd.DevicePath(i), st.PID, err)
+		if server > 0 && server != os.Getpid() {
+			if err := waitExit(wctx, server); err != nil {
+				return fmt.Errorf("%s is free but its server (pid %d) %w", nbd.DevicePath(i), server, err)
 			}
 		}
 		env.log.Debug("unmapped", "device", nbd.DevicePath(i))

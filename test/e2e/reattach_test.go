@@ -59,6 +59,11 @@ func TestReattachAfterKill(t *testing.T) {
 	// The kernel keeps the pid of the original CONNECT in sysfs; the new
 	// server is the process that attach left behind.
 	t.Logf("reattached %s (sysfs pid still %s)", dev, sysBlock(t, dev, "pid"))
+	e := findEntry(listJSON(t), dev)
+	if e == nil || e.PID == pid || !processAlive(e.PID) {
+		t.Fatalf("list after the reattach: %+v; want %s served by a new live process", e, dev)
+	}
+	newPID := e.PID
 
 	select {
 	case err := <-fioDone:
@@ -73,6 +78,9 @@ func TestReattachAfterKill(t *testing.T) {
 	}
 	t.Logf("fio finished, verify passed:\n%s", lastLines(out.String(), 12))
 	unmap(t, dev)
+	if processAlive(newPID) {
+		t.Errorf("the reattached server %d still runs after unmap", newPID)
+	}
 }
 
 func lastLines(s string, n int) string {
