@@ -64,6 +64,12 @@ type Image struct {
 
 // OpenImage opens name (or name@opts.Snapshot) for IO.
 //
+// A read-write open of an image whose lock holder died without releasing
+// it (SIGKILL, power loss) waits until the dead client's watch times out
+// (osd_client_watch_timeout, 30 s by default), then breaks the lock and
+// succeeds; a live holder makes it fail at once with ErrLocked. librbd
+// cannot be interrupted during that wait: ctx is checked before.
+//
 // Wraps rbd_open / rbd_open_read_only, rbd_lock_acquire (exclusive mode,
 // unless opts.Shared or read-only) and rbd_update_watch.
 func (c *Conn) OpenImage(ctx context.Context, name string, opts OpenOptions) (*Image, error) {

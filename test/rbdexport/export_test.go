@@ -8,6 +8,7 @@ import (
 	"regexp"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/rbd-nbd-graph/rbd-nbd-graph/rbdio"
 )
@@ -242,5 +243,36 @@ func mustMatch(t *testing.T, out, pattern string) {
 	t.Helper()
 	if !regexp.MustCompile(pattern).MatchString(out) {
 		t.Fatalf("output does not match %q:\n%s", pattern, out)
+	}
+}
+
+// After an export is killed (SIGKILL: no unlock, no unwatch), a new one
+// of the same image waits for the dead client's watch to time out (about
+// 30 s), breaks its exclusive lock and serves, with the data intact.
+func TestExportAfterCrash(t *testing.T) {
+	requireTool(t, "nbdcopy")
+	c := cluster(t)
+	img := newImage(t, c, 8<<20)
+	src, data := randomFile(t, 8<<20, 7)
+	first, err := startExport(t, "rbd:rbd/"+img)
+	if err != nil {
+		t.Fatal(err)
+	}
+	runTool(t, "nbdcopy", "--flush", src, first.uri)
+	first.cmd.Process.Kill()
+	<-first.exited
+	first.exited = nil
+
+	start := time.Now()
+	second := export(t, "rbd:rbd/"+img)
+	t.Logf("second export serving after %v", time.Since(start).Round(time.Second))
+	out := filepath.Join(t.TempDir(), "out.bin")
+	runTool(t, "nbdcopy", second.uri, out)
+	got, err := os.ReadFile(out)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if i := firstDiff(got, data); i >= 0 {
+		t.Fatalf("data written before the crash differs at offset %d", i)
 	}
 }
