@@ -83,6 +83,10 @@ type Conn struct {
 // ctx ends first Connect returns ctx.Err() and abandons the attempt
 // (librados cannot be interrupted; the connection is shut down when it
 // finishes).
+//
+// Wraps rados_create2, rados_conf_read_file, rados_conf_set,
+// rados_connect, rados_ioctx_create, rados_ioctx_set_namespace and
+// rbd_namespace_exists.
 func Connect(ctx context.Context, cfg Config) (*Conn, error) {
 	cfg = cfg.withDefaults()
 	if err := ctx.Err(); err != nil {
@@ -237,7 +241,7 @@ func (c *Conn) FSID() (string, error) {
 
 // Close closes the images still open from c (their IO then fails with
 // ErrClosed), then the pool and the cluster connection. Closing twice
-// is harmless.
+// is harmless (rados_ioctx_destroy, rados_shutdown).
 func (c *Conn) Close() error {
 	c.mu.Lock()
 	if c.closed {
