@@ -38,7 +38,7 @@ workloads=(
 )
 
 start=$(date +%s)
-RBD_NBD_GRAPH_CEPH_STORE_BYTES=${RBD_NBD_GRAPH_CEPH_STORE_BYTES:-$((2 << 30))} \
+RBD_NBD_GRAPH_CEPH_TIMEOUT=${RBD_NBD_GRAPH_CEPH_TIMEOUT:-240} RBD_NBD_GRAPH_CEPH_STORE_BYTES=${RBD_NBD_GRAPH_CEPH_STORE_BYTES:-$((2 << 30))} \
 	"$repo/test/ceph/cluster" start "$work/ceph" || { log "the Ceph cluster did not start"; exit 1; }
 export CEPH_CONF=$work/ceph/ceph.conf
 log "Ceph up in $(( $(date +%s) - start ))s"

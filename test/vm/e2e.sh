@@ -23,7 +23,9 @@ dmesg -n 4 2>/dev/null
 if [ "${E2E_CEPH:-1}" != 0 ]; then
 	start=$(date +%s)
 	# memstore keeps data in the guest's RAM (4 GiB): leave room for tests.
-	if ! RBD_NBD_GRAPH_CEPH_STORE_BYTES=$((1536 << 20)) "$repo/test/ceph/cluster" start "$work/ceph"; then
+	# Under TCG each ceph CLI call takes seconds: allow each step more time.
+	if ! RBD_NBD_GRAPH_CEPH_TIMEOUT=${RBD_NBD_GRAPH_CEPH_TIMEOUT:-240} RBD_NBD_GRAPH_CEPH_STORE_BYTES=$((1536 << 20)) \
+		"$repo/test/ceph/cluster" start "$work/ceph"; then
 		echo "e2e: the Ceph cluster did not start" >&2
 		mkdir -p "$VM_OUT/ceph-logs"
 		cp -r "$work"/ceph/log "$VM_OUT/ceph-logs/" 2>/dev/null
