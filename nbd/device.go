@@ -8,6 +8,7 @@ import (
 	"net"
 	"os"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -78,6 +79,7 @@ type Device struct {
 	errMu    sync.Mutex
 	serveErr error // first unexpected error of a connection server
 
+	detaching  atomic.Bool // Detach has sent DISCONNECT
 	detachOnce sync.Once
 	detachErr  error
 	done       chan struct{} // closed when every server returned and the kernel was told
@@ -240,6 +242,12 @@ func startDevice(b Backend, opts AttachOptions, kernel *genl) (*Device, []int, e
 		go func() {
 			defer d.servers.Done()
 			err := ServeTransmission(d.serveCtx, c, b, topts)
+			if err != nil && d.detaching.Load() && (errors.Is(err, unix.EPIPE) || errors.Is(err, unix.ECONNRESET)) {
+				// We asked for the disconnect: the kernel shut its end
+				// down while replies were still going out.
+				log.Debug("connection closed by the kernel during detach", "connection", i, "err", err)
+				return
+			}
 			if err != nil && !errors.Is(err, context.Canceled) && !errors.Is(err, net.ErrClosed) {
 				log.Error("connection server failed", "connection", i, "err", err)
 				d.errMu.Lock()
@@ -369,6 +377,7 @@ func (d *Device) Detach(ctx context.Context) error {
 			return // already ended by the kernel
 		default:
 		}
+		d.detaching.Store(true)
 		if err := d.kernel.disconnect(d.index); err != nil && !errors.Is(err, unix.EINVAL) {
 			d.detachErr = err
 		}
