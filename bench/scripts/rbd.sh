@@ -17,6 +17,10 @@
 # stopped at exit). Results: OUT/rbd.tsv (one line per measurement),
 # OUT/*.json and *.log (the tools' output).
 #
+# librbd settings: fio's rbd engine and qemu-nbd run with librbd's
+# defaults; our export sets rbd_cache_writethrough_until_flush=false
+# (NBD carries flushes; rbdio/doc.go has the reasons and its effect).
+#
 # Only one client holds the image at a time: every export (ours, then
 # qemu-nbd) is started for its measurement and stopped before the next,
 # so fio's rbd engine never competes with an export for the exclusive
