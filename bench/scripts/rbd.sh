@@ -17,8 +17,9 @@
 # stopped at exit). Results: OUT/rbd.tsv (one line per measurement),
 # OUT/*.json and *.log (the tools' output).
 #
-# librbd settings: fio's rbd engine and qemu-nbd run with librbd's
-# defaults; our export sets rbd_cache_writethrough_until_flush=false
+# librbd settings: fio's rbd engine runs with librbd's defaults; qemu-nbd
+# with --cache=none turns librbd's cache off (qemu sets rbd_cache=false
+# for cache=none); our export sets rbd_cache_writethrough_until_flush=false
 # (NBD carries flushes; rbdio/doc.go has the reasons and its effect).
 #
 # Only one client holds the image at a time: every export (ours, then
