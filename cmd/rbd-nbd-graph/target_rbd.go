@@ -5,43 +5,30 @@ import (
 	"flag"
 	"fmt"
 	"strings"
-	"time"
 
 	"github.com/rbd-nbd-graph/rbd-nbd-graph/nbd"
 	"github.com/rbd-nbd-graph/rbd-nbd-graph/rbdio"
 )
 
 // cephFlags are the connection flags of every subcommand that can open an
-// rbd: target. Each one reaches rbdio.Config.
+// rbd: target. Each reaches rbdio.Config; serve passes them on as the
+// driver options rbd.configfile, rbd.keyring and rbd.client, so a flag
+// added here must be added there too.
 type cephFlags struct {
-	conf           string
-	keyring        string
-	id             string
-	cluster        string
-	connectTimeout time.Duration
-	shared         bool
+	conf    string
+	keyring string
+	id      string
 }
 
 func (c *cephFlags) register(fs *flag.FlagSet) {
-	fs.StringVar(&c.conf, "ceph-conf", "", "path to ceph.conf (default: $CEPH_CONF, then /etc/ceph/CLUSTER.conf)")
+	fs.StringVar(&c.conf, "ceph-conf", "", "path to ceph.conf (default: $CEPH_CONF, then /etc/ceph/ceph.conf)")
 	fs.StringVar(&c.keyring, "keyring", "", "path to the cephx keyring (default: the one ceph.conf names)")
 	fs.StringVar(&c.id, "id", rbdio.DefaultID, "cephx client id (client.ID)")
-	fs.StringVar(&c.cluster, "cluster", rbdio.DefaultCluster, "Ceph cluster name (picks the default conf and keyring names)")
-	fs.DurationVar(&c.connectTimeout, "connect-timeout", rbdio.DefaultConnectTimeout, "give up connecting to the cluster after this long")
-	fs.BoolVar(&c.shared, "shared-lock", false, "don't hold the image's exclusive lock for good: another writer may take it over")
 }
 
 // config is the rbdio configuration for pool and namespace.
 func (c cephFlags) config(pool, namespace string) rbdio.Config {
-	return rbdio.Config{
-		ConfFile:       c.conf,
-		Keyring:        c.keyring,
-		ID:             c.id,
-		Cluster:        c.cluster,
-		Pool:           pool,
-		Namespace:      namespace,
-		ConnectTimeout: c.connectTimeout,
-	}
+	return rbdio.Config{ConfFile: c.conf, Keyring: c.keyring, ID: c.id, Pool: pool, Namespace: namespace}
 }
 
 // rbdTarget is a parsed POOL[/NAMESPACE]/IMAGE[@SNAP].
@@ -78,9 +65,9 @@ func parseRBDTarget(spec string) (rbdTarget, error) {
 
 // openRBDTarget opens rbd:POOL[/NAMESPACE]/IMAGE[@SNAP]. spec is the part
 // after "rbd:". A snapshot is always opened read-only. A read-write
-// image is held with its exclusive lock (unless --shared-lock), so a
-// second writer is refused instead of interleaving. The returned close
-// function releases the image and the cluster connection.
+// image is held with its exclusive lock, so a second writer is refused
+// instead of interleaving. The returned close function releases the
+// image and the cluster connection.
 func openRBDTarget(ctx context.Context, spec string, c cephFlags, readOnly bool) (nbd.Backend, func() error, error) {
 	t, err := parseRBDTarget(spec)
 	if err != nil {
@@ -90,7 +77,7 @@ func openRBDTarget(ctx context.Context, spec string, c cephFlags, readOnly bool)
 	if err != nil {
 		return nil, nil, err
 	}
-	im, err := conn.OpenImage(ctx, t.image, rbdio.OpenOptions{ReadOnly: readOnly, Snapshot: t.snap, Shared: c.shared})
+	im, err := conn.OpenImage(ctx, t.image, rbdio.OpenOptions{ReadOnly: readOnly, Snapshot: t.snap})
 	if err != nil {
 		conn.Close()
 		return nil, nil, err
