@@ -35,7 +35,10 @@ type OpenOptions struct {
 // Image is an open RBD image: the block store behind an NBD export or
 // device. It implements nbd.Backend, nbd.Discarder, nbd.ZeroWriter and
 // nbd.Resizer; its IO methods are safe for concurrent use and go through
-// librbd's asynchronous API (see aio.go and doc.go).
+// librbd's asynchronous API (see aio.go and doc.go). Like a disk with a
+// volatile cache, a completed write is durable, and visible to other
+// clients, once Flush returns (librbd's cache may hold it until then;
+// Close flushes).
 type Image struct {
 	conn     *Conn
 	name     string

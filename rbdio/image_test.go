@@ -147,6 +147,9 @@ func TestImageReadOnlyAndSnapshot(t *testing.T) {
 		t.Errorf("message does not name the snapshot: %v", err)
 	}
 
+	if err := rw.Flush(); err != nil { // for the reader below
+		t.Fatal(err)
+	}
 	ro := openImage(t, c, name, OpenOptions{ReadOnly: true})
 	if _, err := ro.WriteAt(before, 0); !errors.Is(err, syscall.EROFS) {
 		t.Errorf("write to a read-only image: %v, want EROFS", err)
@@ -191,7 +194,10 @@ func TestExclusiveLock(t *testing.T) {
 	// The holder keeps writing.
 	mustWrite(t, first, pattern(4096, 2), 4096)
 
-	// Readers are welcome.
+	// Readers are welcome; they see what the holder flushed.
+	if err := first.Flush(); err != nil {
+		t.Fatal(err)
+	}
 	ro := openImage(t, other, name, OpenOptions{ReadOnly: true})
 	if got := mustRead(t, ro, 0, 4096); !bytes.Equal(got, pattern(4096, 1)) {
 		t.Error("reader does not see the holder's write")
@@ -250,6 +256,11 @@ func TestSharedOpen(t *testing.T) {
 	mustWrite(t, a, pattern(4096, 1), 0)
 	mustWrite(t, b, pattern(4096, 2), 4096)
 	mustWrite(t, a, pattern(4096, 3), 8192)
+	// librbd may acknowledge a write before the OSDs have it (doc.go);
+	// another client sees it after a flush, as with any disk cache.
+	if err := a.Flush(); err != nil {
+		t.Fatal(err)
+	}
 	if got := mustRead(t, b, 0, 12288); !bytes.Equal(got, append(append(pattern(4096, 1), pattern(4096, 2)...), pattern(4096, 3)...)) {
 		t.Error("shared writers' data reads back wrong")
 	}
