@@ -7,7 +7,7 @@
 # Environment (set by `make vmtest`): E2E_TEST_BIN (go test -c output),
 # RBD_NBD_GRAPH_BIN, TEST2JSON (go build cmd/test2json), RUN (a -test.run pattern,
 # optional), E2E_TIMEOUT (go test -timeout, default 20m), E2E_CEPH=0 to
-# skip the cluster.
+# skip the cluster, E2E_CEPH_CLUSTER (another cluster script, same CLI).
 set -uo pipefail
 : "${E2E_TEST_BIN:?}" "${RBD_NBD_GRAPH_BIN:?}" "${TEST2JSON:?}" "${VM_OUT:?}"
 
@@ -25,7 +25,7 @@ if [ "${E2E_CEPH:-1}" != 0 ]; then
 	# memstore keeps data in the guest's RAM (4 GiB): leave room for tests.
 	# Under TCG each ceph CLI call takes seconds: allow each step more time.
 	if ! RBD_NBD_GRAPH_CEPH_TIMEOUT=${RBD_NBD_GRAPH_CEPH_TIMEOUT:-240} RBD_NBD_GRAPH_CEPH_STORE_BYTES=$((1536 << 20)) \
-		"$repo/test/ceph/cluster" start "$work/ceph"; then
+		"${E2E_CEPH_CLUSTER:-$repo/test/ceph/cluster}" start "$work/ceph"; then
 		echo "e2e: the Ceph cluster did not start" >&2
 		mkdir -p "$VM_OUT/ceph-logs"
 		cp -r "$work"/ceph/log "$VM_OUT/ceph-logs/" 2>/dev/null
