@@ -1,0 +1,197 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/rbd-nbd-graph/rbd-nbd-graph/graph"
+	"github.com/rbd-nbd-graph/rbd-nbd-graph/nbd"
+)
+
+// layerBackendPrefix starts the NBD backend identifier of every device
+// the graph driver attaches: "rbd-nbd-graph:layer:POOL[/NAMESPACE]/IMAGE[@SNAP]".
+// `rbd-nbd-graph list` shows them (target "layer:..."), and a restarted
+// driver finds its devices by it.
+const layerBackendPrefix = backendPrefix + "layer:"
+
+// imageOpener opens a layer image (or a snapshot, read-only) as an NBD
+// backend; close releases it.
+type imageOpener func(ctx context.Context, ref graph.ImageRef, readOnly bool) (b nbd.Backend, close func() error, err error)
+
+// nbdAttacher is graph's Attacher for production: it opens the image in
+// this process and serves it to the kernel through package nbd (netlink,
+// socketpairs, the Go IO loop), no helper process and no krbd.
+type nbdAttacher struct {
+	open  imageOpener
+	where string // POOL or POOL/NAMESPACE, part of every backend identifier
+	opts  graph.NBDOptions
+	log   *slog.Logger
+}
+
+var (
+	_ graph.Attacher        = (*nbdAttacher)(nil)
+	_ graph.DeviceDescriber = (*nbdAttacher)(nil)
+)
+
+func (a *nbdAttacher) backendID(ref graph.ImageRef) string {
+	return layerBackendPrefix + a.where + "/" + ref.String()
+}
+
+func (a *nbdAttacher) attachOptions(ref graph.ImageRef, readOnly bool) nbd.AttachOptions {
+	return nbd.AttachOptions{
+		Index:           -1,
+		Connections:     a.opts.Connections,
+		QueueDepth:      a.opts.QueueDepth,
+		ReadOnly:        readOnly,
+		IOTimeout:       a.opts.IOTimeout,
+		DeadConnTimeout: a.opts.DeadConnTimeout,
+		BackendID:       a.backendID(ref),
+		Logger:          a.log,
+	}
+}
+
+func (a *nbdAttacher) Attach(ctx context.Context, req graph.AttachRequest) (graph.Device, error) {
+	ro := req.ReadOnly || req.Snapshot != ""
+	b, closeImage, err := a.open(ctx, req.Ref(), ro)
+	if err != nil {
+		return nil, err
+	}
+	// The device outlives the request that attached it: it ends by
+	// Detach only, so it gets a context of its own.
+	dev, err := nbd.Attach(context.WithoutCancel(ctx), b, a.attachOptions(req.Ref(), ro))
+	if err != nil {
+		return nil, errors.Join(err, closeImage())
+	}
+	return a.track(dev, req.Ref(), closeImage), nil
+}
+
+func (a *nbdAttacher) track(dev *nbd.Device, ref graph.ImageRef, closeImage func() error) *nbdDevice {
+	d := &nbdDevice{dev: dev, closeImage: closeImage}
+	go func() {
+		// Someone else disconnecting our device (rbd-nbd-graph unmap)
+		// breaks the mount on it: say so loudly.
+		<-dev.Done()
+		if !d.detaching() {
+			a.log.Error("a layer device was disconnected from outside the driver; its mount now fails IO",
+				"device", dev.Path(), "image", ref.String())
+		}
+	}()
+	return d
+}
+
+// nbdDevice is an attached layer: the kernel device and the open image.
+type nbdDevice struct {
+	dev        *nbd.Device
+	closeImage func() error
+
+	mu   sync.Mutex
+	off  bool
+	once sync.Once
+	err  error
+}
+
+func (d *nbdDevice) Path() string { return d.dev.Path() }
+
+func (d *nbdDevice) detaching() bool {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.off
+}
+
+// Detach disconnects the device, waits for requests in flight (up to a
+// minute) and closes the image.
+func (d *nbdDevice) Detach(ctx context.Context) error {
+	d.once.Do(func() {
+		d.mu.Lock()
+		d.off = true
+		d.mu.Unlock()
+		dctx, cancel := context.WithTimeout(ctx, time.Minute)
+		defer cancel()
+		d.err = errors.Join(d.dev.Detach(dctx), d.closeImage())
+	})
+	return d.err
+}
+
+// Stale finds this pool's layer devices that the kernel still has
+// connected but no live server of this process serves: left by a driver
+// that died.
+func (a *nbdAttacher) Stale(ctx context.Context) ([]graph.StaleDevice, error) {
+	all, err := nbd.List(ctx)
+	if err != nil {
+		return nil, err
+	}
+	prefix := layerBackendPrefix + a.where + "/"
+	var out []graph.StaleDevice
+	for _, st := range all {
+		spec, ok := strings.CutPrefix(st.BackendID, prefix)
+		if !ok || !st.Connected || st.PID == os.Getpid() {
+			continue
+		}
+		image, snap, _ := strings.Cut(spec, "@")
+		out = append(out, &staleNBD{a: a, st: st,
+			req: graph.AttachRequest{Image: image, Snapshot: snap, ReadOnly: st.ReadOnly || snap != ""}})
+	}
+	return out, nil
+}
+
+type staleNBD struct {
+	a   *nbdAttacher
+	st  nbd.DeviceStatus
+	req graph.AttachRequest
+}
+
+func (s *staleNBD) Request() graph.AttachRequest { return s.req }
+func (s *staleNBD) Path() string                 { return s.st.Path }
+
+// Adopt serves the device again with new sockets (RECONFIGURE), so the
+// mount on it carries on where the dead server left it.
+func (s *staleNBD) Adopt(ctx context.Context) (graph.Device, error) {
+	ref := s.req.Ref()
+	b, closeImage, err := s.a.open(ctx, ref, s.req.ReadOnly)
+	if err != nil {
+		return nil, err
+	}
+	dev, err := nbd.Reattach(context.WithoutCancel(ctx), s.st.Index, b, s.a.attachOptions(ref, s.req.ReadOnly))
+	if err != nil {
+		return nil, errors.Join(err, closeImage())
+	}
+	return s.a.track(dev, ref, closeImage), nil
+}
+
+func (s *staleNBD) Detach(ctx context.Context) error {
+	return nbd.Disconnect(ctx, s.st.Index)
+}
+
+// DescribeDevices is the Status lines about the devices.
+func (a *nbdAttacher) DescribeDevices() [][2]string {
+	orDefault := func(n int) string {
+		if n == 0 {
+			return "default"
+		}
+		return strconv.Itoa(n)
+	}
+	timeout := func(d time.Duration) string {
+		if d == 0 {
+			return "none"
+		}
+		return d.String()
+	}
+	conns := a.opts.Connections
+	if conns == 0 {
+		conns = 1
+	}
+	return [][2]string{
+		{"Block Devices", fmt.Sprintf("kernel NBD, served in process (backend %s%s/...)", layerBackendPrefix, a.where)},
+		{"NBD Connections Per Device", strconv.Itoa(conns)},
+		{"NBD Queue Depth", orDefault(a.opts.QueueDepth)},
+		{"NBD IO Timeout", timeout(a.opts.IOTimeout)},
+		{"NBD Dead Connection Timeout", timeout(a.opts.DeadConnTimeout)},
+	}
+}

@@ -1,0 +1,140 @@
+package main
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/docker/docker/pkg/reexec"
+	"github.com/rbd-nbd-graph/rbd-nbd-graph/graph"
+	"github.com/rbd-nbd-graph/rbd-nbd-graph/graph/dockerplugin"
+)
+
+// ApplyDiff unpacks layers in a re-executed copy of this binary (docker's
+// chrootarchive registers "docker-applyLayer" and friends); such a child
+// must run the registered function, not main. An init function runs before
+// main and after chrootarchive's own init has registered them.
+func init() {
+	if reexec.Init() {
+		os.Exit(0)
+	}
+}
+
+// optionList is a repeatable -o key=value flag.
+type optionList []string
+
+func (o *optionList) String() string     { return strings.Join(*o, " ") }
+func (o *optionList) Set(v string) error { *o = append(*o, v); return nil }
+
+// runServe runs the Docker graph driver plugin until SIGTERM or SIGINT.
+func runServe(ctx context.Context, env *environment, args []string) error {
+	fs := flag.NewFlagSet("serve", flag.ContinueOnError)
+	fs.SetOutput(env.stderr)
+	name := fs.String("name", "rbd-nbd", "plugin name: dockerd uses the plugin with dockerd --experimental -s NAME")
+	socket := fs.String("socket", "", "unix socket to listen on (default "+dockerplugin.SocketDir+"/NAME.sock)")
+	config := fs.String("config", "", "file of driver options, one key=value per line (# comments)")
+	var opts optionList
+	fs.Var(&opts, "o", "driver option key=value (repeatable); dockerd's --storage-opt values override these")
+	var ceph cephFlags
+	ceph.register(fs)
+	state := fs.String("state", "", "where to record dockerd's Init so a restarted plugin resumes at once (default /run/rbd-nbd-graph/NAME.init.json; keep it on a tmpfs)")
+	grace := fs.Duration("grace", 30*time.Second, "on SIGTERM, how long to wait for requests in flight before cleaning up")
+	fs.Usage = func() {
+		fmt.Fprintf(env.stderr, "usage: rbd-nbd-graph serve [flags]\n\n"+
+			"Serves the Docker graph driver plugin: every image and container layer is\n"+
+			"an RBD image, attached through in-process NBD. Start it before dockerd.\n\n"+
+			"Driver options (in the config file, with -o, or dockerd --storage-opt):\n  %s\n\nflags:\n",
+			strings.Join(graph.OptionKeys(), "\n  "))
+		fs.PrintDefaults()
+	}
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return err
+		}
+		return fmt.Errorf("%w: %v", errUsage, err)
+	}
+	if fs.NArg() != 0 {
+		return fmt.Errorf("%w: unexpected arguments %q", errUsage, fs.Args())
+	}
+	if err := graph.ValidateID(*name); err != nil {
+		return fmt.Errorf("%w: --name: %v", errUsage, err)
+	}
+
+	// Precedence, lowest first: defaults, config file, --ceph-conf and
+	// friends, -o.
+	var kvs []string
+	if *config != "" {
+		fileOpts, err := readOptionFile(*config)
+		if err != nil {
+			return err
+		}
+		kvs = append(kvs, fileOpts...)
+	}
+	fs.Visit(func(f *flag.Flag) {
+		switch f.Name {
+		case "ceph-conf":
+			kvs = append(kvs, "rbd.configfile="+ceph.conf)
+		case "keyring":
+			kvs = append(kvs, "rbd.keyring="+ceph.keyring)
+		case "id":
+			kvs = append(kvs, "rbd.client="+ceph.id)
+		}
+	})
+	kvs = append(kvs, opts...)
+	defaults, err := graph.ParseOptions(graph.DefaultOptions(), kvs)
+	if err != nil {
+		return fmt.Errorf("%w: %v", errUsage, err)
+	}
+
+	path := *socket
+	if path == "" {
+		path = dockerplugin.SocketPath(*name)
+	}
+	ln, err := dockerplugin.Listen(path)
+	if err != nil {
+		return err
+	}
+	if *state == "" {
+		*state = filepath.Join("/run/rbd-nbd-graph", *name+".init.json")
+	}
+	p := dockerplugin.New(dockerplugin.Config{
+		Name:      *name,
+		Defaults:  defaults,
+		StateFile: *state,
+		Open: func(ctx context.Context, o graph.Options) (dockerplugin.Backend, error) {
+			return openRBDBackend(ctx, o, env.log)
+		},
+		Logger: env.log,
+	})
+	env.log.Info("serving the graph driver plugin; start dockerd with --experimental -s "+*name, "socket", path)
+	return dockerplugin.Serve(ctx, ln, p, *grace)
+}
+
+// readOptionFile reads key=value lines; blank lines and # comments are
+// skipped.
+func readOptionFile(path string) ([]string, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, fmt.Errorf("config file: %w", err)
+	}
+	defer f.Close()
+	var out []string
+	sc := bufio.NewScanner(f)
+	for n := 1; sc.Scan(); n++ {
+		line := strings.TrimSpace(sc.Text())
+		if line == "" || strings.HasPrefix(line, "#") {
+			continue
+		}
+		if !strings.Contains(line, "=") {
+			return nil, fmt.Errorf("%s:%d: %q: want key=value", path, n, line)
+		}
+		out = append(out, line)
+	}
+	return out, sc.Err()
+}

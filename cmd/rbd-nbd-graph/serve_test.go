@@ -1,0 +1,184 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/rbd-nbd-graph/rbd-nbd-graph/graph"
+	"github.com/rbd-nbd-graph/rbd-nbd-graph/graph/graphtest"
+	"github.com/rbd-nbd-graph/rbd-nbd-graph/rbdio"
+)
+
+// The RBD store keeps the ImageStore contract on a real cluster.
+func TestRBDStoreKeepsTheStoreContract(t *testing.T) {
+	conf := os.Getenv("CEPH_CONF")
+	graphtest.Require(t, conf != "", "needs CEPH_CONF naming a running cluster (test/ceph/cluster start DIR)")
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	conn, err := rbdio.Connect(ctx, rbdio.Config{ConfFile: conf})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close() }) // after the suite's cleanups
+	store := &rbdStore{conn: conn, pool: "rbd", version: cephVersion(ctx)}
+	var b [4]byte
+	rand.Read(b[:])
+	graphtest.StoreSuite(t, store, "storesuite-"+hex.EncodeToString(b[:])+"-")
+
+	// Data: a clone reads its parent's snapshot, writes stay its own.
+	p, c := "storesuite-data-"+hex.EncodeToString(b[:]), "storesuite-data-kid-"+hex.EncodeToString(b[:])
+	t.Cleanup(func() {
+		store.RemoveImage(context.Background(), c)
+		store.RemoveSnapshot(context.Background(), p, "s")
+		store.RemoveImage(context.Background(), p)
+	})
+	if err := store.CreateImage(ctx, p, 4<<20); err != nil {
+		t.Fatal(err)
+	}
+	write := func(image string, data []byte) {
+		be, closeImg, err := store.openImage(ctx, graph.ImageRef{Image: image}, false)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer closeImg()
+		if _, err := be.WriteAt(data, 0); err != nil {
+			t.Fatal(err)
+		}
+	}
+	read := func(ref graph.ImageRef) string {
+		be, closeImg, err := store.openImage(ctx, ref, true)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer closeImg()
+		buf := make([]byte, 6)
+		if _, err := be.ReadAt(buf, 0); err != nil {
+			t.Fatal(err)
+		}
+		return string(buf)
+	}
+	write(p, []byte("parent"))
+	if err := store.CreateSnapshot(ctx, p, "s"); err != nil {
+		t.Fatal(err)
+	}
+	write(p, []byte("later!"))
+	if err := store.CloneImage(ctx, p, "s", c); err != nil {
+		t.Fatal(err)
+	}
+	if got := read(graph.ImageRef{Image: c}); got != "parent" {
+		t.Fatalf("clone reads %q, want its parent's snapshot", got)
+	}
+	write(c, []byte("child!"))
+	if got := read(graph.ImageRef{Image: p, Snapshot: "s"}); got != "parent" {
+		t.Fatalf("snapshot reads %q after the clone wrote", got)
+	}
+	if got := read(graph.ImageRef{Image: c}); got != "child!" {
+		t.Fatalf("clone reads %q after writing", got)
+	}
+	if err := store.FlattenImage(ctx, c); err != nil {
+		t.Fatal(err)
+	}
+	if err := store.RemoveSnapshot(ctx, p, "s"); err != nil {
+		t.Fatalf("removing the snapshot after flattening its only clone: %v", err)
+	}
+	if got := read(graph.ImageRef{Image: c}); got != "child!" {
+		t.Fatalf("flattened clone reads %q", got)
+	}
+	if label, ver := store.StoreVersion(); label != "Ceph Version" || !strings.Contains(ver, ".") || strings.Contains(ver, "unknown") {
+		t.Errorf("StoreVersion = %q, %q", label, ver)
+	}
+}
+
+func TestReadOptionFile(t *testing.T) {
+	p := filepath.Join(t.TempDir(), "opts")
+	os.WriteFile(p, []byte("# layers\nrbd.pool=layers\n\n  rbd.fs=xfs  \nrbd.basesize=1G\n"), 0o600)
+	got, err := readOptionFile(p)
+	if err != nil || strings.Join(got, " ") != "rbd.pool=layers rbd.fs=xfs rbd.basesize=1G" {
+		t.Fatalf("readOptionFile: %q, %v", got, err)
+	}
+	os.WriteFile(p, []byte("rbd.pool layers\n"), 0o600)
+	if _, err := readOptionFile(p); err == nil || !strings.Contains(err.Error(), ":1:") {
+		t.Fatalf("a line without '=': %v", err)
+	}
+}
+
+func TestServeRefusesBadOptions(t *testing.T) {
+	env := &environment{stdout: io.Discard, stderr: io.Discard, log: slog.New(slog.NewTextHandler(io.Discard, nil))}
+	dir := t.TempDir()
+	for _, args := range [][]string{
+		{"-o", "rbd.bogus=1"},
+		{"-o", "rbd.fs=zfs"},
+		{"--config", filepath.Join(dir, "missing")},
+		{"--name", "../x"},
+		{"extra"},
+	} {
+		args = append(args, "--socket", filepath.Join(dir, "s.sock"), "--state", filepath.Join(dir, "state.json"))
+		if err := runServe(context.Background(), env, args); err == nil {
+			t.Errorf("serve %v: no error", args)
+		}
+	}
+}
+
+// On a host without NBD the plugin serves, and dockerd's Init gets the
+// kernel-support error (not a hang, not a half-made base image).
+func TestServeWithoutKernelNBD(t *testing.T) {
+	if _, err := os.Stat("/sys/module/nbd"); err == nil {
+		t.Skip("this kernel has NBD: the VM tests cover the full path")
+	}
+	graphtest.RequireRoot(t)
+	dir := t.TempDir()
+	sock := filepath.Join(dir, "p.sock")
+	env := &environment{stdout: io.Discard, stderr: io.Discard, log: slog.New(slog.NewTextHandler(io.Discard, nil))}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() {
+		done <- runServe(ctx, env, []string{"--socket", sock, "--state", filepath.Join(dir, "state.json"),
+			"-o", "rbd.configfile=" + filepath.Join(dir, "no-ceph.conf")})
+	}()
+	defer func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("serve: %v", err)
+		}
+	}()
+	c := &http.Client{Transport: &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+		return (&net.Dialer{}).DialContext(ctx, "unix", sock)
+	}}}
+	var resp *http.Response
+	var err error
+	for i := 0; i < 100; i++ {
+		body, _ := json.Marshal(map[string]any{"Home": filepath.Join(dir, "home")})
+		resp, err = c.Post("http://p/GraphDriver.Init", "application/json", bytes.NewReader(body))
+		if err == nil {
+			break
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	var out struct{ Err string }
+	if err := json.NewDecoder(resp.Body).Decode(&out); err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(out.Err, "no NBD support") || !strings.Contains(out.Err, "Kernel support") {
+		t.Fatalf("Init on a host without NBD: %q", out.Err)
+	}
+	if _, err := os.Stat(filepath.Join(dir, "state.json")); !errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("a failed Init was recorded for resuming: %v", err)
+	}
+}
