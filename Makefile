@@ -123,10 +123,17 @@ bench: deps build
 # the table and the ours/rbd-nbd ratios (results/bench-vm/).
 bench-vm: deps build
 	RBD_NBD_GRAPH_BIN=$(BIN) bench/scripts/vm.sh --out results/bench-vm
+	RBD_NBD_GRAPH_BIN=$(BIN) bench/scripts/layers-vm.sh --out results/layers-vm
 
 # The device target's cross-check against fio libaio, in the VM.
 bench-vm-crosscheck: deps build
 	RBD_NBD_GRAPH_BIN=$(BIN) bench/scripts/crosscheck-vm.sh --out results/crosscheck-vm
+
+# The seed driver's closing demo on this path (test/demo/run.sh): Ceph,
+# `rbd-nbd-graph serve`, dockerd on it, docker info | grep -i rbd, busybox
+# imported and run, each step timed; in the VM when this kernel lacks NBD.
+demo: deps build
+	RBD_NBD_GRAPH_BIN=$(BIN) test/demo/run.sh
 
 clean:
 	rm -rf bin $(BUILD)
