@@ -8,6 +8,7 @@ import (
 	"os/exec"
 	"strings"
 	"sync"
+	"time"
 
 	"github.com/rbd-nbd-graph/rbd-nbd-graph/graph"
 )
@@ -53,7 +54,16 @@ func (a *LoopAttacher) Attach(ctx context.Context, req graph.AttachRequest) (gra
 	if req.ReadOnly || req.Snapshot != "" {
 		args = append(args, "--read-only")
 	}
-	out, err := losetup(ctx, append(args, file)...)
+	// Another process (other tests on this machine) may take the free
+	// device losetup picked between its lookup and its setup: try again.
+	var out string
+	for try := 0; ; try++ {
+		out, err = losetup(ctx, append(args, file)...)
+		if err == nil || try == 4 || ctx.Err() != nil {
+			break
+		}
+		time.Sleep(time.Duration(50*(try+1)) * time.Millisecond)
+	}
 	if err != nil {
 		a.store.close(ref)
 		return nil, err
