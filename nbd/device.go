@@ -359,7 +359,9 @@ func (d *Device) Resize(size int64) error {
 	if size < int64(d.opts.BlockSize) {
 		return fmt.Errorf("nbd: size %d is smaller than one block", size)
 	}
-	if err := d.kernel.reconfigure(connectConfig{Index: d.index, Size: size}); err != nil {
+	// A device with a backend identifier only takes RECONFIGURE that
+	// names it ("must specify backend" otherwise).
+	if err := d.kernel.reconfigure(connectConfig{Index: d.index, Size: size, BackendID: d.opts.BackendID}); err != nil {
 		return err
 	}
 	d.log.Info("resized", "size", size)
