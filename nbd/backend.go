@@ -61,3 +61,40 @@ type NonBlocking interface {
 type Resizer interface {
 	SizeChanges() <-chan int64
 }
+
+// AsyncBackend is an optional ability of backends with native
+// asynchronous IO (rbdio.Image over librbd's rbd_aio_* calls). The IO
+// loop then starts each READ, WRITE and FLUSH from the goroutine that
+// reads the requests, with no hand-off to a worker and no goroutine
+// parked per request, and replies when the backend reports the outcome
+// through Completer; the replies of a batch of completions go out in one
+// vectored write. TRIM, WRITE_ZEROES and writes through a FUAWriter
+// still use the synchronous methods.
+//
+// The Start methods return at once: they must not wait for the IO (a
+// call that blocks stalls the whole connection). Each start is answered
+// by exactly one c.Complete(tag, n, err), on any goroutine, possibly
+// before the Start call returns (a request refused at once); n and err
+// mean what ReadAt, WriteAt and Flush would return. p belongs to the
+// backend until then. StartFlush covers every write whose completion was
+// reported before it was started.
+//
+// A backend calls c.FlushCompletions after every run of Complete calls
+// it makes in a row on one goroutine (once per distinct Completer),
+// before that goroutine waits or returns: the receiver may hold replies
+// back until then, so one write answers a whole batch.
+type AsyncBackend interface {
+	StartReadAt(p []byte, off int64, c Completer, tag uint64)
+	StartWriteAt(p []byte, off int64, c Completer, tag uint64)
+	StartFlush(c Completer, tag uint64)
+}
+
+// Completer receives the outcomes of requests started on an
+// AsyncBackend. Its methods are safe for concurrent use and do not
+// block; they may start further requests on the backend.
+type Completer interface {
+	// Complete reports the outcome of the request started with tag.
+	Complete(tag uint64, n int, err error)
+	// FlushCompletions ends a run of Complete calls.
+	FlushCompletions()
+}

@@ -30,9 +30,14 @@
 //     like a single-threaded event loop (measured with fio: about a third
 //     of the CPU per request of handing each to a worker), and a WRITE
 //     whose payload is already buffered is written from the read buffer
-//     without a copy; any other
-//     backend (rbd, a file on disk, a remote Client) is served by a pool
-//     of worker goroutines, so slow requests overlap. A finished request
+//     without a copy; an AsyncBackend (rbdio's librbd image) gets its
+//     READs, WRITEs and FLUSHes started on the reading goroutine and
+//     reports each outcome through Completer, from its own completion
+//     goroutine, which then writes the replies of the whole batch of
+//     completions with one writev (see "Asynchronous backends" below);
+//     any other backend (a file on disk, a remote Client), and TRIM and
+//     WRITE_ZEROES on an AsyncBackend, are served by a pool of worker
+//     goroutines, so slow requests overlap. A finished request
 //     queues its reply; whichever goroutine finds the writer idle writes
 //     every queued reply with one writev (writev.go) and keeps going
 //     until the queue is empty, so replies are batched under load and
@@ -46,7 +51,7 @@
 //     concurrency-safe transmission client. It satisfies Backend.
 //   - backend.go: the Backend interface every store implements, and its
 //     optional abilities (Discarder, ZeroWriter, FUAWriter, NonBlocking,
-//     Resizer).
+//     AsyncBackend, Resizer).
 //   - memory.go, file.go: the sparse in-memory backend and the file or
 //     block-device backend (pread/pwrite, pwritev2 RWF_DSYNC for FUA,
 //     fallocate for trim and zeroes).
@@ -65,9 +70,11 @@
 //     FindByBackend, Disconnect and WaitFree look at and release devices
 //     served by other processes.
 //
-// Semantics the loop guarantees: FLUSH calls Backend.Flush, which covers
-// every write completed (hence every write replied) before it; FUA on a
-// write, trim or write-zeroes flushes before the reply; DISC, EOF and
+// Semantics the loop guarantees: FLUSH calls Backend.Flush (or
+// AsyncBackend.StartFlush), which covers every write completed (hence
+// every write replied) before it; FUA on a write, trim or write-zeroes
+// flushes before the reply (an asynchronous FUA write starts its flush
+// when the write completes); DISC, EOF and
 // context cancellation stop reading and return only after every request
 // in flight is served and replied.
 //

@@ -157,7 +157,17 @@ type request struct {
 	bufp  *[]byte // buf's pool handle when it came from payloadBuffers
 	send  int     // bytes of buf to send as the reply
 	bytes int64   // payload bytes counted against MaxInFlightBytes
+	tag   uint64  // index in session.slots: the AsyncBackend tag
+	// fua is the stage of an asynchronous FUA write: writing, then
+	// flushing (fuaNone for everything else).
+	fua uint8
 }
+
+const (
+	fuaNone = iota
+	fuaWriting
+	fuaFlushing
+)
 
 type session struct {
 	conn  net.Conn
@@ -165,6 +175,7 @@ type session struct {
 	disc  Discarder
 	zw    ZeroWriter
 	fua   FUAWriter
+	async AsyncBackend
 	opts  TransmissionOptions
 	log   *slog.Logger
 	align uint64 // BlockSize-1
@@ -180,7 +191,9 @@ type session struct {
 	inline   bool
 	deferred int
 
-	// Request slots: free ones, and payload bytes of those in use.
+	// Request slots: all of them (indexed by tag), free ones, and
+	// payload bytes of those in use.
+	slots    []*request
 	slotMu   sync.Mutex
 	slotFree sync.Cond // signalled when a slot or bytes come back
 	free     []*request
@@ -221,9 +234,12 @@ func newSession(conn net.Conn, b Backend, opts TransmissionOptions) *session {
 	s.disc, _ = b.(Discarder)
 	s.zw, _ = b.(ZeroWriter)
 	s.fua, _ = b.(FUAWriter)
+	s.async, _ = b.(AsyncBackend)
 	s.slotFree.L = &s.slotMu
+	s.slots = make([]*request, opts.QueueDepth)
 	for i := range s.free {
-		s.free[i] = &request{}
+		s.slots[i] = &request{tag: uint64(i)}
+		s.free[i] = s.slots[i]
 	}
 	return s
 }
@@ -296,6 +312,9 @@ func (s *session) readLoop() error {
 		if s.inline {
 			s.serve(r, r.buf[SimpleReplySize:])
 			s.finish(r, true)
+			continue
+		}
+		if s.async != nil && s.start(r) {
 			continue
 		}
 		s.dispatch(r)
@@ -481,6 +500,80 @@ func (s *session) worker() {
 	}
 }
 
+// start hands r to the AsyncBackend, if it takes r's command: READ,
+// WRITE (FUA as a write and then a flush, unless a FUAWriter does both)
+// and FLUSH. The reply is queued by Complete.
+func (s *session) start(r *request) bool {
+	h := &r.hdr
+	switch h.Type {
+	case CmdRead:
+		s.async.StartReadAt(r.buf[SimpleReplySize:], int64(h.Offset), s, r.tag)
+	case CmdWrite:
+		fua := h.Flags&CmdFlagFUA != 0
+		if fua && s.fua != nil {
+			return false
+		}
+		r.fua = fuaNone
+		if fua {
+			r.fua = fuaWriting
+		}
+		s.async.StartWriteAt(r.buf[SimpleReplySize:], int64(h.Offset), s, r.tag)
+	case CmdFlush:
+		s.async.StartFlush(s, r.tag)
+	default:
+		return false
+	}
+	return true
+}
+
+// Complete implements Completer for the requests start hands to the
+// AsyncBackend: it records the outcome and queues the reply, which
+// FlushCompletions (or any writer active meanwhile) writes.
+func (s *session) Complete(tag uint64, n int, err error) {
+	r := s.slots[tag]
+	h := &r.hdr
+	switch h.Type {
+	case CmdRead:
+		if n == int(h.Length) {
+			err = nil // io.ReaderAt may report EOF with a full read at the end
+		} else if err == nil {
+			err = io.ErrUnexpectedEOF
+		}
+	case CmdWrite:
+		if r.fua == fuaFlushing {
+			break // the flush after a FUA write: err is the outcome
+		}
+		if err == nil && n != int(h.Length) {
+			err = io.ErrShortWrite
+		}
+		if err == nil && r.fua == fuaWriting {
+			r.fua = fuaFlushing
+			s.async.StartFlush(s, tag)
+			return
+		}
+	}
+	r.errno = Errno(err)
+	if err != nil {
+		s.log.Debug("nbd: request failed", "cmd", CommandName(h.Type), "offset", h.Offset, "length", h.Length, "err", err)
+	}
+	s.encodeReply(r)
+	s.wMu.Lock()
+	s.queue = append(s.queue, r)
+	s.wMu.Unlock()
+}
+
+// FlushCompletions implements Completer: it writes the replies queued
+// by a run of Complete calls, unless another goroutine is writing (that
+// one takes them along).
+func (s *session) FlushCompletions() {
+	s.wMu.Lock()
+	if s.writing || len(s.queue) == 0 {
+		s.wMu.Unlock()
+		return
+	}
+	s.writeQueue()
+}
+
 // serve runs r against the backend and records the outcome in r. data
 // is where a READ's data goes, or a WRITE's payload.
 func (s *session) serve(r *request, data []byte) {
@@ -536,13 +629,7 @@ func (s *session) serve(r *request, data []byte) {
 // The reader passes deferred: it leaves the writing to flushDeferred,
 // called before it next waits for input.
 func (s *session) finish(r *request, deferred bool) {
-	reply := SimpleReply{Errno: r.errno, Cookie: r.hdr.Cookie}
-	reply.Encode(r.buf[:SimpleReplySize])
-	r.send = SimpleReplySize
-	if r.errno == 0 && r.hdr.Type == CmdRead {
-		r.send += int(r.hdr.Length)
-	}
-
+	s.encodeReply(r)
 	s.wMu.Lock()
 	s.queue = append(s.queue, r)
 	if deferred {
@@ -553,6 +640,16 @@ func (s *session) finish(r *request, deferred bool) {
 		return
 	}
 	s.writeQueue()
+}
+
+// encodeReply puts r's reply header in front of its data.
+func (s *session) encodeReply(r *request) {
+	reply := SimpleReply{Errno: r.errno, Cookie: r.hdr.Cookie}
+	reply.Encode(r.buf[:SimpleReplySize])
+	r.send = SimpleReplySize
+	if r.errno == 0 && r.hdr.Type == CmdRead {
+		r.send += int(r.hdr.Length)
+	}
 }
 
 // flushDeferred writes the replies the reader deferred (and any others

@@ -148,8 +148,8 @@ func TestErrorRepliesKeepStreamInSync(t *testing.T) {
 		{"backend error", TransmissionOptions{}, failingBackend{NewMemory(size)}, Request{Type: CmdRead, Length: 512}, nil, EIO},
 	}
 	for _, tt := range tests {
-		for _, inline := range []bool{true, false} {
-			t.Run(fmt.Sprintf("%s/inline=%v", tt.name, inline), func(t *testing.T) {
+		for _, mode := range serveModes {
+			t.Run(tt.name+"/"+mode, func(t *testing.T) {
 				m := NewMemory(size)
 				ref := bytes.Repeat([]byte{0x5a}, 4096)
 				m.WriteAt(ref, 4096)
@@ -158,8 +158,11 @@ func TestErrorRepliesKeepStreamInSync(t *testing.T) {
 					b = tt.backend
 					b.WriteAt(ref, 4096)
 				}
-				if !inline {
+				switch mode {
+				case "workers":
 					b = blockingBackend{b}
+				case "async", "async-batched":
+					b = inMode(t, b, mode)
 				}
 				c, done := serving(t, b, tt.opts)
 				rc := rawConn{t, c}
@@ -435,6 +438,15 @@ func newJournal(size int64) *journalBackend {
 
 func (j *journalBackend) NonBlocking() bool { return j.inline }
 
+// journalIn serves j in mode: j.inline chooses inline or workers.
+func journalIn(t *testing.T, j *journalBackend, mode string) Backend {
+	j.inline = mode == "inline"
+	if mode == "inline" || mode == "workers" {
+		return j
+	}
+	return inMode(t, j, mode)
+}
+
 func (j *journalBackend) WriteAt(p []byte, off int64) (int, error) {
 	// A little work so writes overlap with the flush.
 	time.Sleep(time.Duration(off%7) * 100 * time.Microsecond)
@@ -472,17 +484,17 @@ func (j *journalBackend) isDurable(off int64) bool {
 // had when it sent FLUSH is durable by the time FLUSH is answered, while
 // writes keep flowing concurrently.
 func TestFlushCoversCompletedWrites(t *testing.T) {
-	for _, inline := range []bool{false, true} {
-		t.Run(fmt.Sprintf("inline=%v", inline), func(t *testing.T) {
+	for _, mode := range serveModes {
+		t.Run(mode, func(t *testing.T) {
 			j := newJournal(4 << 20)
-			j.inline = inline
-			testFlushCovers(t, j)
+			testFlushCovers(t, j, journalIn(t, j, mode))
 		})
 	}
 }
 
-func testFlushCovers(t *testing.T, j *journalBackend) {
-	c, done := serving(t, j, TransmissionOptions{QueueDepth: 16})
+// testFlushCovers serves j as b (j itself, or a wrapper around it).
+func testFlushCovers(t *testing.T, j *journalBackend, b Backend) {
+	c, done := serving(t, b, TransmissionOptions{QueueDepth: 16})
 	rc := rawConn{t, c}
 	payload := make([]byte, 4096)
 	var mu sync.Mutex
@@ -550,17 +562,16 @@ func testFlushCovers(t *testing.T, j *journalBackend) {
 }
 
 func TestFUAWriteIsDurableWhenReplied(t *testing.T) {
-	for _, inline := range []bool{false, true} {
-		t.Run(fmt.Sprintf("inline=%v", inline), func(t *testing.T) {
+	for _, mode := range serveModes {
+		t.Run(mode, func(t *testing.T) {
 			j := newJournal(1 << 20)
-			j.inline = inline
-			testFUA(t, j)
+			testFUA(t, j, journalIn(t, j, mode))
 		})
 	}
 }
 
-func testFUA(t *testing.T, j *journalBackend) {
-	c, done := serving(t, j, TransmissionOptions{})
+func testFUA(t *testing.T, j *journalBackend, b Backend) {
+	c, done := serving(t, b, TransmissionOptions{})
 	rc := rawConn{t, c}
 	for i, flags := range []uint16{0, CmdFlagFUA} {
 		off := uint64(i+1) * 8192

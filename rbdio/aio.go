@@ -1,36 +1,56 @@
 package rbdio
 
 /*
+#include <stdlib.h>
 #include "aio_shim.h"
 */
 import "C"
 
 import (
 	"io"
+	"os"
 	"runtime"
 	"runtime/cgo"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"unsafe"
+
+	"github.com/rbd-nbd-graph/rbd-nbd-graph/nbd"
 )
 
-// The data path. Each call submits one librbd asynchronous request
+// The data path. Each request is one librbd asynchronous call
 // (rbd_aio_read, rbd_aio_write, rbd_aio_flush, rbd_aio_discard,
-// rbd_aio_write_zeroes) through aio_shim.c and parks its goroutine until
-// the completion callback, which runs on a librbd thread, hands back the
-// result. No OS thread blocks in C while a request is in flight, unlike
-// go-ceph's ReadAt/WriteAt (rbd_read/rbd_write); doc.go has the
-// measurements behind this choice.
+// rbd_aio_write_zeroes) made through aio_shim.c. Its completion callback,
+// on a librbd thread, does not call into Go: it appends the result to
+// the image's ring (C memory, a mutex) and, if the image's completion
+// goroutine said it was going to sleep, writes the ring's eventfd. That
+// goroutine waits on the eventfd through Go's netpoller, takes every
+// queued result at once and delivers them: a synchronous caller
+// (ReadAt, WriteAt, ...) parked on its request's channel is woken; an
+// asynchronous one (StartReadAt, StartWriteAt, StartFlush: the
+// nbd.AsyncBackend the IO loop uses) gets Complete, and after the batch
+// one FlushCompletions per connection, so one writev answers the batch.
+// doc.go has the measurements behind this design.
 
-// aioRequest is one request's rendezvous with its completion. Requests
-// are recycled through a free list, each with a cgo.Handle made once, so
-// the hot path neither allocates nor touches cgo's handle map for
-// writing.
+// aioRequest is one request in flight. Requests are recycled through a
+// free list, each with a cgo.Handle (its token) and a C rbdio_req made
+// once, so the hot path does not allocate.
 type aioRequest struct {
 	handle cgo.Handle
-	done   chan int64
+	creq   *C.rbdio_req
 	pin    runtime.Pinner
+	done   chan int64 // synchronous callers wait here
+
+	// Asynchronous requests: what to report, and to whom.
+	async  bool
+	im     *Image
+	op     C.int
+	off    int64
+	length int64
+	c      nbd.Completer
+	tag    uint64
 }
 
 var aioFree struct {
@@ -49,6 +69,11 @@ func getRequest() *aioRequest {
 	aioFree.Unlock()
 	r := &aioRequest{done: make(chan int64, 1)}
 	r.handle = cgo.NewHandle(r)
+	r.creq = (*C.rbdio_req)(C.calloc(1, C.sizeof_rbdio_req))
+	if r.creq == nil {
+		panic("rbdio: out of memory for a request")
+	}
+	r.creq.token = C.uintptr_t(r.handle)
 	return r
 }
 
@@ -58,30 +83,114 @@ func putRequest(r *aioRequest) {
 	aioFree.Unlock()
 }
 
-//export rbdioComplete
-func rbdioComplete(token C.uintptr_t, ret C.int64_t) {
-	r := cgo.Handle(token).Value().(*aioRequest)
-	r.done <- int64(ret)
+// completions is an image's ring (filled by librbd's threads) and the
+// goroutine that empties it.
+type completions struct {
+	ring *C.rbdio_ring
+	efd  *os.File
+	stop atomic.Bool
+	done chan struct{}
 }
 
-// aio runs one request and returns librbd's result (>= 0) or an error.
-// p, if not empty, is pinned while librbd holds it.
-func (im *Image) aio(op C.int, name string, p []byte, off, length int64) (int64, error) {
-	if err := im.enter(name); err != nil {
-		return 0, err
+// reapBatch is the most results taken from the ring at once.
+const reapBatch = 128
+
+func newCompletions() (*completions, syscall.Errno) {
+	ring, err := C.rbdio_ring_new()
+	if ring == nil {
+		if e, ok := err.(syscall.Errno); ok && e != 0 {
+			return nil, e
+		}
+		return nil, syscall.ENOMEM
 	}
-	defer im.leave()
-	r := getRequest()
+	// The eventfd is non-blocking, so os.NewFile puts it in the netpoller.
+	c := &completions{ring: ring, efd: os.NewFile(uintptr(ring.efd), "rbdio-completions"), done: make(chan struct{})}
+	go c.reap()
+	return c, 0
+}
+
+func (c *completions) reap() {
+	defer close(c.done)
+	var buf [reapBatch]C.rbdio_done
+	var completers []nbd.Completer
+	var ev [8]byte
+	for {
+		n := int(C.rbdio_ring_take(c.ring, &buf[0], reapBatch))
+		if n == 0 {
+			// The ring marked us waiting: the next result writes efd.
+			if c.stop.Load() {
+				return
+			}
+			if _, err := c.efd.Read(ev[:]); err != nil {
+				return
+			}
+			continue
+		}
+		for _, d := range buf[:n] {
+			r := cgo.Handle(d.token).Value().(*aioRequest)
+			if !r.async {
+				r.done <- int64(d.ret)
+				continue
+			}
+			cp := r.c
+			r.finish(int64(d.ret))
+			seen := false
+			for _, x := range completers {
+				if x == cp {
+					seen = true
+					break
+				}
+			}
+			if !seen {
+				completers = append(completers, cp)
+			}
+		}
+		if n < reapBatch {
+			for i, cp := range completers {
+				cp.FlushCompletions()
+				completers[i] = nil
+			}
+			completers = completers[:0]
+		}
+	}
+}
+
+// close stops the goroutine and frees the ring; no request may be in
+// flight.
+func (c *completions) close() {
+	c.stop.Store(true)
+	var one [8]byte
+	one[0] = 1
+	c.efd.Write(one[:])
+	<-c.done
+	C.rbdio_ring_quiesce(c.ring)
+	c.efd.Close()
+	C.rbdio_ring_free(c.ring)
+}
+
+// submit hands r to librbd; p, if not empty, is pinned until r ends.
+func (im *Image) submit(r *aioRequest, op C.int, p []byte, off, length int64) C.int {
 	var buf *C.char
 	if len(p) > 0 {
 		r.pin.Pin(&p[0])
 		buf = (*C.char)(unsafe.Pointer(&p[0]))
 	}
-	rc := C.rbdio_aio_submit(im.img, op, C.uint64_t(off), C.uint64_t(length), buf, C.uintptr_t(r.handle))
-	var ret int64
-	if rc < 0 {
-		ret = int64(rc)
-	} else {
+	r.creq.ring = im.compl.ring
+	return C.rbdio_aio_submit(im.img, r.creq, op, C.uint64_t(off), C.uint64_t(length), buf)
+}
+
+// aio runs one request and waits for it: librbd's result (>= 0) or an
+// error.
+func (im *Image) aio(op C.int, p []byte, off, length int64) (int64, error) {
+	name := opFunc(op)
+	if err := im.enter(name); err != nil {
+		return 0, err
+	}
+	defer im.leave()
+	r := getRequest()
+	r.async = false
+	ret := int64(im.submit(r, op, p, off, length))
+	if ret >= 0 {
 		ret = <-r.done
 	}
 	r.pin.Unpin()
@@ -90,6 +199,56 @@ func (im *Image) aio(op C.int, name string, p []byte, off, length int64) (int64,
 		return 0, im.ioError(name, ret, off, length)
 	}
 	return ret, nil
+}
+
+// start submits one request for c without waiting; c.Complete gets the
+// result on the image's completion goroutine, or here if librbd refuses
+// the request at once.
+func (im *Image) start(op C.int, p []byte, off, length int64, c nbd.Completer, tag uint64) {
+	if err := im.enter(opFunc(op)); err != nil {
+		c.Complete(tag, 0, err)
+		c.FlushCompletions()
+		return
+	}
+	r := getRequest()
+	r.async, r.im, r.op, r.off, r.length, r.c, r.tag = true, im, op, off, length, c, tag
+	if rc := im.submit(r, op, p, off, length); rc < 0 {
+		r.finish(int64(rc))
+		c.FlushCompletions()
+	}
+}
+
+// finish ends an asynchronous request that completed with ret: it
+// unpins, recycles and leaves the image before reporting to the
+// Completer, which may start the next request at once.
+func (r *aioRequest) finish(ret int64) {
+	im, op, off, length, c, tag := r.im, r.op, r.off, r.length, r.c, r.tag
+	r.pin.Unpin()
+	r.im, r.c = nil, nil
+	putRequest(r)
+	im.leave()
+	switch {
+	case ret < 0:
+		c.Complete(tag, 0, im.ioError(opFunc(op), ret, off, length))
+	case op == C.RBDIO_OP_READ && ret < length:
+		c.Complete(tag, int(ret), io.EOF)
+	default:
+		c.Complete(tag, int(length), nil)
+	}
+}
+
+func opFunc(op C.int) string {
+	switch op {
+	case C.RBDIO_OP_READ:
+		return "rbd_aio_read"
+	case C.RBDIO_OP_WRITE:
+		return "rbd_aio_write"
+	case C.RBDIO_OP_FLUSH:
+		return "rbd_aio_flush"
+	case C.RBDIO_OP_DISCARD:
+		return "rbd_aio_discard"
+	}
+	return "rbd_aio_write_zeroes"
 }
 
 func (im *Image) ioError(fn string, ret, off, length int64) error {
@@ -129,7 +288,7 @@ func (im *Image) ReadAt(p []byte, off int64) (int, error) {
 	if off < 0 {
 		return 0, im.ioError("rbd_aio_read", -int64(syscall.EINVAL), off, int64(len(p)))
 	}
-	n, err := im.aio(C.RBDIO_OP_READ, "rbd_aio_read", p, off, int64(len(p)))
+	n, err := im.aio(C.RBDIO_OP_READ, p, off, int64(len(p)))
 	if err != nil {
 		return 0, err
 	}
@@ -151,7 +310,7 @@ func (im *Image) WriteAt(p []byte, off int64) (int, error) {
 	if off < 0 {
 		return 0, im.ioError("rbd_aio_write", -int64(syscall.EINVAL), off, int64(len(p)))
 	}
-	if _, err := im.aio(C.RBDIO_OP_WRITE, "rbd_aio_write", p, off, int64(len(p))); err != nil {
+	if _, err := im.aio(C.RBDIO_OP_WRITE, p, off, int64(len(p))); err != nil {
 		return 0, err
 	}
 	return len(p), nil
@@ -163,8 +322,45 @@ func (im *Image) Flush() error {
 	if im.readOnly {
 		return nil
 	}
-	_, err := im.aio(C.RBDIO_OP_FLUSH, "rbd_aio_flush", nil, 0, 0)
+	_, err := im.aio(C.RBDIO_OP_FLUSH, nil, 0, 0)
 	return err
+}
+
+// StartReadAt starts reading len(p) bytes at off (rbd_aio_read) and
+// returns at once: c.Complete gets the result, as ReadAt would return
+// it, on the image's completion goroutine (nbd.AsyncBackend). p must
+// not be touched until then.
+func (im *Image) StartReadAt(p []byte, off int64, c nbd.Completer, tag uint64) {
+	if len(p) == 0 || off < 0 {
+		n, err := im.ReadAt(p, off) // nothing to read, or EINVAL
+		c.Complete(tag, n, err)
+		c.FlushCompletions()
+		return
+	}
+	im.start(C.RBDIO_OP_READ, p, off, int64(len(p)), c, tag)
+}
+
+// StartWriteAt starts writing p at off (rbd_aio_write) and returns at
+// once: c.Complete gets the result, as WriteAt would return it.
+func (im *Image) StartWriteAt(p []byte, off int64, c nbd.Completer, tag uint64) {
+	if im.readOnly || len(p) == 0 || off < 0 {
+		n, err := im.WriteAt(p, off) // EROFS, nothing to write, or EINVAL
+		c.Complete(tag, n, err)
+		c.FlushCompletions()
+		return
+	}
+	im.start(C.RBDIO_OP_WRITE, p, off, int64(len(p)), c, tag)
+}
+
+// StartFlush starts a flush (rbd_aio_flush) covering every write
+// completed before it and returns at once: c.Complete gets the result.
+func (im *Image) StartFlush(c nbd.Completer, tag uint64) {
+	if im.readOnly {
+		c.Complete(tag, 0, nil)
+		c.FlushCompletions()
+		return
+	}
+	im.start(C.RBDIO_OP_FLUSH, nil, 0, 0, c, tag)
 }
 
 // Discard deallocates the range (rbd_aio_discard). librbd may leave
@@ -177,7 +373,7 @@ func (im *Image) Discard(off, length int64) error {
 	if length == 0 {
 		return nil
 	}
-	_, err := im.aio(C.RBDIO_OP_DISCARD, "rbd_aio_discard", nil, off, length)
+	_, err := im.aio(C.RBDIO_OP_DISCARD, nil, off, length)
 	return err
 }
 
@@ -195,7 +391,7 @@ func (im *Image) WriteZeroes(off, length int64, mayUnmap bool) error {
 	if !mayUnmap {
 		op = C.RBDIO_OP_WRITE_ZEROES_THICK
 	}
-	_, err := im.aio(op, "rbd_aio_write_zeroes", nil, off, length)
+	_, err := im.aio(op, nil, off, length)
 	return err
 }
 
@@ -209,3 +405,6 @@ func (im *Image) readOnlyError(fn string, off, length int64) error {
 }
 
 func itoa(v int64) string { return strconv.FormatInt(v, 10) }
+
+// The IO loop finds the asynchronous path through this interface.
+var _ nbd.AsyncBackend = (*Image)(nil)

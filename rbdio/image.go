@@ -47,6 +47,8 @@ type Image struct {
 	spec     string
 
 	img C.rbd_image_t
+	// compl receives the completions of the image's requests (aio.go).
+	compl *completions
 
 	// mu is held shared by every request in flight and exclusively by
 	// Close, which so waits for them.
@@ -131,13 +133,21 @@ func (c *Conn) OpenImage(ctx context.Context, name string, opts OpenOptions) (*I
 		return nil, errnoErr(int(ret), "get size", spec, "rbd_get_size")
 	}
 	im.size.Store(int64(size))
+	compl, errno := newCompletions()
+	if errno != 0 {
+		return nil, &Error{Op: "open image", Object: spec, Func: "eventfd", Kind: kindOf(errno), Errno: errno,
+			Hint: "no completion queue for the image's IO: raise the open-file limit (ulimit -n) or free memory"}
+	}
+	im.compl = compl
 	if err := im.startWatch(); err != nil {
+		im.compl.close()
 		return nil, err
 	}
 	c.mu.Lock()
 	if c.closed {
 		c.mu.Unlock()
 		im.stopWatch()
+		im.compl.close()
 		return nil, &Error{Op: "open image", Object: spec, Kind: ErrClosed, Errno: syscall.ESHUTDOWN}
 	}
 	c.images[im] = struct{}{}
@@ -173,6 +183,8 @@ func (im *Image) Close() error {
 	im.mu.Unlock()
 
 	im.stopWatch()
+	// No request is in flight (mu was free): the ring can go.
+	im.compl.close()
 	ret := C.rbd_close(im.img)
 	c := im.conn
 	c.mu.Lock()
