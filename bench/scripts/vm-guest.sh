@@ -12,7 +12,8 @@
 # Environment: RBD_NBD_GRAPH_BIN, VM_OUT; BENCH_ROUNDS (2), BENCH_RUNTIME
 # (fio seconds per workload, 10), BENCH_SIZE (image size, 512M),
 # BENCH_OURS_FLAGS (extra map flags for ours, e.g. "--connections 2"),
-# BENCH_PATHS ("ours rbd-nbd krbd").
+# BENCH_PATHS ("ours rbd-nbd krbd"), BENCH_CEPH_CLUSTER (another cluster
+# script with test/ceph/cluster's CLI).
 set -uo pipefail
 : "${RBD_NBD_GRAPH_BIN:?}" "${VM_OUT:?}"
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
@@ -39,7 +40,7 @@ workloads=(
 
 start=$(date +%s)
 RBD_NBD_GRAPH_CEPH_TIMEOUT=${RBD_NBD_GRAPH_CEPH_TIMEOUT:-240} RBD_NBD_GRAPH_CEPH_STORE_BYTES=${RBD_NBD_GRAPH_CEPH_STORE_BYTES:-$((2 << 30))} \
-	"$repo/test/ceph/cluster" start "$work/ceph" || { log "the Ceph cluster did not start"; exit 1; }
+	"${BENCH_CEPH_CLUSTER:-$repo/test/ceph/cluster}" start "$work/ceph" || { log "the Ceph cluster did not start"; exit 1; }
 export CEPH_CONF=$work/ceph/ceph.conf
 log "Ceph up in $(( $(date +%s) - start ))s"
 image=rbd/bench

@@ -28,7 +28,7 @@ mkdir -p "$out"
 out=$(cd "$out" && pwd)
 
 envs=(--env RBD_NBD_GRAPH_BIN="$bin")
-for v in BENCH_ROUNDS BENCH_RUNTIME BENCH_SIZE BENCH_OURS_FLAGS BENCH_PATHS; do
+for v in BENCH_ROUNDS BENCH_RUNTIME BENCH_SIZE BENCH_OURS_FLAGS BENCH_PATHS BENCH_CEPH_CLUSTER; do
 	[ -n "${!v:-}" ] && envs+=(--env "$v=${!v}")
 done
 rc=0
