@@ -48,7 +48,7 @@ rbd create --size "$size" "$image" || exit 1
 # Fill it, so reads hit real objects (not the object map's "no such
 # object" shortcut).
 fio --name=fill --ioengine=rbd --clientname=admin --pool=rbd --rbdname=bench \
-	--rw=write --bs=4M --iodepth=8 --size="$size" --output=/dev/null || { log "filling the image failed"; exit 1; }
+	--rw=write --bs=4M --iodepth=8 --size="$size" --eta=never --output=/dev/null || { log "filling the image failed"; exit 1; }
 log "image $image ($size) filled"
 
 map_path() { # path -> device on stdout
@@ -86,7 +86,7 @@ for ((r = 1; r <= rounds; r++)); do
 			name=$1 rw=$2 bs=$3 qd=$4
 			res=$(fio --name="$name" --filename="$dev" --ioengine=libaio --direct=1 --rw="$rw" --bs="$bs" \
 				--iodepth="$qd" --time_based --runtime="$runtime" --ramp_time=2 --size="$size" \
-				--randrepeat=0 --output-format=json 2>"$work/fio.err")
+				--randrepeat=0 --eta=never --output-format=json 2>"$work/fio.err")
 			if [ $? -ne 0 ] || [ -z "$res" ]; then
 				json_error "$r" "$p" "fio $name failed: $(tr '\n' ' ' < "$work/fio.err")"
 				continue
