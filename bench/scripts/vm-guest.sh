@@ -9,7 +9,8 @@
 #    "iops":1234.5,"bw_bytes":5056512,"lat_us":25.1}
 # A path that fails to map gets {"path":...,"error":"..."} and the run goes on.
 #
-# Environment: RBD_NBD_GRAPH_BIN, VM_OUT; BENCH_ROUNDS (2), BENCH_RUNTIME
+# Environment: RBD_NBD_GRAPH_BIN, VM_OUT; BENCH_ROUNDS (3: with the
+# rotation each path runs once in each position), BENCH_RUNTIME
 # (fio seconds per workload, 10), BENCH_SIZE (image size, 512M),
 # BENCH_OURS_FLAGS (extra map flags for ours, e.g. "--connections 2"),
 # BENCH_PATHS ("ours rbd-nbd krbd"), BENCH_CEPH_CLUSTER (another cluster
@@ -17,7 +18,7 @@
 set -uo pipefail
 : "${RBD_NBD_GRAPH_BIN:?}" "${VM_OUT:?}"
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
-rounds=${BENCH_ROUNDS:-2}
+rounds=${BENCH_ROUNDS:-3}
 runtime=${BENCH_RUNTIME:-10}
 size=${BENCH_SIZE:-512M}
 paths=(${BENCH_PATHS:-ours rbd-nbd krbd})
@@ -50,6 +51,10 @@ rbd create --size "$size" "$image" || exit 1
 fio --name=fill --ioengine=rbd --clientname=admin --pool=rbd --rbdname=bench \
 	--rw=write --bs=4M --iodepth=8 --size="$size" --eta=never --output=/dev/null || { log "filling the image failed"; exit 1; }
 log "image $image ($size) filled"
+# Warm the OSD and the guest's caches of librbd before anything is timed,
+# with librbd directly so that no mapping path is favoured.
+fio --name=warm --ioengine=rbd --clientname=admin --pool=rbd --rbdname=bench --rw=randread --bs=4k \
+	--iodepth=16 --time_based --runtime=5 --size="$size" --eta=never --output=/dev/null
 
 map_path() { # path -> device on stdout
 	case $1 in
