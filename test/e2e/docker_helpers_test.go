@@ -161,6 +161,11 @@ func newDockerEnv(t testing.TB, name string, dockerdArgs ...string) *dockerEnv {
 		prefix:     dkPrefix(t),
 		dockerArgs: dockerdArgs,
 	}
+	// dockerd --userns-remap needs every folder above its data root
+	// traversable by the remapped root (MkdirTemp makes 0700).
+	if err := os.Chmod(e.dir, 0o711); err != nil {
+		t.Fatal(err)
+	}
 	t.Cleanup(func() {
 		// Whatever happened, leave nothing running for the next test.
 		if e.dockerd != nil {
