@@ -90,7 +90,7 @@ test: deps check build test-unit test-clients test-integration vmtest
 # build tag vmtest) run as root inside; one boot for the whole suite.
 # `make vmtest RUN=TestName` runs one test with its log on the terminal.
 # Results: .build/vm/e2e/results.json (+ console.log, tests.jsonl, dmesg.log).
-VM_TIMEOUT ?= 1800
+VM_TIMEOUT ?= 3600
 VM_OUT     := $(BUILD)/vm/e2e
 E2E_BIN    := $(BUILD)/e2e.test
 vmtest: deps build
