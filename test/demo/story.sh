@@ -62,7 +62,9 @@ start_ceph() {
 		echo "using the cluster of CEPH_CONF=$CEPH_CONF"
 		return
 	fi
-	RBD_NBD_GRAPH_CEPH_STORE_BYTES=$((1536 << 20)) "$repo/test/ceph/cluster" start "$dir/ceph" || return
+	# Under emulation on a busy machine the monitor can take minutes.
+	RBD_NBD_GRAPH_CEPH_TIMEOUT=${RBD_NBD_GRAPH_CEPH_TIMEOUT:-300} RBD_NBD_GRAPH_CEPH_STORE_BYTES=$((1536 << 20)) \
+		"$repo/test/ceph/cluster" start "$dir/ceph" || return
 	started_ceph=1
 	export CEPH_CONF=$dir/ceph/ceph.conf
 	ceph --version
