@@ -30,8 +30,9 @@ type Config struct {
 	// Root owns every layer's root directory: the remapped root
 	// (dockerd --userns-remap), or 0:0.
 	Root Identity
-	// HostID identifies this host (default HostID()): it derives the
-	// default image prefix and is recorded as the owner of the prefix.
+	// HostID identifies this host (default HostID()). With Home it
+	// derives the default image prefix and is recorded as the owner of
+	// the prefix.
 	HostID string
 	Logger *slog.Logger
 }
@@ -81,7 +82,7 @@ type Driver struct {
 	home     string
 	mnt      string
 	root     Identity
-	hostID   string
+	owner    string // recorded on base images: this host and home
 
 	locks keyLocker
 
@@ -152,7 +153,7 @@ func New(ctx context.Context, cfg Config) (*Driver, error) {
 	}
 	prefix := cfg.Options.ImagePrefix
 	if prefix == "" {
-		prefix = DefaultPrefix(cfg.HostID)
+		prefix = DefaultPrefix(cfg.HostID, cfg.Home)
 	}
 	log := cfg.Logger
 	if log == nil {
@@ -167,7 +168,7 @@ func New(ctx context.Context, cfg Config) (*Driver, error) {
 		log:      log.With("prefix", prefix),
 		home:     filepath.Clean(cfg.Home),
 		root:     cfg.Root,
-		hostID:   cfg.HostID,
+		owner:    owner(cfg.HostID, cfg.Home),
 		layers:   make(map[string]*layer),
 		byImage:  make(map[string]*layer),
 	}
@@ -266,9 +267,9 @@ func (d *Driver) checkOwner(ctx context.Context) error {
 		if err != nil {
 			return fmt.Errorf("base image %s: %w", image, err)
 		}
-		if owner := info.Metadata[metaOwner]; owner != "" && owner != d.hostID {
-			return fmt.Errorf("%w: base image %s belongs to host %q (this is %q): give this host its own rbd.imageprefix, or, if that host is gone for good, run `rbd image-meta remove %s %s`",
-				ErrOwnedElsewhere, d.qualify(image), owner, d.hostID, d.qualify(image), metaOwner)
+		if owner := info.Metadata[metaOwner]; owner != "" && owner != d.owner {
+			return fmt.Errorf("%w: base image %s belongs to %q (this driver is %q, host:home): give each driver its own rbd.imageprefix, or, if that one is gone for good, run `rbd image-meta remove %s %s`",
+				ErrOwnedElsewhere, d.qualify(image), owner, d.owner, d.qualify(image), metaOwner)
 		}
 	}
 	return nil
@@ -309,7 +310,7 @@ func (d *Driver) makeBase(ctx context.Context, b *layer) (err error) {
 		return err
 	}
 	undo.push(func() error { return d.removeImages(context.WithoutCancel(ctx), b) })
-	if err := d.transition(ctx, b, StateCreating, map[string]string{metaOwner: d.hostID}); err != nil {
+	if err := d.transition(ctx, b, StateCreating, map[string]string{metaOwner: d.owner}); err != nil {
 		return err
 	}
 	dev, err := d.attacher.Attach(ctx, AttachRequest{Image: b.image})

@@ -1,8 +1,11 @@
 package graph
 
 import (
+	"crypto/sha256"
+	"encoding/hex"
 	"fmt"
 	"os"
+	"path/filepath"
 	"strings"
 )
 
@@ -93,8 +96,8 @@ func (n naming) layerID(image string) (string, bool) {
 type Identity struct{ UID, GID int }
 
 // HostID names this host: its systemd/D-Bus machine ID, or else its host
-// name. It becomes the default image prefix and the owner recorded on
-// the base image.
+// name. With the driver's home it makes the default image prefix and the
+// owner recorded on the base image.
 func HostID() string {
 	for _, p := range []string{"/etc/machine-id", "/var/lib/dbus/machine-id"} {
 		if b, err := os.ReadFile(p); err == nil {
@@ -110,18 +113,15 @@ func HostID() string {
 	return h
 }
 
-// DefaultPrefix is the image prefix for a host: "docker-" and the first
-// 12 characters of its ID (characters outside [A-Za-z0-9_.-] become '_').
-func DefaultPrefix(hostID string) string {
-	var b strings.Builder
-	for _, c := range hostID {
-		if b.Len() == 12 {
-			break
-		}
-		if validName(string(c), true) != nil {
-			c = '_'
-		}
-		b.WriteRune(c)
-	}
-	return "docker-" + b.String() + "-"
+// DefaultPrefix is the image prefix of a driver: "docker-" and 12 hex
+// digits of a digest of the host ID and the driver's home directory, so
+// two hosts sharing a pool, and two dockerds on one host (each has its own
+// data root), never share a prefix.
+func DefaultPrefix(hostID, home string) string {
+	sum := sha256.Sum256([]byte(hostID + "\x00" + filepath.Clean(home)))
+	return "docker-" + hex.EncodeToString(sum[:6]) + "-"
 }
+
+// owner is what the base image records as its owner: the host and the
+// driver's home on it.
+func owner(hostID, home string) string { return hostID + ":" + filepath.Clean(home) }

@@ -23,9 +23,10 @@ type Options struct {
 	ConfigFile string // rbd.configfile: ceph.conf path
 	Keyring    string // rbd.keyring
 
-	// ImagePrefix starts every image name this host makes (rbd.imageprefix).
-	// Empty means a prefix derived from this host's machine ID, so hosts
-	// sharing a pool never collide.
+	// ImagePrefix starts every image name this driver makes
+	// (rbd.imageprefix). Empty means a prefix derived from this host's
+	// machine ID and the driver's home, so hosts sharing a pool, and
+	// dockerds sharing a host, never collide.
 	ImagePrefix string
 
 	BaseSize     int64    // rbd.basesize: size of the base image, bytes

@@ -80,10 +80,19 @@ func TestParseStorageOpts(t *testing.T) {
 }
 
 func TestDefaultPrefix(t *testing.T) {
-	if got := graph.DefaultPrefix("0123456789abcdef0123"); got != "docker-0123456789ab-" {
-		t.Fatal(got)
+	a := graph.DefaultPrefix("0123456789abcdef", "/var/lib/docker/rbd-nbd")
+	if len(a) != len("docker-")+12+1 || !strings.HasPrefix(a, "docker-") || !strings.HasSuffix(a, "-") {
+		t.Fatalf("prefix %q", a)
 	}
-	if got := graph.DefaultPrefix("my host/1"); got != "docker-my_host_1-" {
-		t.Fatal(got)
+	if graph.DefaultPrefix("0123456789abcdef", "/var/lib/docker/rbd-nbd/") != a {
+		t.Fatal("the prefix depends on how the home is spelled")
+	}
+	for _, other := range []string{
+		graph.DefaultPrefix("0123456789abcdee", "/var/lib/docker/rbd-nbd"),
+		graph.DefaultPrefix("0123456789abcdef", "/var/lib/docker/100000.100000/rbd-nbd"),
+	} {
+		if other == a {
+			t.Fatalf("two drivers share the prefix %q", a)
+		}
 	}
 }
