@@ -181,6 +181,7 @@ type session struct {
 	align uint64 // BlockSize-1
 
 	// Read side, owned by the reading goroutine.
+	rd         *socketReader
 	rbuf       []byte
 	rpos, rend int
 	workers    int
@@ -221,6 +222,7 @@ func newSession(conn net.Conn, b Backend, opts TransmissionOptions) *session {
 		opts:  opts,
 		log:   opts.Logger,
 		align: uint64(opts.BlockSize) - 1,
+		rd:    newSocketReader(conn),
 		rbuf:  make([]byte, readBufferSize),
 		free:  make([]*request, opts.QueueDepth),
 		work:  make(chan *request, opts.QueueDepth),
@@ -384,7 +386,7 @@ func (s *session) fill(n int) error {
 	}
 	for s.rend < n {
 		s.flushDeferred()
-		k, err := s.conn.Read(s.rbuf[s.rend:])
+		k, err := s.rd.Read(s.rbuf[s.rend:])
 		s.rend += k
 		if err != nil {
 			if s.rend >= n {
@@ -408,7 +410,7 @@ func (s *session) readFull(p []byte) error {
 		return nil
 	}
 	s.flushDeferred()
-	_, err := io.ReadFull(s.conn, p[k:])
+	_, err := io.ReadFull(s.rd, p[k:])
 	return err
 }
 
@@ -418,7 +420,7 @@ func (s *session) skip(n int64) error {
 		if s.rpos == s.rend {
 			s.flushDeferred()
 			s.rpos, s.rend = 0, 0
-			k, err := s.conn.Read(s.rbuf)
+			k, err := s.rd.Read(s.rbuf)
 			s.rend = k
 			if err != nil && k == 0 {
 				if err == io.EOF {

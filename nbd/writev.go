@@ -91,7 +91,9 @@ func (w *vectorWriter) reset() {
 func (w *vectorWriter) write(fd uintptr) bool {
 	for w.pos < len(w.iov) {
 		cnt := min(len(w.iov)-w.pos, maxIovecs)
-		n, _, e := syscall.Syscall(syscall.SYS_WRITEV, fd, uintptr(unsafe.Pointer(&w.iov[w.pos])), uintptr(cnt))
+		// A raw call: writev of a non-blocking socket never blocks, and
+		// entering the syscall state would wake sysmon (see sockread.go).
+		n, _, e := syscall.RawSyscall(syscall.SYS_WRITEV, fd, uintptr(unsafe.Pointer(&w.iov[w.pos])), uintptr(cnt))
 		switch e {
 		case 0:
 			if n == 0 {

@@ -51,6 +51,12 @@ type aioRequest struct {
 	length int64
 	c      nbd.Completer
 	tag    uint64
+
+	// handed is stored before the request goes to C and loaded when its
+	// result comes back. The hand-off through C memory is ordered by C's
+	// atomics and locks, which the race detector cannot see; this makes
+	// the order visible to it, for the price of one atomic each way.
+	handed atomic.Uint32
 }
 
 var aioFree struct {
@@ -88,15 +94,22 @@ func putRequest(r *aioRequest) {
 type completions struct {
 	ring *C.rbdio_ring
 	efd  *os.File
+	raw  syscall.RawConn // efd's, for waitFn
 	stop atomic.Bool
 	done chan struct{}
+	// waitFn is c.wait bound once (no closure per wait); count
+	// receives the eventfd's value.
+	waitFn func(fd uintptr) bool
+	count  uint64
 }
 
-// reapBatch is the most results taken from the ring at once.
-const reapBatch = 128
+// completionRingLen is the capacity of an image's completion ring; more
+// results at once (more requests in flight than that) spill into the
+// ring's overflow list.
+const completionRingLen = 1024
 
 func newCompletions() (*completions, syscall.Errno) {
-	ring, err := C.rbdio_ring_new()
+	ring, err := C.rbdio_ring_new(completionRingLen)
 	if ring == nil {
 		if e, ok := err.(syscall.Errno); ok && e != 0 {
 			return nil, e
@@ -105,53 +118,105 @@ func newCompletions() (*completions, syscall.Errno) {
 	}
 	// The eventfd is non-blocking, so os.NewFile puts it in the netpoller.
 	c := &completions{ring: ring, efd: os.NewFile(uintptr(ring.efd), "rbdio-completions"), done: make(chan struct{})}
+	raw, err := c.efd.SyscallConn()
+	if err != nil {
+		c.efd.Close()
+		C.rbdio_ring_free(ring)
+		return nil, syscall.EINVAL
+	}
+	c.raw = raw
+	c.waitFn = c.wait
 	go c.reap()
 	return c, 0
 }
 
+// reap delivers results until close. It reads the ring through shared
+// memory; only results that overflowed it cost a cgo call.
 func (c *completions) reap() {
 	defer close(c.done)
-	var buf [reapBatch]C.rbdio_done
+	ring := c.ring
+	head := (*uint32)(unsafe.Pointer(&ring.head))
+	tail := (*uint32)(unsafe.Pointer(&ring.tail))
+	waiting := (*int32)(unsafe.Pointer(&ring.waiting))
+	overflow := (*int32)(unsafe.Pointer(&ring.overflow))
+	var spill [64]C.rbdio_done
 	var completers []nbd.Completer
-	var ev [8]byte
 	for {
-		n := int(C.rbdio_ring_take(c.ring, &buf[0], reapBatch))
-		if n == 0 {
-			// The ring marked us waiting: the next result writes efd.
-			if c.stop.Load() {
-				return
-			}
-			if _, err := c.efd.Read(ev[:]); err != nil {
-				return
+		h, t := atomic.LoadUint32(head), atomic.LoadUint32(tail)
+		if h == t && atomic.LoadInt32(overflow) == 0 {
+			// Nothing: say so, look once more, then sleep until a
+			// producer that saw waiting writes efd.
+			atomic.StoreInt32(waiting, 1)
+			if atomic.LoadUint32(tail) == h && atomic.LoadInt32(overflow) == 0 {
+				if c.stop.Load() {
+					return
+				}
+				if err := c.raw.Read(c.waitFn); err != nil {
+					return
+				}
+			} else {
+				// Work came in after all. A producer that cleared
+				// waiting meanwhile also wrote efd: the next wait
+				// returns at once, harmlessly.
+				atomic.StoreInt32(waiting, 0)
 			}
 			continue
 		}
-		for _, d := range buf[:n] {
-			r := cgo.Handle(d.token).Value().(*aioRequest)
-			if !r.async {
-				r.done <- int64(d.ret)
-				continue
-			}
-			cp := r.c
-			r.finish(int64(d.ret))
-			seen := false
-			for _, x := range completers {
-				if x == cp {
-					seen = true
-					break
-				}
-			}
-			if !seen {
-				completers = append(completers, cp)
+		for ; h != t; h++ {
+			d := (*C.rbdio_done)(unsafe.Add(unsafe.Pointer(ring.q), uintptr(h&(completionRingLen-1))*C.sizeof_rbdio_done))
+			completers = deliver(uintptr(d.token), int64(d.ret), completers)
+		}
+		atomic.StoreUint32(head, h)
+		if atomic.LoadInt32(overflow) != 0 {
+			n := int(C.rbdio_ring_take_overflow(ring, &spill[0], C.size_t(len(spill))))
+			for _, d := range spill[:n] {
+				completers = deliver(uintptr(d.token), int64(d.ret), completers)
 			}
 		}
-		if n < reapBatch {
-			for i, cp := range completers {
-				cp.FlushCompletions()
-				completers[i] = nil
-			}
-			completers = completers[:0]
+		// The batch is done: each connection writes its replies.
+		for i, cp := range completers {
+			cp.FlushCompletions()
+			completers[i] = nil
 		}
+		completers = completers[:0]
+	}
+}
+
+// deliver hands one result to its request: it wakes a synchronous
+// caller, or reports to an asynchronous one's Completer, which it adds
+// to completers (once) for the FlushCompletions that ends the batch.
+func deliver(token uintptr, ret int64, completers []nbd.Completer) []nbd.Completer {
+	r := cgo.Handle(token).Value().(*aioRequest)
+	r.handed.Load()
+	if !r.async {
+		r.done <- ret
+		return completers
+	}
+	cp := r.c
+	r.finish(ret)
+	for _, x := range completers {
+		if x == cp {
+			return completers
+		}
+	}
+	return append(completers, cp)
+}
+
+// wait is the RawConn callback that consumes the eventfd's count: false
+// (wait in the netpoller) while it is zero. A raw read(2) of the
+// non-blocking eventfd, because a regular one would enter the
+// scheduler's syscall state and wake sysmon on every batch (nbd's
+// sockread.go explains the cost).
+func (c *completions) wait(fd uintptr) bool {
+	for {
+		_, _, e := syscall.RawSyscall(syscall.SYS_READ, fd, uintptr(unsafe.Pointer(&c.count)), 8)
+		switch e {
+		case syscall.EINTR:
+			continue
+		case syscall.EAGAIN:
+			return false
+		}
+		return true
 	}
 }
 
@@ -168,15 +233,67 @@ func (c *completions) close() {
 	C.rbdio_ring_free(c.ring)
 }
 
-// submit hands r to librbd; p, if not empty, is pinned until r ends.
+// submitQueueLen is the capacity of an image's submission queue; a
+// request that finds it full is submitted by its caller instead.
+const submitQueueLen = 4096
+
+// submitter is an image's submission queue (C memory) and the C thread
+// that empties it into librbd (aio_shim.c). Go never calls librbd on the
+// data path: a cgo call enters the scheduler's syscall state, and the
+// first entry after the process went idle wakes sysmon, which then spins
+// at 20 us for a while (doc.go has the cost). Queueing a request is a
+// few stores and, when the thread sleeps, one raw write(2) to its
+// eventfd.
+type submitter struct {
+	mu  sync.Mutex // serialises producers
+	s   *C.rbdio_submitter
+	one uint64 // the value written to wake the thread
+}
+
+func newSubmitter(img C.rbd_image_t) (*submitter, syscall.Errno) {
+	s, err := C.rbdio_submitter_new(img, submitQueueLen)
+	if s == nil {
+		if e, ok := err.(syscall.Errno); ok && e != 0 {
+			return nil, e
+		}
+		return nil, syscall.ENOMEM
+	}
+	return &submitter{s: s, one: 1}, 0
+}
+
+func (q *submitter) close() { C.rbdio_submitter_free(q.s) }
+
+// submit hands r to librbd through the submitter thread; p, if not
+// empty, is pinned until r ends. It returns 0, or a negative errno if
+// librbd refused the request at once (only when the queue was full and
+// the request was submitted here).
 func (im *Image) submit(r *aioRequest, op C.int, p []byte, off, length int64) C.int {
-	var buf *C.char
+	var buf unsafe.Pointer
 	if len(p) > 0 {
 		r.pin.Pin(&p[0])
-		buf = (*C.char)(unsafe.Pointer(&p[0]))
+		buf = unsafe.Pointer(&p[0])
 	}
 	r.creq.ring = im.compl.ring
-	return C.rbdio_aio_submit(im.img, r.creq, op, C.uint64_t(off), C.uint64_t(length), buf)
+	r.handed.Store(1)
+	q := im.sub
+	s := q.s
+	tail := (*uint32)(unsafe.Pointer(&s.tail))
+	q.mu.Lock()
+	t := atomic.LoadUint32(tail)
+	if t-atomic.LoadUint32((*uint32)(unsafe.Pointer(&s.head))) >= submitQueueLen {
+		q.mu.Unlock()
+		return C.rbdio_aio_submit(im.img, r.creq, op, C.uint64_t(off), C.uint64_t(length), (*C.char)(buf))
+	}
+	e := (*C.rbdio_sub)(unsafe.Add(unsafe.Pointer(s.q), uintptr(t&(submitQueueLen-1))*C.sizeof_rbdio_sub))
+	e.off, e.len, e.buf, e.req, e.op = C.uint64_t(off), C.uint64_t(length), C.uintptr_t(uintptr(buf)), r.creq, C.int32_t(op)
+	atomic.StoreUint32(tail, t+1)
+	wake := atomic.CompareAndSwapInt32((*int32)(unsafe.Pointer(&s.sleeping)), 1, 0)
+	q.mu.Unlock()
+	if wake {
+		// A raw call: it never blocks, and must not wake sysmon.
+		syscall.RawSyscall(syscall.SYS_WRITE, uintptr(s.efd), uintptr(unsafe.Pointer(&q.one)), 8)
+	}
+	return 0
 }
 
 // aio runs one request and waits for it: librbd's result (>= 0) or an

@@ -47,7 +47,9 @@ type Image struct {
 	spec     string
 
 	img C.rbd_image_t
-	// compl receives the completions of the image's requests (aio.go).
+	// sub takes the image's requests to librbd, compl brings their
+	// completions back (aio.go).
+	sub   *submitter
 	compl *completions
 
 	// mu is held shared by every request in flight and exclusively by
@@ -139,7 +141,15 @@ func (c *Conn) OpenImage(ctx context.Context, name string, opts OpenOptions) (*I
 			Hint: "no completion queue for the image's IO: raise the open-file limit (ulimit -n) or free memory"}
 	}
 	im.compl = compl
+	sub, errno := newSubmitter(im.img)
+	if errno != 0 {
+		im.compl.close()
+		return nil, &Error{Op: "open image", Object: spec, Func: "pthread_create", Kind: kindOf(errno), Errno: errno,
+			Hint: "no submission thread for the image's IO: raise the thread or open-file limit, or free memory"}
+	}
+	im.sub = sub
 	if err := im.startWatch(); err != nil {
+		im.sub.close()
 		im.compl.close()
 		return nil, err
 	}
@@ -147,6 +157,7 @@ func (c *Conn) OpenImage(ctx context.Context, name string, opts OpenOptions) (*I
 	if c.closed {
 		c.mu.Unlock()
 		im.stopWatch()
+		im.sub.close()
 		im.compl.close()
 		return nil, &Error{Op: "open image", Object: spec, Kind: ErrClosed, Errno: syscall.ESHUTDOWN}
 	}
@@ -183,7 +194,8 @@ func (im *Image) Close() error {
 	im.mu.Unlock()
 
 	im.stopWatch()
-	// No request is in flight (mu was free): the ring can go.
+	// No request is in flight (mu was free): the queues can go.
+	im.sub.close()
 	im.compl.close()
 	ret := C.rbd_close(im.img)
 	c := im.conn
