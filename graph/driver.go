@@ -12,6 +12,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"time"
 
 	units "github.com/docker/go-units"
 )
@@ -421,9 +422,11 @@ func (d *Driver) Create(ctx context.Context, id, parent string, co CreateOptions
 		size = max(size, d.opts.BaseSize) // rbd.basesize raised since the base was made
 	}
 
+	ph := newPhases()
 	if err := d.ensureSnapshot(ctx, p); err != nil {
 		return err
 	}
+	ph.done("snapshot_parent")
 	l := &layer{id: id, image: d.names.layerImage(id), parentID: parent, size: p.size,
 		cloneOf: ImageRef{Image: p.image, Snapshot: snapName}}
 
@@ -433,6 +436,7 @@ func (d *Driver) Create(ctx context.Context, id, parent string, co CreateOptions
 		return fmt.Errorf("create layer %s: clone %s@%s: %w", id, p.image, snapName, err)
 	}
 	undo.push(func() error { return d.store.RemoveImage(context.WithoutCancel(ctx), l.image) })
+	ph.done("clone")
 	d.mu.Lock()
 	d.layers[id] = l
 	d.byImage[l.image] = l
@@ -442,10 +446,12 @@ func (d *Driver) Create(ctx context.Context, id, parent string, co CreateOptions
 	if err := d.transition(ctx, l, StateCreating, map[string]string{metaLayer: id, metaParent: parent}); err != nil {
 		return err
 	}
+	ph.done("state_creating")
 	if size > l.size {
 		if err := d.grow(ctx, l, size); err != nil {
 			return fmt.Errorf("create layer %s: grow to %d bytes: %w", id, size, err)
 		}
+		ph.done("grow")
 	}
 	flattenLater := false
 	if d.depth(l) > d.opts.MaxCloneDepth {
@@ -454,6 +460,7 @@ func (d *Driver) Create(ctx context.Context, id, parent string, co CreateOptions
 				return fmt.Errorf("create layer %s: flatten: %w", id, err)
 			}
 			d.setField(func() { l.cloneOf = ImageRef{} })
+			ph.done("flatten")
 		} else {
 			flattenLater = true
 		}
@@ -461,10 +468,11 @@ func (d *Driver) Create(ctx context.Context, id, parent string, co CreateOptions
 	if err := d.transition(ctx, l, StateReady, nil); err != nil {
 		return err
 	}
+	ph.done("state_ready")
 	if flattenLater {
 		d.flat.enqueue(id)
 	}
-	d.log.Debug("layer created", "layer", id, "parent", parent, "image", l.image, "depth", d.depth(l))
+	d.log.Debug("layer created", append([]any{"layer", id, "parent", parent, "image", l.image, "depth", d.depth(l)}, ph.attrs...)...)
 	return nil
 }
 
@@ -530,6 +538,7 @@ func (d *Driver) Remove(ctx context.Context, id string) error {
 // removeLayer releases and deletes l; the caller holds l's lock (or is
 // New, before anyone else can).
 func (d *Driver) removeLayer(ctx context.Context, l *layer, atStart bool) error {
+	ph := newPhases()
 	d.cancelFlatten(l)
 	if m := l.mount; m != nil {
 		d.log.Warn("removing a layer that is still mounted; unmounting it", "layer", l.id, "refs", m.refs)
@@ -545,6 +554,7 @@ func (d *Driver) removeLayer(ctx context.Context, l *layer, atStart bool) error 
 		if len(children) > 0 {
 			return fmt.Errorf("remove layer %s: %w: %s", l.id, ErrHasChildren, strings.Join(d.describeImages(children), ", "))
 		}
+		ph.done("children")
 	}
 	if l.state != StateRemoving {
 		if err := d.transition(ctx, l, StateRemoving, nil); err != nil {
@@ -552,15 +562,17 @@ func (d *Driver) removeLayer(ctx context.Context, l *layer, atStart bool) error 
 				return fmt.Errorf("remove layer %s: %w", l.id, err)
 			}
 		}
+		ph.done("state_removing")
 	}
 	if err := d.removeImages(ctx, l); err != nil {
 		return fmt.Errorf("remove layer %s: %w", l.id, err)
 	}
+	ph.done("remove_images")
 	d.forget(l)
 	if err := os.Remove(filepath.Join(d.mnt, l.id)); err != nil && !errors.Is(err, os.ErrNotExist) {
 		d.log.Warn("could not remove mount point", "layer", l.id, "err", err)
 	}
-	d.log.Debug("layer removed", "layer", l.id)
+	d.log.Debug("layer removed", append([]any{"layer", l.id}, ph.attrs...)...)
 	return nil
 }
 
@@ -640,6 +652,7 @@ func (d *Driver) attachAndMount(ctx context.Context, l *layer, readOnly bool) (m
 	var undo undoStack
 	defer undo.onError(&err)
 
+	ph := newPhases()
 	req := AttachRequest{Image: l.image, ReadOnly: readOnly}
 	if readOnly && l.snapshot {
 		req.Snapshot = snapName
@@ -648,6 +661,7 @@ func (d *Driver) attachAndMount(ctx context.Context, l *layer, readOnly bool) (m
 	if err != nil {
 		return nil, fmt.Errorf("attach %s: %w", req.Ref(), err)
 	}
+	ph.done("attach")
 	undo.push(func() error { return dev.Detach(context.WithoutCancel(ctx)) })
 	dir := filepath.Join(d.mnt, l.id)
 	if err := os.Mkdir(dir, 0o701); err != nil && !errors.Is(err, os.ErrExist) {
@@ -656,6 +670,8 @@ func (d *Driver) attachAndMount(ctx context.Context, l *layer, readOnly bool) (m
 	if err := d.fs.Mount(ctx, dev.Path(), dir, readOnly); err != nil {
 		return nil, err
 	}
+	ph.done("mount")
+	d.log.Debug("layer mounted", append([]any{"layer", l.id, "device", dev.Path(), "read_only", readOnly}, ph.attrs...)...)
 	m = &mount{dev: dev, dir: dir, readOnly: readOnly, refs: 1}
 	d.setField(func() { l.mount = m })
 	return m, nil
@@ -693,14 +709,18 @@ func (d *Driver) Put(ctx context.Context, id string) error {
 // unmountAndDetach releases m. If the unmount fails the layer stays
 // mounted (with no references), so a later Put, Remove or Close retries.
 func (d *Driver) unmountAndDetach(ctx context.Context, l *layer, m *mount) error {
+	ph := newPhases()
 	if err := d.fs.Unmount(ctx, m.dir); err != nil {
 		d.setField(func() { m.refs = 0 })
 		return err
 	}
+	ph.done("unmount")
 	d.setField(func() { l.mount = nil })
 	if err := m.dev.Detach(ctx); err != nil {
 		return fmt.Errorf("detach %s: %w", m.dev.Path(), err)
 	}
+	ph.done("detach")
+	d.log.Debug("layer released", append([]any{"layer", l.id, "device", m.dev.Path()}, ph.attrs...)...)
 	return nil
 }
 
@@ -841,6 +861,22 @@ func (d *Driver) qualify(image string) string {
 		return q.Qualify(image)
 	}
 	return image
+}
+
+// phases times the steps of one operation for the debug log, where the
+// cost of each (clone, metadata, attach, mount...) can be read off.
+type phases struct {
+	last  time.Time
+	attrs []any
+}
+
+func newPhases() *phases { return &phases{last: time.Now()} }
+
+// done records the step that just ended.
+func (p *phases) done(step string) {
+	now := time.Now()
+	p.attrs = append(p.attrs, step, now.Sub(p.last).Round(time.Microsecond))
+	p.last = now
 }
 
 // undoStack collects the steps that undo an operation done half way.
