@@ -119,10 +119,13 @@ func newSeedKrbd(b *testing.B, e *dockerEnv) *seedKrbd {
 	return s
 }
 
+// noudev: the guest runs no udevd, and rbd would wait for its events.
 func (s *seedKrbd) mapImage(spec string) string {
-	return strings.TrimSpace(dkMust(s.tb, 2*time.Minute, "rbd", "device", "map", spec))
+	return strings.TrimSpace(dkMust(s.tb, 2*time.Minute, "rbd", "device", "map", "-o", "noudev", spec))
 }
-func (s *seedKrbd) unmap(dev string) { dkMust(s.tb, 2*time.Minute, "rbd", "device", "unmap", dev) }
+func (s *seedKrbd) unmap(dev string) {
+	dkMust(s.tb, 2*time.Minute, "rbd", "device", "unmap", "-o", "noudev", dev)
+}
 func (s *seedKrbd) snapshot(spec string) {
 	dkMust(s.tb, time.Minute, "rbd", "snap", "create", spec+"@layer")
 	dkMust(s.tb, time.Minute, "rbd", "snap", "protect", spec+"@layer")

@@ -184,9 +184,15 @@ func newDockerEnv(t testing.TB, name string, dockerdArgs ...string) *dockerEnv {
 			}
 		}
 		for _, l := range []string{"plugin.log", "dockerd.log", "containerd.log"} {
+			b, _ := os.ReadFile(filepath.Join(e.dir, l))
 			if t.Failed() {
-				b, _ := os.ReadFile(filepath.Join(e.dir, l))
 				t.Logf("---- %s (last 6000 bytes) ----\n%s", l, tail(b, 6000))
+			}
+			// In the VM, keep the logs with the results (per-step timings
+			// of the driver are in the plugin's debug log).
+			if out := os.Getenv("VM_OUT"); out != "" && len(b) > 0 {
+				name := strings.NewReplacer("/", "_", " ", "_").Replace(t.Name()) + "-" + l
+				_ = os.WriteFile(filepath.Join(out, name), b, 0o644)
 			}
 		}
 		e.removeImages()
