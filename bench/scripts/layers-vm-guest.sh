@@ -13,7 +13,9 @@ mkdir -p "$work"
 export E2E_WORKDIR=$work
 dmesg -n 4 2>/dev/null || true
 start=$(date +%s)
-RBD_NBD_GRAPH_CEPH_STORE_BYTES=$((1536 << 20)) "$repo/test/ceph/cluster" start "$work/ceph" >&2
+# Under emulation on a busy machine the monitor can take minutes.
+RBD_NBD_GRAPH_CEPH_TIMEOUT=${RBD_NBD_GRAPH_CEPH_TIMEOUT:-300} RBD_NBD_GRAPH_CEPH_STORE_BYTES=$((1536 << 20)) \
+	"$repo/test/ceph/cluster" start "$work/ceph" >&2
 export CEPH_CONF=$work/ceph/ceph.conf
 echo "layers-vm: Ceph cluster up in $(( $(date +%s) - start ))s" >&2
 cd "$repo/test/e2e"
