@@ -44,6 +44,12 @@
 //     never interleaved. A reply is queued only when its data is complete.
 //   - bufpool.go: size-class pools for payload buffers larger than what
 //     a slot keeps, so the steady state allocates nothing.
+//   - sockread.go, writev.go: the loop's socket IO. Both make the read(2)
+//     and writev(2) raw system calls inside syscall.RawConn callbacks:
+//     the netpoller still does the waiting (deadlines included), but the
+//     goroutine never enters the scheduler's syscall state, whose first
+//     entry after the process went idle wakes the runtime's sysmon
+//     thread (see "Asynchronous backends").
 //   - errno.go: Errno maps backend errors (syscall.Errno anywhere in the
 //     chain) to the protocol's error values; ReplyError is the client's
 //     view of an error reply.
@@ -77,6 +83,27 @@
 // when the write completes); DISC, EOF and
 // context cancellation stop reading and return only after every request
 // in flight is served and replied.
+//
+// # Asynchronous backends
+//
+// A backend that can start IO without blocking (AsyncBackend: rbdio's
+// librbd image) gets each READ, WRITE and FLUSH started from the reading
+// goroutine; a FUA write is a write whose completion starts a flush. The
+// backend reports every outcome through the session's Completer from
+// its own completion goroutine (rbdio's reads a ring that librbd's
+// threads fill) and ends each run of completions with FlushCompletions,
+// where the session writes all the replies the run completed with one
+// writev, or leaves them to a writer already at work. Compared with a
+// worker goroutine parked per request, measured end to end with fio's
+// nbd engine against `rbd-nbd-graph export rbd:` (4k, queue depth 16,
+// five alternated rounds on the loaded 2-core build machine; rbdio's
+// doc.go has the method and the whole table), the export's CPU per
+// request fell from 41.8 to 36.5 us for reads and from 51.2 to 46.8 us
+// for writes, and its context switches per request from 4.5 to 3.1 and
+// 4.3 to 3.8. Most of that came from keeping sysmon asleep (raw socket
+// calls here, no cgo call on rbdio's data path): starting requests
+// asynchronously while still making regular syscalls and cgo calls
+// gained nothing (43.8 and 50.5 us).
 //
 // This package has no cgo so its tests run anywhere.
 package nbd

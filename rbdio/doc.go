@@ -19,12 +19,12 @@
 //     another client has the image open), list, stat, image metadata.
 //     admin.go opens a short-lived go-ceph handle for each call.
 //   - image.go, aio.go, aio_shim.c, watch.go: Image, the open image for
-//     IO. It implements nbd.Backend, nbd.Discarder, nbd.ZeroWriter and
-//     nbd.Resizer. A read-write open takes the exclusive lock for good
-//     (like rbd-nbd --exclusive) so a second writer is refused with
-//     ErrLocked instead of silently taking the image over; a watch on
-//     the header (rbd_update_watch) keeps Size current and feeds
-//     SizeChanges when any client resizes the image.
+//     IO. It implements nbd.Backend, nbd.AsyncBackend, nbd.Discarder,
+//     nbd.ZeroWriter and nbd.Resizer. A read-write open takes the
+//     exclusive lock for good (like rbd-nbd --exclusive) so a second
+//     writer is refused with ErrLocked instead of silently taking the
+//     image over; a watch on the header (rbd_update_watch) keeps Size
+//     current and feeds SizeChanges when any client resizes the image.
 //   - errors.go: every failure is an *Error naming the operation, the
 //     object (pool/image@snap), the librbd or librados function and its
 //     errno, and the fix. It matches a kind (ErrNotFound, ErrExists,
@@ -38,89 +38,118 @@
 // Every wrapper names the C function it uses in its doc comment and in
 // its errors.
 //
-// # Concurrency model of the data path (measured)
+// # The data path (measured)
 //
-// go-ceph has no binding for librbd's asynchronous calls; its
-// Image.ReadAt/WriteAt call rbd_read/rbd_write, which block the calling
-// OS thread until the OSD answers. Served at queue depth 16 that means 16
-// threads parked in C and the Go scheduler handing Ps back and forth.
-// We compared, on the test cluster (test/ceph/cluster, memstore, one
-// OSD) on the 2-core build machine, 4 KiB random IO at queue depth 16
-// over a 256 MiB region, 16 goroutines each issuing one request at a
-// time (as nbd's workers do):
+// go-ceph has no binding for librbd's asynchronous calls, so aio.go and
+// aio_shim.c have their own. Per open image:
 //
-//	A  go-ceph blocking ReadAt/WriteAt, one goroutine per slot
-//	B  rbd_aio_* through a C shim; the completion callback calls into Go
-//	   and wakes the waiting goroutine (what this package does)
-//	C  rbd_aio_*; the callback queues the result in C and signals an
-//	   eventfd, a Go goroutine drains the queue through the netpoller
+//   - a submission queue in C memory and a C thread ("rbdio-submit")
+//     that empties it into rbd_aio_read/write/flush/discard/
+//     write_zeroes. Go puts a request in with a few stores and, only when
+//     the thread sleeps, one raw write(2) to its eventfd. Connect sets
+//     rbd_non_blocking_aio=false, so the thread runs librbd's dispatch
+//     itself rather than handing each request on to librados'
+//     io_context threads;
+//   - a completion ring in C memory that librbd's completion callbacks
+//     fill (under a mutex among themselves) and one goroutine empties
+//     without a lock and without cgo, sleeping on a non-blocking eventfd
+//     through the netpoller when it is empty (the callback writes the
+//     eventfd only when the goroutine said it sleeps). It wakes a
+//     synchronous caller (ReadAt, WriteAt, Flush, Discard, WriteZeroes)
+//     or reports to an asynchronous one (StartReadAt, StartWriteAt,
+//     StartFlush: nbd.AsyncBackend, which nbd's IO loop uses from the
+//     connection's reading goroutine) and ends each batch with one
+//     FlushCompletions per connection, which writes that batch's replies
+//     with one writev.
 //
-// against fio --ioengine=rbd (one thread, aio, the raw ceiling). Three
-// alternated rounds of 4 s each, machine shared with other builds
-// (absolute numbers move by 30 %, so read them as ratios within a
-// round); medians, IOPS, client CPU per request from perf stat:
+// So the data path makes no cgo call and no regular syscall from Go.
+// That is the point: any cgo call or syscall made after all of the Go
+// scheduler's Ps went idle wakes the runtime's sysmon thread, which then
+// polls every 20 us for a while, and an IO loop goes idle between
+// batches all the time. Context switches are what costs here (over 40 %
+// of the export's CPU samples are in finish_task_switch on this VM);
+// the Go code itself is under 5 %. Requests and their rendezvous are
+// recycled (no allocation per request); buffers are pinned
+// (runtime.Pinner) while librbd holds them.
 //
-//	            randread           randwrite
-//	fio rbd     21.4k  22-29 us    12.3k  31 us
-//	A blocking  15.7k  37-47 us     5.5k  60-79 us  (0.73 / 0.45 of fio)
-//	B aio+cb    17.4k  30-35 us     8.8k  38-45 us  (0.81 / 0.72)
-//	C aio+efd   16.6k  34-42 us     9.8k  35-55 us  (0.78 / 0.80)
+// Method: test/ceph/cluster (memstore, one OSD), a 512 MiB image written
+// in full, fio 4 KiB random IO at queue depth 16 over a fixed number of
+// IOs, the variants alternated within one run and repeated, medians; CPU
+// per IO from /proc of the export, the OSD and fio (getrusage), context
+// switches per IO from /proc/PID/task/*/status. CPU per IO is the
+// figure to read: on the 2-core build machine, shared with other
+// builds' qemu VMs (load 4-9), IOPS move by 30 % between runs while
+// CPU per IO moves less, and the box is CPU-bound (fio, the export and
+// the OSD share the 2 cores), so IOPS follow total CPU per IO.
+// "raw" is fio's rbd engine with the same librbd settings (below).
+// Five rounds of 40000 IOs, load 7.4-8.2 (export us/IO, context
+// switches/IO in the export, IOPS; total = fio + export + OSD us/IO):
 //
-// The blocking pool loses clearly on writes (twice the CPU per request,
-// 6 context switches per request against 3-4). B and C are within the
-// noise of each other; B has the fewer context switches per request
-// (3.2 against 3.3-5.3) and the least code (no queue, no eventfd, no
-// reaper goroutine), so the data path is B. Requests recycle their
-// rendezvous (a channel and a runtime.Pinner that pins the caller's
-// buffer while librbd holds it) through a free list: no allocation per
-// request. BenchmarkIO in bench_test.go reruns A against B; the
-// end-to-end comparison (fio through `rbd-nbd-graph export rbd:...`
-// against fio's rbd engine and qemu-nbd) is bench/scripts/rbd.sh.
+//	                  randread                     randwrite
+//	            us  cs    IOPS   total      us  cs    IOPS   total
+//	raw fio     24.5 -   18744    68.2      39.8 -   11820   115.0
+//	before      41.8 4.5 12051   111.8      51.2 4.3  9358   131.2
+//	async+cb    43.8 5.3 12296   108.2      50.5 4.6  9631   140.8
+//	this        36.5 3.1 14981    96.2      46.8 3.8  9715   131.5
 //
-// End to end (fio's nbd engine against `rbd-nbd-graph export rbd:`),
-// the costs per request measured with perf and /proc on the same box,
-// 4k qd16, medians of two rounds:
+// "before" is the previous model: one worker goroutine per request,
+// blocked on a channel that a cgo callback from librbd's thread
+// signalled. "async+cb" starts requests from the reading goroutine
+// (nbd.AsyncBackend) but still submits by cgo call (rbd_non_blocking_aio
+// on) and takes completions from a mutex-protected C queue by cgo call.
+// "this" is the design above. The fio nbd client costs another 9-10 us
+// per IO that fio's rbd engine does not: at the CPU-bound limit that
+// alone holds the ratio near 0.87 even with a free export.
 //
-//	            fio client  export  OSD     total
-//	raw read    23 us       -       40 us    63 us
-//	ours read    9 us       45 us   57 us   111 us
-//	raw write   43 us       -       85 us   128 us
-//	ours write  15 us       61 us   94 us   170 us
-//
-// The export's Go code is under 10 % of its CPU samples; about 60 % is
-// the kernel, most of it context switches (finish_task_switch alone
-// 42-44 %: switching is expensive in this VM), with librbd's own
-// threads (io_context_pool, msgr-worker) switching 2.5 times per request
-// and Go's sysmon, woken every 20 us while cgo calls are in flight, 8-14
-// %. Three alternatives were prototyped against that and measured
-// side by side; none gave a difference above the noise of a machine
-// shared with two VMs, so the simpler design stayed:
-//   - completions queued in C and signalled through an eventfd (model C
-//     above) instead of calling into Go: sysmon's share fell (14 -> 10 %
-//     read, 8.5 -> 2.6 % write) but CPU and switches per request did not;
-//   - an asynchronous backend interface (start a READ or WRITE from the
-//     connection's reading goroutine, reply from the completion): 0-11 %
-//     more IOPS in one set of rounds, none in another;
-//   - rbd_non_blocking_aio=false (submit on the caller's thread): about
-//     one switch less per request in some pairs, fewer IOPS in most.
+// What was measured and not kept (same method, alternated pairs):
+//   - keeping sysmon asleep is worth it: with GODEBUG=schedtrace set to
+//     hours (sysmon then never sleeps deeply, so nothing wakes it) the
+//     async+cb build fell from 36.0 to 22.5 us per read and 44.0 to 30.5
+//     per write; on this design the setting makes no difference;
+//   - submitting by cgo call from the reading goroutine instead of the
+//     submitter thread: 44.3 against 32.7 us per read, 50.3 against 42.3
+//     per write, fewer IOPS;
+//   - rbd_non_blocking_aio left on: 3.8 against 2.9 switches per read,
+//     5.9 against 3.1 per write;
+//   - GOMAXPROCS=1: no difference beyond the noise;
+//   - SCHED_BATCH for the whole export (chrt -b): half the context
+//     switches and 15-20 % less CPU per IO, but 13 % fewer read IOPS
+//     (woken threads wait out other tasks' time slices), and a daemon
+//     serving the kernel's block IO should not queue behind batch work;
+//   - librados_thread_count=1 (one io_context thread instead of two:
+//     completions come in batches, 2.5 against 3.8 switches per read):
+//     it deadlocks librbd, whose snapshot unprotect makes synchronous
+//     librados calls from an io_context callback (TestCloneLifecycle
+//     hung), and a lock owner executes such operations for other
+//     clients, so it is not safe even on a connection used only for IO;
+//   - writing the NBD reply from the completion callback in C, sparing
+//     the completion goroutine's wake-up (about one context switch per
+//     batch of 2-3 completions): it would put NBD's reply stream and a
+//     lock shared with Go inside librbd's threads; not attempted.
 //
 // bench/scripts/rbd.sh measures the ratio the issue sets (>= 0.85 of
-// fio's rbd engine); one round on the loaded machine gave 0.84 for
-// randread and 0.97 for randwrite (qemu-nbd: 0.45 and 0.92).
+// fio's rbd engine) end to end. One run of five rounds on the loaded
+// machine (load 5-7): randread 0.75, randwrite 0.68 (qemu-nbd 0.26 and
+// 0.70); the per-round numbers moved by a factor of 1.8.
 //
-// One librbd setting concerns semantics more than speed. With its
-// defaults (rbd_cache_policy=writearound,
+// # librbd settings
+//
+// Connect sets two options. rbd_non_blocking_aio=false is the threading
+// above. rbd_cache_writethrough_until_flush=false concerns semantics:
+// with librbd's defaults (rbd_cache_policy=writearound,
 // rbd_cache_writethrough_until_flush=true) librbd acknowledges a write
 // only once the OSD has it, until the client first flushes; from then on
 // as soon as librbd has queued it (bounded by rbd_cache_max_dirty). NBD
 // carries flushes (the kernel and fio send FLUSH or FUA when they need
 // durability, as to a disk with a volatile cache, and nbd advertises
-// NBD_FLAG_SEND_FLUSH), so Connect sets
-// rbd_cache_writethrough_until_flush=false: Flush (rbd_aio_flush) is the
-// durability point from the first request on. Its effect on speed, fio's
-// rbd engine 4k randwrite qd16, three alternated pairs (default, then
-// false): 4.1k/5.6k, 6.4k/7.0k, 5.6k/5.5k IOPS; one earlier run of model B
-// went from 8.9k to 14.5k with a flush right after open. Note that
-// bench/scripts/rbd.sh runs fio's rbd engine with librbd's defaults, as
-// the issue defines the ceiling, while our export has this setting.
+// NBD_FLAG_SEND_FLUSH), so the export behaves from the first request on
+// as it would after a first flush: Flush (rbd_aio_flush) is the
+// durability point. That doubles write IOPS (fio's rbd engine, 4k
+// randwrite qd16: 6.5k with the default against 11.6k, one pair at load
+// 7), so a comparison is honest only with the same setting on both
+// sides: bench/scripts/rbd.sh gives fio's rbd engine (and qemu-nbd, run
+// with --cache=writeback so librbd's cache stays on) a ceph.conf with
+// both of rbdio's settings. rbd_non_blocking_aio=false does not change
+// fio's rbd engine measurably (six alternated rounds: 17.4k against
+// 17.7k read IOPS, 12.6k against 12.7k write).
 package rbdio

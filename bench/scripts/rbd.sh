@@ -5,7 +5,7 @@
 #   raw       fio --ioengine=rbd (librbd straight from fio: the ceiling)
 #   ours      fio --ioengine=nbd -> `rbd-nbd-graph export rbd:POOL/IMG`
 #   qemu-nbd  fio --ioengine=nbd -> qemu-nbd exporting the same image
-#             (-f raw -t --cache=none --aio=threads rbd:POOL/IMG:conf=CONF)
+#             (-f raw -t --cache=writeback --aio=threads rbd:POOL/IMG:conf=CONF)
 # Each ratio is median(ours) / median(raw) over the rounds (bar: 0.85);
 # qemu-nbd / raw is reported beside it. Prints every ratio and ends with
 # the smallest ours/raw; exits 1 if it is below the bar.
@@ -17,10 +17,19 @@
 # stopped at exit). Results: OUT/rbd.tsv (one line per measurement),
 # OUT/*.json and *.log (the tools' output).
 #
-# librbd settings: fio's rbd engine runs with librbd's defaults; qemu-nbd
-# with --cache=none turns librbd's cache off (qemu sets rbd_cache=false
-# for cache=none); our export sets rbd_cache_writethrough_until_flush=false
-# (NBD carries flushes; rbdio/doc.go has the reasons and its effect).
+# librbd settings are the same for all three, so the ratios compare the
+# paths, not two cache modes: our export sets
+# rbd_cache_writethrough_until_flush=false (NBD carries flushes: writes
+# are acknowledged from librbd's writearound cache from the first one on,
+# not only after a first flush) and rbd_non_blocking_aio=false
+# (rbdio/conn.go, rbdio/doc.go). fio's rbd engine and qemu-nbd get a
+# ceph.conf with the same [client] settings, and qemu-nbd runs with
+# --cache=writeback, which keeps librbd's cache on (--cache=none would
+# turn it off). With librbd's defaults instead fio's rbd engine
+# acknowledges each write only once the OSD has it, about half the
+# write IOPS here: a ratio against that would measure the cache mode.
+# The load average is printed at the start, after each round and at the
+# end: on a shared machine read the ratios with it.
 #
 # Only one client holds the image at a time: every export (ours, then
 # qemu-nbd) is started for its measurement and stopped before the next,
@@ -74,6 +83,10 @@ stop_server() {
 bench_cleanup_steps+=("stop_server")
 
 bench_cluster
+# The [client] settings rbdio applies (rbdio/conn.go), for fio's rbd
+# engine and qemu-nbd.
+client_conf=$work/client.conf
+{ cat "$CEPH_CONF"; printf '\n[client]\n\trbd_cache_writethrough_until_flush = false\n\trbd_non_blocking_aio = false\n'; } >"$client_conf"
 pool=rbd
 img=rbd-sh-$$-$RANDOM
 bench_image "$pool/$img" "$size" "$out/fill.log"
@@ -116,7 +129,7 @@ measure() {
 	local who=$1 rw=$2
 	case $who in
 	raw)
-		run_fio raw "$rw" --ioengine=rbd --clientname=admin --pool="$pool" --rbdname="$img"
+		CEPH_CONF=$client_conf run_fio raw "$rw" --ioengine=rbd --clientname=admin --pool="$pool" --rbdname="$img"
 		;;
 	ours)
 		start_server ours "$bin" export --socket "$work/ours.sock" "rbd:$pool/$img"
@@ -124,8 +137,8 @@ measure() {
 		stop_server
 		;;
 	qemu-nbd)
-		start_server qemu-nbd qemu-nbd -f raw --socket="$work/qemu-nbd.sock" -t --cache=none --aio=threads \
-			"rbd:$pool/$img:conf=$CEPH_CONF"
+		start_server qemu-nbd qemu-nbd -f raw --socket="$work/qemu-nbd.sock" -t --cache=writeback --aio=threads \
+			"rbd:$pool/$img:conf=$client_conf"
 		run_fio qemu-nbd "$rw" --ioengine=nbd --uri="nbd+unix:///?socket=$work/qemu-nbd.sock"
 		stop_server
 		;;
@@ -135,7 +148,8 @@ measure() {
 median() { sort -n | awk '{v[NR]=$1} END {print (NR%2) ? v[(NR+1)/2] : (v[NR/2]+v[NR/2+1])/2}'; }
 med() { awk -F'\t' -v w="$1" -v s="$2" '$1==w && $2==s {print $4}' "$out/rbd.tsv" | median; }
 
-echo "rbd.sh: $rounds rounds of ${runtime}s per path and workload, image $pool/$img ($size), $(fio --version), $(rbd --version | cut -d' ' -f1-3)"
+loadavg() { cut -d' ' -f1-3 /proc/loadavg; }
+echo "rbd.sh: $rounds rounds of ${runtime}s per path and workload, image $pool/$img ($size), $(fio --version), $(rbd --version | cut -d' ' -f1-3), $(nproc) CPUs, load average $(loadavg)"
 order=(raw ours qemu-nbd)
 for round in $(seq "$rounds"); do
 	for rw in randread randwrite; do
@@ -145,6 +159,7 @@ for round in $(seq "$rounds"); do
 		done
 	done
 	order=("${order[@]:1}" "${order[0]}")
+	echo "rbd.sh: round $round of $rounds done, load average $(loadavg)"
 done
 
 smallest=""
@@ -162,6 +177,7 @@ for rw in randread randwrite; do
 		smallest="$r_ours $rw"
 	fi
 done
+echo "load average at the end: $(loadavg)"
 echo "smallest ours/raw ratio: ${smallest%% *} (${smallest#* }, bar $bar)"
 if ! awk -v r="${smallest%% *}" -v bar="$bar" 'BEGIN {exit !(r >= bar)}'; then
 	echo "rbd.sh: below the bar (measurements: $out/rbd.tsv)" >&2
