@@ -234,20 +234,20 @@ func (d *Driver) load(ctx context.Context) error {
 		if err != nil {
 			return fmt.Errorf("stat image %s: %w", image, err)
 		}
+		state := State(info.Metadata[metaState])
+		if state == "" {
+			state = StateCreating // cloned, never labelled: see State
+		}
 		l := &layer{
 			id:       id,
 			image:    image,
 			parentID: info.Metadata[metaParent],
-			state:    State(info.Metadata[metaState]),
+			state:    state,
 			size:     info.Size,
 			cloneOf:  info.Parent,
 			snapshot: slices.Contains(info.Snapshots, snapName),
 		}
 		if isLayer {
-			if m := info.Metadata[metaLayer]; m != "" && m != id {
-				d.log.Warn("image records another layer ID; ignoring it", "image", image, "recorded", m)
-				continue
-			}
 			d.layers[id] = l
 		}
 		d.byImage[image] = l
@@ -428,7 +428,7 @@ func (d *Driver) Create(ctx context.Context, id, parent string, co CreateOptions
 	}
 	ph.done("snapshot_parent")
 	l := &layer{id: id, image: d.names.layerImage(id), parentID: parent, size: p.size,
-		cloneOf: ImageRef{Image: p.image, Snapshot: snapName}}
+		cloneOf: ImageRef{Image: p.image, Snapshot: snapName}, state: StateCreating}
 
 	var undo undoStack
 	defer undo.onError(&err)
@@ -443,10 +443,8 @@ func (d *Driver) Create(ctx context.Context, id, parent string, co CreateOptions
 	d.mu.Unlock()
 	undo.push(func() error { d.forget(l); return nil })
 
-	if err := d.transition(ctx, l, StateCreating, map[string]string{metaLayer: id, metaParent: parent}); err != nil {
-		return err
-	}
-	ph.done("state_creating")
+	// The layer is creating (durably: its image has no state key yet)
+	// until the transition to ready below.
 	if size > l.size {
 		if err := d.grow(ctx, l, size); err != nil {
 			return fmt.Errorf("create layer %s: grow to %d bytes: %w", id, size, err)
@@ -465,7 +463,11 @@ func (d *Driver) Create(ctx context.Context, id, parent string, co CreateOptions
 			flattenLater = true
 		}
 	}
-	if err := d.transition(ctx, l, StateReady, nil); err != nil {
+	var labels map[string]string
+	if parent != "" {
+		labels = map[string]string{metaParent: parent}
+	}
+	if err := d.transition(ctx, l, StateReady, labels); err != nil {
 		return err
 	}
 	ph.done("state_ready")
@@ -576,13 +578,17 @@ func (d *Driver) removeLayer(ctx context.Context, l *layer, atStart bool) error 
 	return nil
 }
 
-// removeImages deletes l's snapshot and image; missing ones are fine.
+// removeImages deletes l's snapshot, if it has one, and image; missing
+// ones are fine.
 func (d *Driver) removeImages(ctx context.Context, l *layer) error {
-	if err := d.store.RemoveSnapshot(ctx, l.image, snapName); err != nil && !errors.Is(err, ErrImageNotFound) {
-		if errors.Is(err, ErrImageBusy) {
-			return fmt.Errorf("%w: %w", ErrHasChildren, err)
+	if l.snapshot {
+		if err := d.store.RemoveSnapshot(ctx, l.image, snapName); err != nil && !errors.Is(err, ErrImageNotFound) {
+			if errors.Is(err, ErrImageBusy) {
+				return fmt.Errorf("%w: %w", ErrHasChildren, err)
+			}
+			return err
 		}
-		return err
+		d.setField(func() { l.snapshot = false })
 	}
 	if err := d.store.RemoveImage(ctx, l.image); err != nil && !errors.Is(err, ErrImageNotFound) {
 		return err

@@ -55,7 +55,6 @@ const (
 
 	metaPrefix = "rbd-nbd-graph."
 	metaState  = metaPrefix + "state"  // creating, ready, removing
-	metaLayer  = metaPrefix + "layer"  // the layer ID
 	metaParent = metaPrefix + "parent" // the parent layer ID ("" for the base)
 	metaOwner  = metaPrefix + "owner"  // on base images: the host that owns the prefix
 

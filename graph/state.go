@@ -8,13 +8,18 @@ import (
 
 // State is where a layer is in its life, recorded durably as the image's
 // metadata key rbd-nbd-graph.state, so a driver that starts after a crash
-// knows which images are finished. An image of this prefix without the
-// key is treated as creating (the crash came between clone and the first
-// metadata write).
+// knows which images are finished.
+//
+// A layer is creating from its clone until the key says ready: the key is
+// first written as ready (with the parent's ID), one metadata write less
+// per layer (each is an image open, the bulk of Create's cost). Creating
+// is durable all the same, as the key's absence: start-up removes an image
+// of this prefix without it. The base image, made once and slowly,
+// records creating explicitly, with its owner.
 type State string
 
 const (
-	StateCreating State = "creating" // cloned; resize, grow or flatten under way
+	StateCreating State = "creating" // cloned; grow or flatten under way
 	StateReady    State = "ready"    // complete; visible to Exists and Get
 	StateRemoving State = "removing" // being deleted; start-up finishes the job
 )

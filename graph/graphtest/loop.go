@@ -4,8 +4,11 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
+	"os"
 	"os/exec"
+	"path/filepath"
 	"strings"
 	"sync"
 	"time"
@@ -90,7 +93,7 @@ func (d *loopDevice) Path() string { return d.path }
 
 func (d *loopDevice) Detach(ctx context.Context) error {
 	d.once.Do(func() {
-		if _, d.err = losetup(ctx, "--detach", d.path); d.err != nil {
+		if d.err = detachLoop(ctx, d.path); d.err != nil {
 			return
 		}
 		d.a.mu.Lock()
@@ -150,8 +153,32 @@ func (s *staleLoop) Adopt(ctx context.Context) (graph.Device, error) {
 }
 
 func (s *staleLoop) Detach(ctx context.Context) error {
-	_, err := losetup(ctx, "--detach", s.path)
-	return err
+	return detachLoop(ctx, s.path)
+}
+
+// detachLoop detaches a loop device and waits until it is free. While
+// anyone else has the device open (another process listing loop devices,
+// say) the kernel only marks it for release at the last close, so
+// losetup --detach returning is not enough.
+func detachLoop(ctx context.Context, dev string) error {
+	if _, err := losetup(ctx, "--detach", dev); err != nil {
+		return err
+	}
+	backing := filepath.Join("/sys/block", filepath.Base(dev), "loop", "backing_file")
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		if _, err := os.Stat(backing); errors.Is(err, os.ErrNotExist) {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("%s still attached 10 s after losetup --detach: something holds it open", dev)
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
 }
 
 // DescribeDevices is the Status line for loop devices.
