@@ -23,8 +23,10 @@ import (
 //	                               parent holding 64 MiB of data
 //	BenchmarkChainRead/depth=N     4k random reads of the bottom layer's data
 //	                               through a chain of N clones
+//	BenchmarkChainOpen/depth=N     opening the top of such a chain (librbd
+//	                               opens every parent too): part of each Get
 //
-// go test -tags pacific -run '^$' -bench 'Flatten|ChainRead' ./cmd/rbd-nbd-graph
+// go test -tags pacific -run '^$' -bench 'Flatten|Chain' ./cmd/rbd-nbd-graph
 
 const benchData = 64 << 20
 
@@ -144,6 +146,25 @@ func BenchmarkChainRead(b *testing.B) {
 			for b.Loop() {
 				off := rng.Int64N(benchData/4096) * 4096
 				if _, err := be.ReadAt(buf, off); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
+	}
+}
+
+func BenchmarkChainOpen(b *testing.B) {
+	for _, depth := range []int{0, 1, 4, 8, 16, 32} {
+		b.Run(fmt.Sprintf("depth=%d", depth), func(b *testing.B) {
+			c := newBenchChain(b, depth)
+			top := c.images[len(c.images)-1]
+			ctx := context.Background()
+			for b.Loop() {
+				_, closeImg, err := c.store.openImage(ctx, graph.ImageRef{Image: top}, false)
+				if err != nil {
+					b.Fatal(err)
+				}
+				if err := closeImg(); err != nil {
 					b.Fatal(err)
 				}
 			}
