@@ -5,9 +5,11 @@ import (
 	"errors"
 	"io"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
+	"unsafe"
 )
 
 // completer records what an AsyncBackend reports, checking the
@@ -248,3 +250,61 @@ func (l *loop) Complete(tag uint64, n int, err error) {
 }
 
 func (l *loop) FlushCompletions() {}
+
+// blockingCompleter holds up the completion goroutine in its first
+// Complete until released, so results pile up in the ring.
+type blockingCompleter struct {
+	*completer
+	first   sync.Once
+	entered chan struct{}
+	release chan struct{}
+}
+
+func (b *blockingCompleter) Complete(tag uint64, n int, err error) {
+	b.first.Do(func() {
+		close(b.entered)
+		<-b.release
+	})
+	b.completer.Complete(tag, n, err)
+}
+
+// TestCompletionRingOverflow: more results than the completion ring
+// holds arrive while its goroutine is busy; they spill into the
+// overflow list and every one is still delivered once.
+func TestCompletionRingOverflow(t *testing.T) {
+	c := testConn(t)
+	const n = 3 * completionRingLen
+	name := createImage(t, c, n*4096)
+	im := openImage(t, c, name, OpenOptions{})
+	want := pattern(n*4096, 7)
+	mustWrite(t, im, want, 0)
+	b := &blockingCompleter{completer: newCompleter(t), entered: make(chan struct{}), release: make(chan struct{})}
+	bufs := make([][]byte, n)
+	for i := range n {
+		bufs[i] = make([]byte, 4096)
+		im.StartReadAt(bufs[i], int64(i)*4096, b, uint64(i))
+	}
+	select {
+	case <-b.entered:
+	case <-time.After(30 * time.Second):
+		t.Fatal("no completion within 30s")
+	}
+	// Let librbd finish the rest while the goroutine is held up.
+	deadline := time.Now().Add(30 * time.Second)
+	for time.Now().Before(deadline) {
+		if t, h := atomic.LoadUint32((*uint32)(unsafe.Pointer(&im.compl.ring.tail))), atomic.LoadUint32((*uint32)(unsafe.Pointer(&im.compl.ring.head))); t-h >= completionRingLen && atomic.LoadInt32((*int32)(unsafe.Pointer(&im.compl.ring.overflow))) != 0 {
+			break
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	if atomic.LoadInt32((*int32)(unsafe.Pointer(&im.compl.ring.overflow))) == 0 {
+		t.Fatal("the ring never overflowed: the test did not exercise the overflow list")
+	}
+	close(b.release)
+	b.wait(n)
+	for i := range n {
+		if r := b.result(uint64(i)); r.n != 4096 || r.err != nil || !bytes.Equal(bufs[i], want[i*4096:(i+1)*4096]) {
+			t.Fatalf("read %d: %d, %v, data right %v", i, r.n, r.err, bytes.Equal(bufs[i], want[i*4096:(i+1)*4096]))
+		}
+	}
+}
