@@ -2,6 +2,7 @@ package graph
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -234,15 +235,20 @@ func (d *Driver) load(ctx context.Context) error {
 		if err != nil {
 			return fmt.Errorf("stat image %s: %w", image, err)
 		}
-		state := State(info.Metadata[metaState])
-		if state == "" {
-			state = StateCreating // cloned, never labelled: see State
+		rec, labelled, err := parseRecord(info.Metadata)
+		if err != nil {
+			// Not ours to judge: leave it alone rather than clean it.
+			d.log.Warn("ignoring an image whose record cannot be read", "image", image, "err", err)
+			continue
+		}
+		if !labelled {
+			rec.State = StateCreating // cloned, never labelled: see State
 		}
 		l := &layer{
 			id:       id,
 			image:    image,
-			parentID: info.Metadata[metaParent],
-			state:    state,
+			parentID: rec.Parent,
+			state:    rec.State,
 			size:     info.Size,
 			cloneOf:  info.Parent,
 			snapshot: slices.Contains(info.Snapshots, snapName),
@@ -268,9 +274,14 @@ func (d *Driver) checkOwner(ctx context.Context) error {
 		if err != nil {
 			return fmt.Errorf("base image %s: %w", image, err)
 		}
-		if owner := info.Metadata[metaOwner]; owner != "" && owner != d.owner {
-			return fmt.Errorf("%w: base image %s belongs to %q (this driver is %q, host:home): give each driver its own rbd.imageprefix, or, if that one is gone for good, run `rbd image-meta remove %s %s`",
-				ErrOwnedElsewhere, d.qualify(image), owner, d.owner, d.qualify(image), metaOwner)
+		rec, _, err := parseRecord(info.Metadata)
+		if err != nil {
+			return fmt.Errorf("base image %s: %w", image, err)
+		}
+		if rec.Owner != "" && rec.Owner != d.owner {
+			fix, _ := json.Marshal(record{State: rec.State, Owner: d.owner})
+			return fmt.Errorf("%w: base image %s belongs to %q (this driver is %q, host:home): give each driver its own rbd.imageprefix, or, if that one is gone for good, take the prefix over with `rbd image-meta set %s %s '%s'`",
+				ErrOwnedElsewhere, d.qualify(image), rec.Owner, d.owner, d.qualify(image), metaRecord, fix)
 		}
 	}
 	return nil
@@ -311,7 +322,7 @@ func (d *Driver) makeBase(ctx context.Context, b *layer) (err error) {
 		return err
 	}
 	undo.push(func() error { return d.removeImages(context.WithoutCancel(ctx), b) })
-	if err := d.transition(ctx, b, StateCreating, map[string]string{metaOwner: d.owner}); err != nil {
+	if err := d.transition(ctx, b, StateCreating); err != nil {
 		return err
 	}
 	dev, err := d.attacher.Attach(ctx, AttachRequest{Image: b.image})
@@ -357,7 +368,7 @@ func (d *Driver) makeBase(ctx context.Context, b *layer) (err error) {
 		return err
 	}
 	b.snapshot = true
-	return d.transition(ctx, b, StateReady, nil)
+	return d.transition(ctx, b, StateReady)
 }
 
 // cleanUnfinished removes the layers an earlier run left creating or
@@ -463,11 +474,7 @@ func (d *Driver) Create(ctx context.Context, id, parent string, co CreateOptions
 			flattenLater = true
 		}
 	}
-	var labels map[string]string
-	if parent != "" {
-		labels = map[string]string{metaParent: parent}
-	}
-	if err := d.transition(ctx, l, StateReady, labels); err != nil {
+	if err := d.transition(ctx, l, StateReady); err != nil {
 		return err
 	}
 	ph.done("state_ready")
@@ -548,28 +555,27 @@ func (d *Driver) removeLayer(ctx context.Context, l *layer, atStart bool) error 
 			return fmt.Errorf("remove layer %s: %w", l.id, err)
 		}
 	}
+	// The snapshot goes first: while children depend on it this fails
+	// and nothing has changed; once it is gone the layer is still a
+	// consistent ready layer (a new child would snapshot it again).
 	if l.snapshot {
-		children, err := d.store.Children(ctx, l.image, snapName)
-		if err != nil && !errors.Is(err, ErrImageNotFound) {
-			return fmt.Errorf("remove layer %s: list children: %w", l.id, err)
+		if err := d.removeSnapshot(ctx, l); err != nil {
+			return fmt.Errorf("remove layer %s: %w", l.id, err)
 		}
-		if len(children) > 0 {
-			return fmt.Errorf("remove layer %s: %w: %s", l.id, ErrHasChildren, strings.Join(d.describeImages(children), ", "))
-		}
-		ph.done("children")
+		ph.done("remove_snapshot")
 	}
 	if l.state != StateRemoving {
-		if err := d.transition(ctx, l, StateRemoving, nil); err != nil {
+		if err := d.transition(ctx, l, StateRemoving); err != nil {
 			if !atStart || !errors.Is(err, ErrImageNotFound) {
 				return fmt.Errorf("remove layer %s: %w", l.id, err)
 			}
 		}
 		ph.done("state_removing")
 	}
-	if err := d.removeImages(ctx, l); err != nil {
+	if err := d.store.RemoveImage(ctx, l.image); err != nil && !errors.Is(err, ErrImageNotFound) {
 		return fmt.Errorf("remove layer %s: %w", l.id, err)
 	}
-	ph.done("remove_images")
+	ph.done("remove_image")
 	d.forget(l)
 	if err := os.Remove(filepath.Join(d.mnt, l.id)); err != nil && !errors.Is(err, os.ErrNotExist) {
 		d.log.Warn("could not remove mount point", "layer", l.id, "err", err)
@@ -582,17 +588,28 @@ func (d *Driver) removeLayer(ctx context.Context, l *layer, atStart bool) error 
 // ones are fine.
 func (d *Driver) removeImages(ctx context.Context, l *layer) error {
 	if l.snapshot {
-		if err := d.store.RemoveSnapshot(ctx, l.image, snapName); err != nil && !errors.Is(err, ErrImageNotFound) {
-			if errors.Is(err, ErrImageBusy) {
-				return fmt.Errorf("%w: %w", ErrHasChildren, err)
-			}
+		if err := d.removeSnapshot(ctx, l); err != nil {
 			return err
 		}
-		d.setField(func() { l.snapshot = false })
 	}
 	if err := d.store.RemoveImage(ctx, l.image); err != nil && !errors.Is(err, ErrImageNotFound) {
 		return err
 	}
+	return nil
+}
+
+// removeSnapshot deletes l's snapshot; ErrHasChildren, naming them, while
+// layers are cloned from it.
+func (d *Driver) removeSnapshot(ctx context.Context, l *layer) error {
+	err := d.store.RemoveSnapshot(ctx, l.image, snapName)
+	switch {
+	case errors.Is(err, ErrImageBusy):
+		kids, _ := d.store.Children(ctx, l.image, snapName)
+		return fmt.Errorf("%w: %s: %w", ErrHasChildren, strings.Join(d.describeImages(kids), ", "), err)
+	case err != nil && !errors.Is(err, ErrImageNotFound):
+		return err
+	}
+	d.setField(func() { l.snapshot = false })
 	return nil
 }
 

@@ -53,10 +53,9 @@ const (
 	// is created; every child is a clone of it.
 	snapName = "layer"
 
-	metaPrefix = "rbd-nbd-graph."
-	metaState  = metaPrefix + "state"  // creating, ready, removing
-	metaParent = metaPrefix + "parent" // the parent layer ID ("" for the base)
-	metaOwner  = metaPrefix + "owner"  // on base images: the host that owns the prefix
+	// metaRecord is the one metadata key the driver keeps on each of its
+	// images: a JSON record (see record), written in one go.
+	metaRecord = "rbd-nbd-graph.layer"
 
 	// rootfsDir is the directory inside each filesystem that holds the
 	// layer's content, as devicemapper does: lost+found stays outside

@@ -110,9 +110,12 @@ func TestRestartCleansUnfinishedLayers(t *testing.T) {
 		}
 	}
 	must(e.store.CloneImage(ctx, "t-base", "layer", "t-layer-creating"))
-	must(e.store.SetMetadata(ctx, "t-layer-creating", map[string]string{"rbd-nbd-graph.state": "creating"}))
+	must(e.store.SetMetadata(ctx, "t-layer-creating", map[string]string{"rbd-nbd-graph.layer": `{"state":"creating"}`}))
 	must(e.store.CloneImage(ctx, "t-base", "layer", "t-layer-nometa"))
-	must(e.store.SetMetadata(ctx, "t-layer-doomed", map[string]string{"rbd-nbd-graph.state": "removing"}))
+	// A record this version cannot read (a newer driver's?): left alone.
+	must(e.store.CloneImage(ctx, "t-base", "layer", "t-layer-alien"))
+	must(e.store.SetMetadata(ctx, "t-layer-alien", map[string]string{"rbd-nbd-graph.layer": "v9:ready"}))
+	must(e.store.SetMetadata(ctx, "t-layer-doomed", map[string]string{"rbd-nbd-graph.layer": `{"state":"removing"}`}))
 	// A half-made child of a half-made parent.
 	must(e.store.CreateSnapshot(ctx, "t-layer-creating", "layer"))
 	must(e.store.CloneImage(ctx, "t-layer-creating", "layer", "t-layer-creatingkid"))
@@ -127,9 +130,10 @@ func TestRestartCleansUnfinishedLayers(t *testing.T) {
 	}
 
 	e.d = e.open()
-	if got := e.images("t-"); !slices.Equal(got, []string{"t-base", "t-layer-good"}) {
+	if got := e.images("t-"); !slices.Equal(got, []string{"t-base", "t-layer-alien", "t-layer-good"}) {
 		t.Fatalf("images after start-up cleaning: %v", got)
 	}
+	must(e.store.RemoveImage(ctx, "t-layer-alien"))
 	if got := e.d.Layers(); !slices.Equal(got, []string{"good"}) {
 		t.Fatalf("layers after start-up cleaning: %v", got)
 	}
@@ -148,7 +152,7 @@ func TestRestartRemakesAnUnfinishedBase(t *testing.T) {
 	if err := e.store.RemoveSnapshot(ctx, "t-base", "layer"); err != nil {
 		t.Fatal(err)
 	}
-	if err := e.store.SetMetadata(ctx, "t-base", map[string]string{"rbd-nbd-graph.state": "creating"}); err != nil {
+	if err := e.store.SetMetadata(ctx, "t-base", map[string]string{"rbd-nbd-graph.layer": `{"state":"creating","owner":"host-a:` + e.cfg.Home + `"}`}); err != nil {
 		t.Fatal(err)
 	}
 	e.d = e.open()

@@ -2,20 +2,21 @@ package graph
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"slices"
 )
 
-// State is where a layer is in its life, recorded durably as the image's
-// metadata key rbd-nbd-graph.state, so a driver that starts after a crash
-// knows which images are finished.
+// State is where a layer is in its life, recorded durably in the image's
+// metadata (the record), so a driver that starts after a crash knows which
+// images are finished.
 //
-// A layer is creating from its clone until the key says ready: the key is
-// first written as ready (with the parent's ID), one metadata write less
-// per layer (each is an image open, the bulk of Create's cost). Creating
-// is durable all the same, as the key's absence: start-up removes an image
-// of this prefix without it. The base image, made once and slowly,
-// records creating explicitly, with its owner.
+// A layer is creating from its clone until the record is first written, as
+// ready: one metadata write per Create (each is an image open, the bulk of
+// Create's cost). Creating is durable all the same, as the record's
+// absence: start-up removes an image of this prefix without one. The base
+// image, made once and slowly, records creating explicitly, with its
+// owner.
 type State string
 
 const (
@@ -31,21 +32,45 @@ var transitions = map[State][]State{
 	StateReady:    {StateRemoving},
 }
 
-// transition moves l to the state to, writing it (with extra metadata, if
-// any) to the image first: the in-memory state changes only once the
-// durable one has. It is the only place layer states change.
-func (d *Driver) transition(ctx context.Context, l *layer, to State, extra map[string]string) error {
+// record is the JSON an image's metadata key rbd-nbd-graph.layer holds:
+// state and parent together, so one write changes both.
+type record struct {
+	State  State  `json:"state"`
+	Parent string `json:"parent,omitempty"` // layers: the parent layer's ID
+	Owner  string `json:"owner,omitempty"`  // base images: the driver owning the prefix (host:home)
+}
+
+// parseRecord reads an image's record; ok is false when the image has none.
+func parseRecord(md map[string]string) (rec record, ok bool, err error) {
+	v, ok := md[metaRecord]
+	if !ok {
+		return record{}, false, nil
+	}
+	if err := json.Unmarshal([]byte(v), &rec); err != nil {
+		return record{}, true, fmt.Errorf("metadata %s=%q: %w", metaRecord, v, err)
+	}
+	return rec, true, nil
+}
+
+// transition moves l to the state to, writing its record to the image
+// first: the in-memory state changes only once the durable one has. It is
+// the only place layer states change.
+func (d *Driver) transition(ctx context.Context, l *layer, to State) error {
 	d.mu.Lock()
 	from := l.state
 	d.mu.Unlock()
 	if !slices.Contains(transitions[from], to) {
 		return fmt.Errorf("layer %s: illegal state change %q -> %q", l.name(), from, to)
 	}
-	kv := map[string]string{metaState: string(to)}
-	for k, v := range extra {
-		kv[k] = v
+	rec := record{State: to, Parent: l.parentID}
+	if l.id == "" {
+		rec.Owner = d.owner
 	}
-	if err := d.store.SetMetadata(ctx, l.image, kv); err != nil {
+	b, err := json.Marshal(rec)
+	if err != nil {
+		return err
+	}
+	if err := d.store.SetMetadata(ctx, l.image, map[string]string{metaRecord: string(b)}); err != nil {
 		return fmt.Errorf("layer %s: record state %s: %w", l.name(), to, err)
 	}
 	d.mu.Lock()

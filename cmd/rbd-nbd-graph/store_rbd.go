@@ -135,22 +135,21 @@ func (s *rbdStore) CreateSnapshot(ctx context.Context, image, snap string) error
 }
 
 // RemoveSnapshot unprotects and deletes image@snap; ErrImageBusy while
-// clones of it exist.
+// clones of it exist, nothing when it does not exist (but the image does).
 func (s *rbdStore) RemoveSnapshot(ctx context.Context, image, snap string) error {
-	snaps, err := s.conn.Snapshots(ctx, image)
+	err := s.conn.UnprotectSnapshot(ctx, image, snap)
+	if errors.Is(err, rbdio.ErrNotFound) {
+		// The image, or only its snapshot? Asking costs an open, but only
+		// on this path (start-up cleaning, retries).
+		if _, serr := s.conn.Stat(ctx, image); serr != nil {
+			return storeErr(serr)
+		}
+		return nil
+	}
 	if err != nil {
 		return storeErr(err)
 	}
-	for _, sn := range snaps {
-		if sn.Name != snap {
-			continue
-		}
-		if err := s.conn.UnprotectSnapshot(ctx, image, snap); err != nil {
-			return storeErr(err)
-		}
-		return storeErr(s.conn.RemoveSnapshot(ctx, image, snap))
-	}
-	return nil
+	return storeErr(s.conn.RemoveSnapshot(ctx, image, snap))
 }
 
 func (s *rbdStore) Children(ctx context.Context, image, snap string) ([]string, error) {

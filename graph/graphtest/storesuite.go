@@ -139,6 +139,7 @@ func StoreSuite(t *testing.T, store graph.ImageStore, prefix string) {
 		if err := store.RemoveSnapshot(ctx, p, "s"); err != nil {
 			t.Fatalf("removing a missing snapshot must succeed: %v", err)
 		}
+		mustNot(t, store.RemoveSnapshot(ctx, name("missing"), "s"), graph.ErrImageNotFound, "remove a snapshot of a missing image")
 		for _, im := range []string{c, p} {
 			if err := store.RemoveImage(ctx, im); err != nil {
 				t.Fatal(err)
