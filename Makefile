@@ -41,9 +41,9 @@ deps:
 	else echo "deps: all Debian packages present"; fi
 	$(GO) mod download
 
-# Fast loop: no Ceph, no VM, no root needed beyond what the tests skip.
+# Fast loop: no Ceph (tests that need it run in test-integration), no VM.
 test-unit: deps
-	$(GO) test $(GOFLAGS_BUILD) -count=1 ./nbd/... ./graph/... ./bench/... ./cmd/...
+	RBD_NBD_GRAPH_NO_CEPH=1 $(GO) test $(GOFLAGS_BUILD) -count=1 ./nbd/... ./graph/... ./bench/... ./cmd/...
 
 # Real NBD clients (nbdinfo, nbdcopy, qemu-img, fio) against the built
 # binary's `export` command.
@@ -61,9 +61,9 @@ cluster-stop:
 # Against a real Ceph cluster, started for the run in its own folder and
 # removed afterwards, also when a test fails or make is interrupted:
 # rbdio's integration tests and `export rbd:` with real clients
-# (test/rbdexport). Packages with more Ceph tests go in CEPH_TEST_PKGS.
+# (test/rbdexport), the driver's RBD store (cmd). Packages with more Ceph tests go in CEPH_TEST_PKGS.
 CEPH_TEST_DIR  := $(BUILD)/ceph-test
-CEPH_TEST_PKGS ?= ./rbdio/... ./test/rbdexport/...
+CEPH_TEST_PKGS ?= ./rbdio/... ./test/rbdexport/... ./cmd/...
 test-integration: deps build
 	@trap 'test/ceph/cluster purge $(CEPH_TEST_DIR) >/dev/null 2>&1' EXIT; \
 	test/ceph/cluster purge $(CEPH_TEST_DIR) >/dev/null 2>&1; \

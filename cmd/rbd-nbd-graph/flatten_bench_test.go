@@ -6,7 +6,6 @@ import (
 	"encoding/hex"
 	"fmt"
 	mrand "math/rand/v2"
-	"os"
 	"testing"
 	"time"
 
@@ -40,8 +39,7 @@ type benchChain struct {
 // chain of depth clones above it (each a clone of the previous one's
 // snapshot "layer", as the driver makes them).
 func newBenchChain(b *testing.B, depth int) *benchChain {
-	conf := os.Getenv("CEPH_CONF")
-	graphtest.Require(b, conf != "", "needs CEPH_CONF naming a running cluster (test/ceph/cluster start DIR)")
+	conf := graphtest.RequireCeph(b)
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
 	b.Cleanup(cancel)
 	conn, err := rbdio.Connect(ctx, rbdio.Config{ConfFile: conf})

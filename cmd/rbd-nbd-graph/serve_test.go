@@ -24,8 +24,7 @@ import (
 
 // The RBD store keeps the ImageStore contract on a real cluster.
 func TestRBDStoreKeepsTheStoreContract(t *testing.T) {
-	conf := os.Getenv("CEPH_CONF")
-	graphtest.Require(t, conf != "", "needs CEPH_CONF naming a running cluster (test/ceph/cluster start DIR)")
+	conf := graphtest.RequireCeph(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
 	conn, err := rbdio.Connect(ctx, rbdio.Config{ConfFile: conf})

@@ -47,3 +47,20 @@ func RequireLoop(t testing.TB) {
 	Require(t, err == nil, "needs loop devices (/dev/loop-control)")
 	RequireTools(t, "losetup", "mkfs.ext4", "resize2fs")
 }
+
+// NoCephEnv marks a run without a cluster on purpose (make test-unit):
+// tests that need Ceph skip there even under RBD_NBD_GRAPH_REQUIRE=1,
+// because make test-integration runs the same packages against a cluster
+// it starts, where a missing CEPH_CONF fails.
+const NoCephEnv = "RBD_NBD_GRAPH_NO_CEPH"
+
+// RequireCeph returns the ceph.conf of a running cluster from CEPH_CONF.
+func RequireCeph(t testing.TB) string {
+	t.Helper()
+	conf := os.Getenv("CEPH_CONF")
+	if conf == "" && os.Getenv(NoCephEnv) == "1" {
+		t.Skip("needs a Ceph cluster: make test-integration runs this test against one")
+	}
+	Require(t, conf != "", "needs CEPH_CONF naming a running cluster (test/ceph/cluster start DIR)")
+	return conf
+}

@@ -10,6 +10,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -184,6 +185,25 @@ func TestDockerDriver(t *testing.T) {
 		out := e.mustDocker("run", "--rm", img, "cat", "/deepa", "/deepc")
 		if out != "deepa\ndeepc\n" {
 			t.Fatalf("deepest image reads %q", out)
+		}
+	})
+
+	t.Run("StorageOptSize", func(t *testing.T) {
+		// --storage-opt size= grows the container's layer and its ext4
+		// (online: resize2fs on the mounted filesystem); the base is 1G.
+		out := e.mustDocker("run", "--rm", "--storage-opt", "size=3G", "busybox:e2e", "df", "-k", "/")
+		lines := strings.Split(strings.TrimSpace(out), "\n")
+		f := strings.Fields(lines[len(lines)-1])
+		if len(f) < 2 {
+			t.Fatalf("df output: %q", out)
+		}
+		kib, err := strconv.ParseInt(f[1], 10, 64)
+		if err != nil || kib < 2800<<10 {
+			t.Fatalf("root filesystem of a size=3G container: %q (%v), want about 3 GiB", f[1], err)
+		}
+		if out, err := e.docker(time.Minute, "run", "--rm", "--storage-opt", "size=512M", "busybox:e2e", "true"); err == nil ||
+			!strings.Contains(out, "smaller than the parent") {
+			t.Fatalf("a size below the image's was accepted or unexplained: %v\n%s", err, out)
 		}
 	})
 

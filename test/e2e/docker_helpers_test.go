@@ -502,7 +502,7 @@ func (e *dockerEnv) ourDevices() []string {
 }
 
 // busyboxFiles are the applets linked in the test image.
-var busyboxFiles = []string{"sh", "uname", "cat", "echo", "ls", "mkdir", "sleep", "sync", "true", "dd", "sha256sum", "rm", "id", "stat"}
+var busyboxFiles = []string{"sh", "uname", "cat", "echo", "ls", "mkdir", "sleep", "sync", "true", "dd", "sha256sum", "rm", "id", "stat", "df"}
 
 // busyboxRootfs writes (once per test) a tar of a minimal root filesystem
 // made from the host's static busybox, and returns its path.
