@@ -22,6 +22,11 @@ type Options struct {
 	Client     string // rbd.client: cephx id, without "client."
 	ConfigFile string // rbd.configfile: ceph.conf path
 	Keyring    string // rbd.keyring
+	// CachePolicy is librbd's rbd_cache_policy (rbd.cachepolicy):
+	// writethrough (default) acknowledges writes once the cluster has
+	// them, so a driver restarted under mounted layers loses nothing;
+	// writeback or writearound acknowledge from librbd's cache.
+	CachePolicy string
 
 	// ImagePrefix starts every image name this driver makes
 	// (rbd.imageprefix). Empty means a prefix derived from this host's
@@ -73,6 +78,7 @@ func DefaultOptions() Options {
 	return Options{
 		Pool:          "rbd",
 		Client:        "admin",
+		CachePolicy:   "writethrough",
 		BaseSize:      10 << 30,
 		FS:            "ext4",
 		MaxCloneDepth: 8,
@@ -94,6 +100,14 @@ var optionKeys = map[string]optionSetter{
 	"rbd.namespace":  stringOpt(func(o *Options) *string { return &o.Namespace }),
 	"rbd.configfile": stringOpt(func(o *Options) *string { return &o.ConfigFile }),
 	"rbd.keyring":    stringOpt(func(o *Options) *string { return &o.Keyring }),
+	"rbd.cachepolicy": func(o *Options, v string) error {
+		switch v {
+		case "writethrough", "writeback", "writearound":
+			o.CachePolicy = v
+			return nil
+		}
+		return fmt.Errorf("use writethrough, writeback or writearound")
+	},
 	"rbd.client": func(o *Options, v string) error {
 		o.Client = strings.TrimPrefix(v, "client.")
 		return nil

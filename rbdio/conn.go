@@ -37,6 +37,39 @@ type Config struct {
 	// ConnectTimeout bounds connecting and every monitor request
 	// (default 30s). Data IO is not bounded by it.
 	ConnectTimeout time.Duration
+	// CachePolicy is librbd's rbd_cache_policy (default
+	// CacheWritethrough): when a write is acknowledged. See doc.go,
+	// "librbd settings".
+	CachePolicy CachePolicy
+}
+
+// CachePolicy says when librbd acknowledges a write.
+type CachePolicy string
+
+const (
+	// CacheWritethrough acknowledges a write once the OSDs have it, so
+	// an acknowledged write outlives the process that acknowledged it.
+	// A server that is killed and replaced under a live device (reattach,
+	// the driver's restart) must not lose writes the kernel already
+	// counts as done: the filesystem above sees no crash. The default.
+	CacheWritethrough CachePolicy = "writethrough"
+	// CacheWriteback and CacheWritearound acknowledge a write once
+	// librbd has queued it (up to rbd_cache_max_dirty), from the first
+	// request on; only FLUSH and FUA writes are durable. Faster writes,
+	// but writes acknowledged by a server that dies are lost even though
+	// the device lives on. For hosts that never restart the server under
+	// mounted devices, and for measuring librbd's cache.
+	CacheWriteback   CachePolicy = "writeback"
+	CacheWritearound CachePolicy = "writearound"
+)
+
+// ParseCachePolicy checks a policy name.
+func ParseCachePolicy(s string) (CachePolicy, error) {
+	switch p := CachePolicy(s); p {
+	case CacheWritethrough, CacheWriteback, CacheWritearound:
+		return p, nil
+	}
+	return "", fmt.Errorf("%w: cache policy %q: use %s, %s or %s", ErrInvalid, s, CacheWritethrough, CacheWriteback, CacheWritearound)
 }
 
 // Defaults of Config's empty fields.
@@ -56,6 +89,9 @@ func (c Config) withDefaults() Config {
 	}
 	if c.Pool == "" {
 		c.Pool = DefaultPool
+	}
+	if c.CachePolicy == "" {
+		c.CachePolicy = CacheWritethrough
 	}
 	if c.ConnectTimeout <= 0 {
 		c.ConnectTimeout = DefaultConnectTimeout
@@ -90,6 +126,9 @@ type Conn struct {
 func Connect(ctx context.Context, cfg Config) (*Conn, error) {
 	cfg = cfg.withDefaults()
 	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	if _, err := ParseCachePolicy(string(cfg.CachePolicy)); err != nil {
 		return nil, err
 	}
 	for _, f := range []struct{ what, path, how string }{
@@ -169,10 +208,11 @@ func connect(cfg Config) (*Conn, error) {
 	opts := [][2]string{
 		{"client_mount_timeout", secs},
 		{"rados_mon_op_timeout", secs},
-		// NBD carries flushes, so librbd's cache may acknowledge writes
-		// before they reach the OSDs (writearound, bounded by
-		// rbd_cache_max_dirty) from the first request on, as it does
-		// after a client's first flush anyway; see doc.go.
+		// When writes are acknowledged (Config.CachePolicy, doc.go).
+		// With a caching policy NBD's flushes are the durability
+		// points from the first request on, not only after a first
+		// flush.
+		{"rbd_cache_policy", string(cfg.CachePolicy)},
 		{"rbd_cache_writethrough_until_flush", "false"},
 		// The data path's threading (aio.go, measured in doc.go): each
 		// image's submitter thread runs librbd's request dispatch itself

@@ -90,6 +90,25 @@ func TestConnectErrors(t *testing.T) {
 			t.Fatal("cluster nosuchcluster with no conf: connected")
 		}
 	})
+	t.Run("cache policy", func(t *testing.T) {
+		_, err := Connect(ctx, Config{ConfFile: conf, CachePolicy: "none"})
+		if !errors.Is(err, ErrInvalid) || !strings.Contains(err.Error(), "writethrough") {
+			t.Fatalf("policy none: %v, want ErrInvalid naming the policies", err)
+		}
+		// The default reaches librbd as writethrough; a chosen one as
+		// itself.
+		for cfgPolicy, want := range map[CachePolicy]string{"": "writethrough", CacheWriteback: "writeback"} {
+			c, err := Connect(ctx, Config{ConfFile: conf, CachePolicy: cfgPolicy})
+			if err != nil {
+				t.Fatal(err)
+			}
+			got, err := c.rados.GetConfigOption("rbd_cache_policy")
+			c.Close()
+			if err != nil || got != want {
+				t.Errorf("policy %q: rbd_cache_policy = %q (%v), want %q", cfgPolicy, got, err, want)
+			}
+		}
+	})
 	t.Run("missing pool", func(t *testing.T) {
 		_, err := Connect(ctx, Config{ConfFile: conf, Pool: "no-such-pool"})
 		t.Log(err)

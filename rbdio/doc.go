@@ -139,22 +139,29 @@
 //
 // # librbd settings
 //
-// Connect sets two options. rbd_non_blocking_aio=false is the threading
-// above. rbd_cache_writethrough_until_flush=false concerns semantics:
-// with librbd's defaults (rbd_cache_policy=writearound,
-// rbd_cache_writethrough_until_flush=true) librbd acknowledges a write
-// only once the OSD has it, until the client first flushes; from then on
-// as soon as librbd has queued it (bounded by rbd_cache_max_dirty). NBD
-// carries flushes (the kernel and fio send FLUSH or FUA when they need
-// durability, as to a disk with a volatile cache, and nbd advertises
-// NBD_FLAG_SEND_FLUSH), so the export behaves from the first request on
-// as it would after a first flush: Flush (rbd_aio_flush) is the
-// durability point. That doubles write IOPS (fio's rbd engine, 4k
-// randwrite qd16: 6.5k with the default against 11.6k, one pair at load
-// 7), so a comparison is honest only with the same setting on both
-// sides: bench/scripts/rbd.sh gives fio's rbd engine (and qemu-nbd, run
-// with --cache=writeback so librbd's cache stays on) a ceph.conf with
-// both of rbdio's settings. rbd_non_blocking_aio=false does not change
-// fio's rbd engine measurably (six alternated rounds: 17.4k against
-// 17.7k read IOPS, 12.6k against 12.7k write).
+// Connect sets three options. rbd_non_blocking_aio=false is the threading
+// above. rbd_cache_policy (Config.CachePolicy) decides when a write is
+// acknowledged, and its default is writethrough: once the OSDs have it.
+// librbd's own default (writearound, rbd_cache_writethrough_until_flush)
+// acknowledges from the cache after the client's first flush, as a disk
+// with a volatile write cache does, and NBD carries flushes; but a disk's
+// cache dies with the disk, while ours dies with a process the kernel
+// outlives. When the server is killed and a new one reattaches the live
+// device (the kernel requeues what was in flight), or the driver restarts
+// under mounted layers, the filesystem sees no crash and would read back
+// blocks older than writes it was told were done. A SIGKILL in the middle
+// of `fio --verify` showed exactly that with the cache on
+// (test/e2e/reattach_test.go now passes with plain writes). Writeback
+// and writearound stay available for hosts that never restart the server
+// under mounted devices; with them rbd_cache_writethrough_until_flush is
+// off so the first request already gets the policy. They double 4 KiB
+// write IOPS (fio's rbd engine, randwrite qd16: 6.5k writethrough
+// against 11.6k, one pair at load 7), so a comparison is honest only with
+// the same setting on both sides: bench/scripts/rbd.sh gives fio's rbd
+// engine (and qemu-nbd, run with --cache=writeback so librbd's cache
+// stays on and the policy decides) a ceph.conf with rbdio's settings,
+// for the policy it is given (--cache-policy, default writethrough).
+// rbd_non_blocking_aio=false does not change fio's rbd engine measurably
+// (six alternated rounds: 17.4k against 17.7k read IOPS, 12.6k against
+// 12.7k write).
 package rbdio

@@ -10,7 +10,7 @@
 # qemu-nbd / raw is reported beside it. Prints every ratio and ends with
 # the smallest ours/raw; exits 1 if it is below the bar.
 #
-#   bench/scripts/rbd.sh [--rounds N] [--runtime SECS] [--size SIZE] [--out DIR]
+#   bench/scripts/rbd.sh [--rounds N] [--runtime SECS] [--size SIZE] [--cache-policy P] [--out DIR]
 #
 # Environment: RBD_NBD_GRAPH_BIN (default bin/rbd-nbd-graph); CEPH_CONF
 # (a running cluster; without it one is started in .build/bench/ceph and
@@ -18,16 +18,14 @@
 # OUT/*.json and *.log (the tools' output).
 #
 # librbd settings are the same for all three, so the ratios compare the
-# paths, not two cache modes: our export sets
-# rbd_cache_writethrough_until_flush=false (NBD carries flushes: writes
-# are acknowledged from librbd's writearound cache from the first one on,
-# not only after a first flush) and rbd_non_blocking_aio=false
-# (rbdio/conn.go, rbdio/doc.go). fio's rbd engine and qemu-nbd get a
-# ceph.conf with the same [client] settings, and qemu-nbd runs with
-# --cache=writeback, which keeps librbd's cache on (--cache=none would
-# turn it off). With librbd's defaults instead fio's rbd engine
-# acknowledges each write only once the OSD has it, about half the
-# write IOPS here: a ratio against that would measure the cache mode.
+# paths, not two cache modes: the export runs with --rbd-cache-policy
+# POLICY (default writethrough: a write is acknowledged once the OSDs have
+# it, the driver's default; writeback or writearound acknowledge from
+# librbd's cache) and rbd_non_blocking_aio=false (rbdio/conn.go,
+# rbdio/doc.go); fio's rbd engine and qemu-nbd get a ceph.conf with the
+# same [client] settings, and qemu-nbd runs with --cache=writeback, which
+# keeps librbd's cache on (the policy then decides when writes are
+# acknowledged; --cache=none would turn the cache off).
 # The load average is printed at the start, after each round and at the
 # end: on a shared machine read the ratios with it.
 #
@@ -48,11 +46,13 @@ runtime=5
 size=512M
 out=$repo/results/rbd
 bar=0.85
+policy=writethrough
 while [ $# -gt 0 ]; do
 	case $1 in
 	--rounds) rounds=$2; shift 2 ;;
 	--runtime) runtime=$2; shift 2 ;;
 	--size) size=$2; shift 2 ;;
+	--cache-policy) policy=$2; shift 2 ;;
 	--out) out=$2; shift 2 ;;
 	-h | --help) sed -n '2,/^set -euo/p' "$0" | sed '$d' | sed 's/^# \{0,1\}//'; exit 0 ;;
 	*) echo "rbd.sh: unknown argument $1 (see --help)" >&2; exit 2 ;;
@@ -86,7 +86,7 @@ bench_cluster
 # The [client] settings rbdio applies (rbdio/conn.go), for fio's rbd
 # engine and qemu-nbd.
 client_conf=$work/client.conf
-{ cat "$CEPH_CONF"; printf '\n[client]\n\trbd_cache_writethrough_until_flush = false\n\trbd_non_blocking_aio = false\n'; } >"$client_conf"
+{ cat "$CEPH_CONF"; printf '\n[client]\n\trbd_cache_policy = %s\n\trbd_cache_writethrough_until_flush = false\n\trbd_non_blocking_aio = false\n' "$policy"; } >"$client_conf"
 pool=rbd
 img=rbd-sh-$$-$RANDOM
 bench_image "$pool/$img" "$size" "$out/fill.log"
@@ -132,7 +132,7 @@ measure() {
 		CEPH_CONF=$client_conf run_fio raw "$rw" --ioengine=rbd --clientname=admin --pool="$pool" --rbdname="$img"
 		;;
 	ours)
-		start_server ours "$bin" export --socket "$work/ours.sock" "rbd:$pool/$img"
+		start_server ours "$bin" export --socket "$work/ours.sock" --rbd-cache-policy "$policy" "rbd:$pool/$img"
 		run_fio ours "$rw" --ioengine=nbd --uri="nbd+unix:///?socket=$work/ours.sock"
 		stop_server
 		;;
@@ -149,7 +149,7 @@ median() { sort -n | awk '{v[NR]=$1} END {print (NR%2) ? v[(NR+1)/2] : (v[NR/2]+
 med() { awk -F'\t' -v w="$1" -v s="$2" '$1==w && $2==s {print $4}' "$out/rbd.tsv" | median; }
 
 loadavg() { cut -d' ' -f1-3 /proc/loadavg; }
-echo "rbd.sh: $rounds rounds of ${runtime}s per path and workload, image $pool/$img ($size), $(fio --version), $(rbd --version | cut -d' ' -f1-3), $(nproc) CPUs, load average $(loadavg)"
+echo "rbd.sh: $rounds rounds of ${runtime}s per path and workload, image $pool/$img ($size), rbd_cache_policy $policy, $(fio --version), $(rbd --version | cut -d' ' -f1-3), $(nproc) CPUs, load average $(loadavg)"
 order=(raw ours qemu-nbd)
 for round in $(seq "$rounds"); do
 	for rw in randread randwrite; do

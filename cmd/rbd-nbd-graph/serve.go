@@ -84,6 +84,8 @@ func runServe(ctx context.Context, env *environment, args []string) error {
 			kvs = append(kvs, "rbd.keyring="+ceph.keyring)
 		case "id":
 			kvs = append(kvs, "rbd.client="+ceph.id)
+		case "rbd-cache-policy":
+			kvs = append(kvs, "rbd.cachepolicy="+ceph.cachePolicy)
 		}
 	})
 	kvs = append(kvs, opts...)

@@ -29,6 +29,9 @@ func openRBDBackend(ctx context.Context, o graph.Options, log *slog.Logger) (doc
 		ID:        o.Client,
 		Pool:      o.Pool,
 		Namespace: o.Namespace,
+		// Layers are remounted under a restarted driver: writes it
+		// acknowledged must be in the cluster, not in a dead cache.
+		CachePolicy: rbdio.CachePolicy(o.CachePolicy),
 	})
 	if err != nil {
 		return dockerplugin.Backend{}, fmt.Errorf("connect to the cluster (rbd.pool=%s rbd.client=%s rbd.configfile=%q): %w", o.Pool, o.Client, o.ConfigFile, err)

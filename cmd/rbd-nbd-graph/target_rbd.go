@@ -12,23 +12,27 @@ import (
 
 // cephFlags are the connection flags of every subcommand that can open an
 // rbd: target. Each reaches rbdio.Config; serve passes them on as the
-// driver options rbd.configfile, rbd.keyring and rbd.client, so a flag
-// added here must be added there too.
+// driver options rbd.configfile, rbd.keyring, rbd.client and
+// rbd.cachepolicy, so a flag added here must be added there too.
 type cephFlags struct {
-	conf    string
-	keyring string
-	id      string
+	conf        string
+	keyring     string
+	id          string
+	cachePolicy string
 }
 
 func (c *cephFlags) register(fs *flag.FlagSet) {
 	fs.StringVar(&c.conf, "ceph-conf", "", "path to ceph.conf (default: $CEPH_CONF, then /etc/ceph/ceph.conf)")
 	fs.StringVar(&c.keyring, "keyring", "", "path to the cephx keyring (default: the one ceph.conf names)")
 	fs.StringVar(&c.id, "id", rbdio.DefaultID, "cephx client id (client.ID)")
+	fs.StringVar(&c.cachePolicy, "rbd-cache-policy", string(rbdio.CacheWritethrough),
+		"when librbd acknowledges a write: writethrough (once the OSDs have it), or writeback|writearound (once cached; lost if this process dies under a live device)")
 }
 
 // config is the rbdio configuration for pool and namespace.
 func (c cephFlags) config(pool, namespace string) rbdio.Config {
-	return rbdio.Config{ConfFile: c.conf, Keyring: c.keyring, ID: c.id, Pool: pool, Namespace: namespace}
+	return rbdio.Config{ConfFile: c.conf, Keyring: c.keyring, ID: c.id, Pool: pool, Namespace: namespace,
+		CachePolicy: rbdio.CachePolicy(c.cachePolicy)}
 }
 
 // rbdTarget is a parsed POOL[/NAMESPACE]/IMAGE[@SNAP].
