@@ -47,6 +47,15 @@ const (
 	DefaultQueueDepth       = 64
 	DefaultMaxInFlightBytes = 64 << 20
 	readBufferSize          = 128 << 10
+	// maxDeferredReplies bounds the replies an inline session holds back
+	// while it serves the rest of what one read brought in. Holding all
+	// of them makes the client wait for the whole batch and then refill
+	// its queue while the server sits idle: the two take turns instead
+	// of overlapping. fio's nbd engine, 4k qd16 on mem:512M, 2 CPUs
+	// (IOPS, two runs each): randwrite 150k unbounded, 224k at 2, 231k
+	// at 4, 218k at 8; randread 300k unbounded, 229k at 1, 314k at 4,
+	// 330k at 8.
+	maxDeferredReplies = 4
 	// drainTimeout bounds how long replies may wait for a client that
 	// stopped reading once the context is cancelled.
 	drainTimeout = 30 * time.Second
@@ -284,7 +293,7 @@ func (s *session) readLoop() error {
 					r.hdr = h
 					s.serve(r, s.rbuf[s.rpos:s.rpos+int(payload)])
 					s.rpos += int(payload)
-					s.finish(r, true)
+					s.finishInline(r)
 					continue
 				}
 				replyData = h.Length // received into the slot buffer
@@ -313,7 +322,7 @@ func (s *session) readLoop() error {
 		}
 		if s.inline {
 			s.serve(r, r.buf[SimpleReplySize:])
-			s.finish(r, true)
+			s.finishInline(r)
 			continue
 		}
 		if s.async != nil && s.start(r) {
@@ -642,6 +651,16 @@ func (s *session) finish(r *request, deferred bool) {
 		return
 	}
 	s.writeQueue()
+}
+
+// finishInline queues the reply of a request served on the reading
+// goroutine and writes the replies deferred so far once there are
+// maxDeferredReplies of them.
+func (s *session) finishInline(r *request) {
+	s.finish(r, true)
+	if s.deferred >= maxDeferredReplies {
+		s.flushDeferred()
+	}
 }
 
 // encodeReply puts r's reply header in front of its data.
