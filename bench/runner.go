@@ -114,12 +114,28 @@ func Run(ctx context.Context, sess *Session, opts Options) (*Result, error) {
 		r.beginMeasure()
 	}
 	var wg sync.WaitGroup
-	for i, w := range workers {
+	if ab, ok := sess.Backends[0].(nbd.AsyncBackend); ok && len(sess.Backends) == 1 {
+		// One goroutine keeps IODepth requests in flight through the
+		// backend's own asynchronous IO, as fio's rbd engine does with
+		// rbd_aio_*: a goroutine parked per IO would add a wake-up per
+		// IO that the ceiling being measured does not pay.
+		streams := make([]*Stream, len(workers))
+		for i := range streams {
+			streams[i] = opts.NewStream(i, &r.cursor)
+		}
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			r.work(w, sess.Backends[i%len(sess.Backends)], opts.NewStream(i, &r.cursor))
+			r.workAsync(workers, streams, ab)
 		}()
+	} else {
+		for i, w := range workers {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				r.work(w, sess.Backends[i%len(sess.Backends)], opts.NewStream(i, &r.cursor))
+			}()
+		}
 	}
 	allDone := make(chan struct{})
 	go func() { wg.Wait(); close(allDone) }()
@@ -229,22 +245,9 @@ func (r *run) fail(err error) {
 // completes in the measured window (fio's rule), so IOs begun during the
 // ramp and finished after it count and the window has no gap.
 func (r *run) work(w *worker, b nbd.Backend, s *Stream) {
-	bs := int64(r.opts.BlockSize)
-	limit := (r.opts.TotalBytes + bs - 1) / bs * bs
 	for r.phase.Load() != phaseStop {
 		op := s.Next()
-		// A read is checked only if the block was written before the read
-		// was issued: a write completing while the read is in flight may
-		// or may not be seen. (Every write of a block in a run writes the
-		// same bytes, so a block once written always reads as the pattern.)
-		check := false
-		if r.ver != nil {
-			if op.Write {
-				fillPattern(w.buf, op.Off, r.ver.nonce)
-			} else {
-				check = r.ver.isWritten(op.Off)
-			}
-		}
+		check := r.prepare(w, op)
 		t0 := time.Now()
 		var n int
 		var err error
@@ -253,45 +256,209 @@ func (r *run) work(w *worker, b nbd.Backend, s *Stream) {
 		} else {
 			n, err = b.ReadAt(w.buf, op.Off)
 		}
-		lat := time.Since(t0)
-		if err == nil && n != len(w.buf) {
-			err = fmt.Errorf("short transfer: %d of %d bytes", n, len(w.buf))
-		}
-		if err != nil {
-			r.fail(&IOError{Write: op.Write, Off: op.Off, Len: len(w.buf), Err: err})
+		if !r.complete(w, op, check, n, err, time.Since(t0)) {
 			return
 		}
-		w.completed.Add(1)
-		if r.ver != nil {
-			if op.Write {
-				r.ver.markWritten(op.Off)
-			} else if check {
-				if err := checkPattern(w.buf, op.Off, r.ver.nonce); err != nil {
-					r.fail(err)
-					return
-				}
-				r.ver.checked.Add(1)
+	}
+}
+
+// prepare readies w's buffer for op and says whether a read is to be
+// checked. A read is checked only if the block was written before the
+// read was issued: a write completing while the read is in flight may or
+// may not be seen. (Every write of a block in a run writes the same
+// bytes, so a block once written always reads as the pattern.)
+func (r *run) prepare(w *worker, op Op) (check bool) {
+	if r.ver == nil {
+		return false
+	}
+	if op.Write {
+		fillPattern(w.buf, op.Off, r.ver.nonce)
+		return false
+	}
+	return r.ver.isWritten(op.Off)
+}
+
+// complete accounts for an IO that finished after lat; false means the
+// worker stops issuing (an IO failed, or the byte limit is reached).
+func (r *run) complete(w *worker, op Op, check bool, n int, err error, lat time.Duration) bool {
+	if err == nil && n != len(w.buf) {
+		err = fmt.Errorf("short transfer: %d of %d bytes", n, len(w.buf))
+	}
+	if err != nil {
+		r.fail(&IOError{Write: op.Write, Off: op.Off, Len: len(w.buf), Err: err})
+		return false
+	}
+	w.completed.Add(1)
+	if r.ver != nil {
+		if op.Write {
+			r.ver.markWritten(op.Off)
+		} else if check {
+			if err := checkPattern(w.buf, op.Off, r.ver.nonce); err != nil {
+				r.fail(err)
+				return false
 			}
+			r.ver.checked.Add(1)
 		}
-		if r.phase.Load() != phaseMeasure {
-			continue
-		}
-		if limit > 0 {
-			// Count exactly limit bytes (rounded up to whole blocks),
-			// however many workers complete at once.
-			done := r.done.Add(bs)
-			if done > limit {
-				r.stop()
-				return
-			}
-			r.record(w, op.Write, lat)
-			if done >= limit {
-				r.stop()
-				return
-			}
-			continue
+	}
+	if r.phase.Load() != phaseMeasure {
+		return true
+	}
+	if r.opts.TotalBytes > 0 {
+		// Count exactly the limit (rounded up to whole blocks), however
+		// many IOs complete at once.
+		bs := int64(r.opts.BlockSize)
+		limit := (r.opts.TotalBytes + bs - 1) / bs * bs
+		done := r.done.Add(bs)
+		if done > limit {
+			r.stop()
+			return false
 		}
 		r.record(w, op.Write, lat)
+		if done >= limit {
+			r.stop()
+			return false
+		}
+		return true
+	}
+	r.record(w, op.Write, lat)
+	return true
+}
+
+// asyncSlot is one IO in flight of workAsync: what complete needs when
+// the IO finishes (worker i has its buffer and histograms).
+type asyncSlot struct {
+	op    Op
+	check bool
+	t0    time.Time
+}
+
+// asyncDone is one completion reported by the backend.
+type asyncDone struct {
+	tag uint64
+	n   int
+	err error
+}
+
+// asyncRun drives an AsyncBackend with one IO in flight per worker. The
+// backend's completion goroutine does the accounting and starts the next
+// IOs itself (in FlushCompletions), so no goroutine of ours is woken per
+// IO: the runner goroutine only starts the first IOs and waits for the
+// last. Whoever finds the combiner free processes everything pending
+// (flat combining), which also covers a Start that completes at once on
+// the calling goroutine.
+type asyncRun struct {
+	r       *run
+	b       nbd.AsyncBackend
+	workers []*worker
+	streams []*Stream
+	slots   []asyncSlot
+
+	mu         sync.Mutex
+	pending    []asyncDone
+	processing bool
+	inflight   int  // guarded by mu
+	issuing    bool // guarded by mu
+	finished   chan struct{}
+
+	batch []asyncDone // owned by the combiner
+}
+
+func (a *asyncRun) Complete(tag uint64, n int, err error) {
+	a.mu.Lock()
+	a.pending = append(a.pending, asyncDone{tag, n, err})
+	a.mu.Unlock()
+}
+
+// FlushCompletions processes the pending completions, unless another
+// goroutine (or this one, further up the stack) is already at it.
+func (a *asyncRun) FlushCompletions() {
+	a.mu.Lock()
+	if a.processing {
+		a.mu.Unlock()
+		return
+	}
+	a.processing = true
+	for len(a.pending) > 0 {
+		a.batch, a.pending = a.pending, a.batch[:0]
+		a.mu.Unlock()
+		now := time.Now()
+		var restart []int
+		stop := false
+		for _, d := range a.batch {
+			sl := &a.slots[d.tag]
+			if !a.r.complete(a.workers[d.tag], sl.op, sl.check, d.n, d.err, now.Sub(sl.t0)) {
+				stop = true
+			}
+			if !stop && a.r.phase.Load() != phaseStop {
+				restart = append(restart, int(d.tag))
+			}
+		}
+		a.mu.Lock()
+		if stop {
+			a.issuing = false
+		}
+		if !a.issuing {
+			restart = restart[:0]
+		}
+		a.inflight -= len(a.batch) - len(restart)
+		a.mu.Unlock()
+		for _, i := range restart {
+			a.start(i)
+		}
+		a.mu.Lock()
+	}
+	a.processing = false
+	done := a.inflight == 0
+	a.mu.Unlock()
+	if done {
+		select {
+		case a.finished <- struct{}{}:
+		default:
+		}
+	}
+}
+
+// start issues worker i's next IO; the caller has counted it in flight.
+func (a *asyncRun) start(i int) {
+	sl, w := &a.slots[i], a.workers[i]
+	sl.op = a.streams[i].Next()
+	sl.check = a.r.prepare(w, sl.op)
+	sl.t0 = time.Now()
+	if sl.op.Write {
+		a.b.StartWriteAt(w.buf, sl.op.Off, a, uint64(i))
+	} else {
+		a.b.StartReadAt(w.buf, sl.op.Off, a, uint64(i))
+	}
+}
+
+// workAsync runs the IOs until the run stops, then waits for every IO
+// still in flight (their buffers belong to the backend until then).
+func (r *run) workAsync(workers []*worker, streams []*Stream, b nbd.AsyncBackend) {
+	a := &asyncRun{r: r, b: b, workers: workers, streams: streams,
+		slots:    make([]asyncSlot, len(workers)),
+		pending:  make([]asyncDone, 0, len(workers)),
+		batch:    make([]asyncDone, 0, len(workers)),
+		issuing:  true,
+		finished: make(chan struct{}, 1),
+	}
+	a.mu.Lock()
+	a.inflight = len(workers)
+	a.mu.Unlock()
+	for i := range workers {
+		a.start(i)
+	}
+	<-r.stopped
+	// Completions arriving after the stop finish their slots without a
+	// restart; wait for the last one.
+	for {
+		a.mu.Lock()
+		a.issuing = false
+		n := a.inflight
+		a.mu.Unlock()
+		if n == 0 {
+			return
+		}
+		<-a.finished
 	}
 }
 
