@@ -41,7 +41,8 @@ deps:
 	else echo "deps: all Debian packages present"; fi
 	$(GO) mod download
 
-# Fast loop: no Ceph (tests that need it run in test-integration), no VM.
+# Fast loop: no VM, and no Ceph unless CEPH_CONF names a running cluster
+# (the tests that need one skip; test-integration runs them).
 test-unit: deps
 	RBD_NBD_GRAPH_NO_CEPH=1 $(GO) test $(GOFLAGS_BUILD) -count=1 ./nbd/... ./graph/... ./bench/... ./cmd/...
 

@@ -17,8 +17,10 @@
 //     nbd.Client connections), Device (nbd.Attach and O_DIRECT on the
 //     /dev/nbdN it gives).
 //   - runner.go: Run drives a Session with IODepth goroutines, each one
-//     IO in flight, through ramp and measured phases, and builds the
-//     Result; verify.go is the optional data check.
+//     IO in flight (or, for a single nbd.AsyncBackend such as raw rbd:,
+//     IODepth IOs kept in flight through its asynchronous IO by the
+//     completion goroutine), through ramp and measured phases, and builds
+//     the Result; verify.go is the optional data check.
 //   - histogram.go: the allocation-free, mergeable log-linear latency
 //     histogram each worker records into.
 //   - result.go: Result (the --json schema) and its table.

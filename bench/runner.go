@@ -360,7 +360,8 @@ type asyncRun struct {
 	issuing    bool // guarded by mu
 	finished   chan struct{}
 
-	batch []asyncDone // owned by the combiner
+	batch   []asyncDone // owned by the combiner
+	restart []int       // owned by the combiner
 }
 
 func (a *asyncRun) Complete(tag uint64, n int, err error) {
@@ -378,11 +379,21 @@ func (a *asyncRun) FlushCompletions() {
 		return
 	}
 	a.processing = true
+	a.mu.Unlock()
+	a.combine()
+}
+
+// combine processes pending completions until there are none, then
+// gives up the combiner's role; the caller has taken it (processing).
+func (a *asyncRun) combine() {
+	a.mu.Lock()
 	for len(a.pending) > 0 {
 		a.batch, a.pending = a.pending, a.batch[:0]
 		a.mu.Unlock()
+		// One time for the batch: the completions were reaped together,
+		// as fio's engines reap theirs.
 		now := time.Now()
-		var restart []int
+		a.restart = a.restart[:0]
 		stop := false
 		for _, d := range a.batch {
 			sl := &a.slots[d.tag]
@@ -390,7 +401,7 @@ func (a *asyncRun) FlushCompletions() {
 				stop = true
 			}
 			if !stop && a.r.phase.Load() != phaseStop {
-				restart = append(restart, int(d.tag))
+				a.restart = append(a.restart, int(d.tag))
 			}
 		}
 		a.mu.Lock()
@@ -398,11 +409,11 @@ func (a *asyncRun) FlushCompletions() {
 			a.issuing = false
 		}
 		if !a.issuing {
-			restart = restart[:0]
+			a.restart = a.restart[:0]
 		}
-		a.inflight -= len(a.batch) - len(restart)
+		a.inflight -= len(a.batch) - len(a.restart)
 		a.mu.Unlock()
-		for _, i := range restart {
+		for _, i := range a.restart {
 			a.start(i)
 		}
 		a.mu.Lock()
@@ -438,15 +449,28 @@ func (r *run) workAsync(workers []*worker, streams []*Stream, b nbd.AsyncBackend
 		slots:    make([]asyncSlot, len(workers)),
 		pending:  make([]asyncDone, 0, len(workers)),
 		batch:    make([]asyncDone, 0, len(workers)),
+		restart:  make([]int, 0, len(workers)),
 		issuing:  true,
 		finished: make(chan struct{}, 1),
 	}
+	// The first IOs are started as the combiner, so completions that
+	// arrive meanwhile (or at once, on this goroutine) wait until every
+	// slot has been started instead of restarting the first slots only.
 	a.mu.Lock()
+	a.processing = true
 	a.inflight = len(workers)
 	a.mu.Unlock()
 	for i := range workers {
+		a.mu.Lock()
+		if !a.issuing || r.phase.Load() == phaseStop {
+			a.inflight -= len(workers) - i // never started
+			a.mu.Unlock()
+			break
+		}
+		a.mu.Unlock()
 		a.start(i)
 	}
+	a.combine()
 	<-r.stopped
 	// Completions arriving after the stop finish their slots without a
 	// restart; wait for the last one.

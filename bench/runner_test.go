@@ -337,15 +337,20 @@ func BenchmarkRunnerOverhead(b *testing.B) {
 }
 
 // asyncMem is an nbd.AsyncBackend over nbd.Memory that completes every
-// IO on another goroutine, in batches, as rbdio does.
+// IO on another goroutine, as rbdio does, or with inline set on the
+// calling goroutine before Start returns (as a refused request is). A
+// read at failAt fails. The queue holds 64: runs use an IODepth below
+// that, since the goroutine draining it also starts the next IOs.
 type asyncMem struct {
 	*nbd.Memory
+	inline bool
+	failAt int64
 	starts atomic.Int64
 	q      chan func()
 }
 
 func newAsyncMem(size int64) *asyncMem {
-	a := &asyncMem{Memory: nbd.NewMemory(size), q: make(chan func(), 64)}
+	a := &asyncMem{Memory: nbd.NewMemory(size), failAt: -1, q: make(chan func(), 64)}
 	go func() {
 		for f := range a.q {
 			f()
@@ -354,44 +359,80 @@ func newAsyncMem(size int64) *asyncMem {
 	return a
 }
 
-func (a *asyncMem) StartReadAt(p []byte, off int64, c nbd.Completer, tag uint64) {
+func (a *asyncMem) run(f func()) {
 	a.starts.Add(1)
-	a.q <- func() { n, err := a.ReadAt(p, off); c.Complete(tag, n, err); c.FlushCompletions() }
+	if a.inline {
+		f()
+		return
+	}
+	a.q <- f
+}
+
+func (a *asyncMem) StartReadAt(p []byte, off int64, c nbd.Completer, tag uint64) {
+	a.run(func() {
+		n, err := a.ReadAt(p, off)
+		if off == a.failAt {
+			n, err = 0, errors.New("disk on fire")
+		}
+		c.Complete(tag, n, err)
+		c.FlushCompletions()
+	})
 }
 
 func (a *asyncMem) StartWriteAt(p []byte, off int64, c nbd.Completer, tag uint64) {
-	a.starts.Add(1)
-	a.q <- func() { n, err := a.WriteAt(p, off); c.Complete(tag, n, err); c.FlushCompletions() }
+	a.run(func() { n, err := a.WriteAt(p, off); c.Complete(tag, n, err); c.FlushCompletions() })
 }
 
 func (a *asyncMem) StartFlush(c nbd.Completer, tag uint64) {
-	a.q <- func() { c.Complete(tag, 0, nil); c.FlushCompletions() }
+	a.run(func() { c.Complete(tag, 0, nil); c.FlushCompletions() })
 }
 
 // A backend with asynchronous IO is driven through it (raw on rbd:),
-// with the same accounting: exact byte limits, verify, IO errors.
+// with the same accounting: exact byte limits, verify, runtime stops,
+// IO errors; also when it completes on the calling goroutine.
 func TestRunAsyncBackend(t *testing.T) {
-	a := newAsyncMem(4 << 20)
-	defer close(a.q)
-	for _, p := range []Pattern{RandWrite, RandRW, RandRead} {
-		before := a.starts.Load()
+	for _, inline := range []bool{false, true} {
+		a := newAsyncMem(4 << 20)
+		a.inline = inline
+		defer close(a.q)
+		for _, p := range []Pattern{RandWrite, RandRW, RandRead} {
+			before := a.starts.Load()
+			res, err := Run(context.Background(), memSession(a), Options{
+				Workload: Workload{Pattern: p, BlockSize: 4096, ReadPercent: 50, Seed: 5},
+				IODepth:  8, TotalBytes: 4 << 20, Verify: true,
+			})
+			if err != nil {
+				t.Fatalf("inline %v, %v: %v", inline, p, err)
+			}
+			if got := res.Total.IOs; got != 1024 {
+				t.Errorf("inline %v, %v: %d IOs counted, want exactly 1024 (4 MiB of 4 KiB)", inline, p, got)
+			}
+			// Every IO of the run went through Start (verify's prefill
+			// and read-back use ReadAt/WriteAt directly).
+			if started := a.starts.Load() - before; started < 1024 {
+				t.Errorf("inline %v, %v: %d IOs started asynchronously, want at least 1024", inline, p, started)
+			}
+			if p.Reads() && res.Verify.Checked == 0 {
+				t.Errorf("inline %v, %v: no read checked", inline, p)
+			}
+		}
+		// A runtime stop with IOs in flight returns (all of them
+		// finished) with figures.
 		res, err := Run(context.Background(), memSession(a), Options{
-			Workload: Workload{Pattern: p, BlockSize: 4096, ReadPercent: 50, Seed: 5},
-			IODepth:  8, TotalBytes: 4 << 20, Verify: true,
+			Workload: Workload{Pattern: RandRead, BlockSize: 4096, Seed: 1}, IODepth: 16, Runtime: 200 * time.Millisecond,
 		})
-		if err != nil {
-			t.Fatalf("%v: %v", p, err)
+		if err != nil || res.Read == nil || res.Read.IOs == 0 {
+			t.Fatalf("inline %v, runtime stop: %+v, %v", inline, res, err)
 		}
-		if got := res.Total.IOs; got != 1024 {
-			t.Errorf("%v: %d IOs counted, want exactly 1024 (4 MiB of 4 KiB)", p, got)
+		// The first failed IO ends the run with an IOError naming it.
+		a.failAt = 4096
+		_, err = Run(context.Background(), memSession(a), Options{
+			Workload: Workload{Pattern: Read, BlockSize: 4096}, IODepth: 4, TotalBytes: 1 << 20,
+		})
+		var ioe *IOError
+		if !errors.As(err, &ioe) || ioe.Off != 4096 || ioe.Write {
+			t.Fatalf("inline %v, failing read: %v, want an IOError for the read at 4096", inline, err)
 		}
-		// Every IO of the run went through Start (verify's prefill and
-		// read-back use ReadAt/WriteAt directly).
-		if started := a.starts.Load() - before; started < 1024 {
-			t.Errorf("%v: %d IOs started asynchronously, want at least 1024", p, started)
-		}
-		if p.Reads() && res.Verify.Checked == 0 {
-			t.Errorf("%v: no read checked", p)
-		}
+		a.failAt = -1
 	}
 }

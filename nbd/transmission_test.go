@@ -811,3 +811,65 @@ func TestFUAUsesFUAWriter(t *testing.T) {
 		t.Fatalf("FUA writes %d, plain writes %d, flushes %d; want 1, 1, 0", f.fuaWrites, f.plainWrites, f.flushes)
 	}
 }
+
+// stallAt is an inline (NonBlocking) memory that holds the READ at one
+// offset until released, to look at the replies written meanwhile.
+type stallAt struct {
+	*Memory
+	off     int64
+	stalled chan struct{}
+	release chan struct{}
+}
+
+func (s *stallAt) ReadAt(p []byte, off int64) (int, error) {
+	if off == s.off {
+		close(s.stalled)
+		<-s.release
+	}
+	return s.Memory.ReadAt(p, off)
+}
+
+// An inline session does not hold every reply of a burst until the burst
+// is served: the first maxDeferredReplies go out while later requests
+// are still being served, so the client can refill its queue.
+func TestInlineRepliesGoOutDuringABurst(t *testing.T) {
+	const n = maxDeferredReplies + 4
+	b := &stallAt{Memory: NewMemory(1 << 20), off: (maxDeferredReplies + 1) * 512,
+		stalled: make(chan struct{}), release: make(chan struct{})}
+	c, done := serving(t, b, TransmissionOptions{QueueDepth: 2 * n})
+	var burst []byte
+	lens := map[uint64]int{}
+	for i := range n {
+		r := make([]byte, RequestSize)
+		(&Request{Type: CmdRead, Cookie: uint64(i), Offset: uint64(i) * 512, Length: 512}).Encode(r)
+		burst = append(burst, r...)
+		lens[uint64(i)] = 512
+	}
+	if _, err := c.Write(burst); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-b.stalled:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the server never reached the stalled request")
+	}
+	rc := rawConn{t, c}
+	// The stalled request is the (maxDeferredReplies+2)th: the first
+	// maxDeferredReplies replies must already be out.
+	for i := range maxDeferredReplies {
+		if r, _ := rc.reply(lens); r.Errno != 0 || r.Cookie != uint64(i) {
+			close(b.release)
+			t.Fatalf("reply %d while a later request is served: %+v", i, r)
+		}
+	}
+	close(b.release)
+	for i := maxDeferredReplies; i < n; i++ {
+		if r, _ := rc.reply(lens); r.Errno != 0 || r.Cookie != uint64(i) {
+			t.Fatalf("reply %d: %+v", i, r)
+		}
+	}
+	rc.send(Request{Type: CmdDisc}, nil)
+	if err := waitErr(t, done); err != nil {
+		t.Fatal(err)
+	}
+}

@@ -63,6 +63,7 @@ func TestMapFlagErrors(t *testing.T) {
 		{"--io-timeout", "-1s", "mem:1M"},
 		{"--device", "/dev/sda", "mem:1M"},
 		{"--no-such-flag", "mem:1M"},
+		{"--rbd-cache-policy", "fast", "rbd:rbd/x"},
 	} {
 		env, _, _ := testEnv()
 		code := run(context.Background(), env, append([]string{"map"}, args...))

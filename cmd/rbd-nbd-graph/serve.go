@@ -85,7 +85,7 @@ func runServe(ctx context.Context, env *environment, args []string) error {
 		case "id":
 			kvs = append(kvs, "rbd.client="+ceph.id)
 		case "rbd-cache-policy":
-			kvs = append(kvs, "rbd.cachepolicy="+ceph.cachePolicy)
+			kvs = append(kvs, "rbd.cachepolicy="+string(ceph.cachePolicy))
 		}
 	})
 	kvs = append(kvs, opts...)

@@ -7,6 +7,7 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"errors"
+	"flag"
 	"io"
 	"log/slog"
 	"net"
@@ -122,6 +123,7 @@ func TestServeRefusesBadOptions(t *testing.T) {
 		{"-o", "rbd.fs=zfs"},
 		{"--config", filepath.Join(dir, "missing")},
 		{"--name", "../x"},
+		{"--rbd-cache-policy", "none"},
 		{"extra"},
 	} {
 		args = append(args, "--socket", filepath.Join(dir, "s.sock"), "--state", filepath.Join(dir, "state.json"))
@@ -179,5 +181,26 @@ func TestServeWithoutKernelNBD(t *testing.T) {
 	}
 	if _, err := os.Stat(filepath.Join(dir, "state.json")); !errors.Is(err, os.ErrNotExist) {
 		t.Fatalf("a failed Init was recorded for resuming: %v", err)
+	}
+}
+
+// The driver option rbd.cachepolicy (graph, no cgo) accepts exactly the
+// policies rbdio does, and serve's flag reaches it.
+func TestCachePolicyNamesAgree(t *testing.T) {
+	for _, name := range []string{"writethrough", "writeback", "writearound", "none", "WriteBack", ""} {
+		_, rerr := rbdio.ParseCachePolicy(name)
+		_, gerr := graph.ParseOptions(graph.DefaultOptions(), []string{"rbd.cachepolicy=" + name})
+		if (rerr == nil) != (gerr == nil) {
+			t.Errorf("%q: rbdio says %v, graph says %v", name, rerr, gerr)
+		}
+	}
+	var c cephFlags
+	fs := flag.NewFlagSet("t", flag.ContinueOnError)
+	c.register(fs)
+	if c.config("rbd", "").CachePolicy != rbdio.CacheWritethrough {
+		t.Errorf("default policy %q, want writethrough", c.cachePolicy)
+	}
+	if err := fs.Parse([]string{"--rbd-cache-policy", "writeback"}); err != nil || c.config("rbd", "").CachePolicy != rbdio.CacheWriteback {
+		t.Errorf("--rbd-cache-policy writeback: %v, %q", err, c.cachePolicy)
 	}
 }

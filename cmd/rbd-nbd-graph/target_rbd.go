@@ -18,21 +18,26 @@ type cephFlags struct {
 	conf        string
 	keyring     string
 	id          string
-	cachePolicy string
+	cachePolicy rbdio.CachePolicy
 }
 
 func (c *cephFlags) register(fs *flag.FlagSet) {
 	fs.StringVar(&c.conf, "ceph-conf", "", "path to ceph.conf (default: $CEPH_CONF, then /etc/ceph/ceph.conf)")
 	fs.StringVar(&c.keyring, "keyring", "", "path to the cephx keyring (default: the one ceph.conf names)")
 	fs.StringVar(&c.id, "id", rbdio.DefaultID, "cephx client id (client.ID)")
-	fs.StringVar(&c.cachePolicy, "rbd-cache-policy", string(rbdio.CacheWritethrough),
-		"when librbd acknowledges a write: writethrough (once the OSDs have it), or writeback|writearound (once cached; lost if this process dies under a live device)")
+	c.cachePolicy = rbdio.CacheWritethrough
+	fs.Func("rbd-cache-policy",
+		"when librbd acknowledges a write: writethrough (once the OSDs have it; default), or writeback|writearound (once cached; lost if this process dies under a live device)",
+		func(v string) (err error) {
+			c.cachePolicy, err = rbdio.ParseCachePolicy(v)
+			return err
+		})
 }
 
 // config is the rbdio configuration for pool and namespace.
 func (c cephFlags) config(pool, namespace string) rbdio.Config {
 	return rbdio.Config{ConfFile: c.conf, Keyring: c.keyring, ID: c.id, Pool: pool, Namespace: namespace,
-		CachePolicy: rbdio.CachePolicy(c.cachePolicy)}
+		CachePolicy: c.cachePolicy}
 }
 
 // rbdTarget is a parsed POOL[/NAMESPACE]/IMAGE[@SNAP].
