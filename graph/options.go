@@ -22,8 +22,8 @@ type Options struct {
 	Client     string // rbd.client: cephx id, without "client."
 	ConfigFile string // rbd.configfile: ceph.conf path
 	Keyring    string // rbd.keyring
-	// CachePolicy is librbd's rbd_cache_policy (rbd.cachepolicy):
-	// writethrough (default) acknowledges writes once the cluster has
+	// CachePolicy is librbd's cache (rbd.cachepolicy): none (default,
+	// no cache) or writethrough acknowledge writes once the cluster has
 	// them, so a driver restarted under mounted layers loses nothing;
 	// writeback or writearound acknowledge from librbd's cache.
 	CachePolicy string
@@ -78,7 +78,7 @@ func DefaultOptions() Options {
 	return Options{
 		Pool:          "rbd",
 		Client:        "admin",
-		CachePolicy:   "writethrough",
+		CachePolicy:   "none",
 		BaseSize:      10 << 30,
 		FS:            "ext4",
 		MaxCloneDepth: 8,
@@ -102,11 +102,11 @@ var optionKeys = map[string]optionSetter{
 	"rbd.keyring":    stringOpt(func(o *Options) *string { return &o.Keyring }),
 	"rbd.cachepolicy": func(o *Options, v string) error {
 		switch v {
-		case "writethrough", "writeback", "writearound":
+		case "none", "writethrough", "writeback", "writearound":
 			o.CachePolicy = v
 			return nil
 		}
-		return fmt.Errorf("use writethrough, writeback or writearound")
+		return fmt.Errorf("use none, writethrough, writeback or writearound")
 	},
 	"rbd.client": func(o *Options, v string) error {
 		o.Client = strings.TrimPrefix(v, "client.")

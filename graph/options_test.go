@@ -33,7 +33,7 @@ func TestParseOptions(t *testing.T) {
 		t.Fatalf("parsed\n%+v\nwant\n%+v", o, want)
 	}
 	// The base is not changed by parsing.
-	if d := graph.DefaultOptions(); d.Pool != "rbd" || d.MkfsArgs != nil || d.CachePolicy != "writethrough" {
+	if d := graph.DefaultOptions(); d.Pool != "rbd" || d.MkfsArgs != nil || d.CachePolicy != "none" {
 		t.Fatalf("defaults changed: %+v", d)
 	}
 }
@@ -56,7 +56,7 @@ func TestParseOptionsRefusesBadInput(t *testing.T) {
 		{"nbd.connections=x", "integer"},
 		{"nbd.iotimeout=-1s", "negative"},
 		{"rbd.imageprefix=a/b", "character"},
-		{"rbd.cachepolicy=none", "writethrough, writeback or writearound"},
+		{"rbd.cachepolicy=off", "none, writethrough, writeback or writearound"},
 	} {
 		_, err := graph.ParseOptions(graph.DefaultOptions(), []string{tc.opt})
 		if !errors.Is(err, graph.ErrInvalidOption) || !strings.Contains(err.Error(), tc.mention) {

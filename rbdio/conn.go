@@ -37,21 +37,29 @@ type Config struct {
 	// ConnectTimeout bounds connecting and every monitor request
 	// (default 30s). Data IO is not bounded by it.
 	ConnectTimeout time.Duration
-	// CachePolicy is librbd's rbd_cache_policy (default
-	// CacheWritethrough): when a write is acknowledged. See doc.go,
-	// "librbd settings".
+	// CachePolicy is librbd's cache and when a write is acknowledged
+	// (default CacheNone). See doc.go, "librbd settings".
 	CachePolicy CachePolicy
 }
 
-// CachePolicy says when librbd acknowledges a write.
+// CachePolicy says whether librbd caches and when it acknowledges a
+// write.
 type CachePolicy string
 
 const (
-	// CacheWritethrough acknowledges a write once the OSDs have it, so
-	// an acknowledged write outlives the process that acknowledged it.
-	// A server that is killed and replaced under a live device (reattach,
-	// the driver's restart) must not lose writes the kernel already
-	// counts as done: the filesystem above sees no crash. The default.
+	// CacheNone turns librbd's cache off (rbd_cache=false, as krbd has
+	// none): a write is acknowledged once the OSDs have it, so it
+	// outlives the process that acknowledged it. A server that is killed
+	// and replaced under a live device (reattach, the driver's restart)
+	// must not lose writes the kernel already counts as done: the
+	// filesystem above sees no crash. The default; the kernel's page
+	// cache is the read cache.
+	CacheNone CachePolicy = "none"
+	// CacheWritethrough keeps librbd's object cache for reads and
+	// acknowledges writes once the OSDs have them. As durable as
+	// CacheNone, but its object cacher costs CPU on every read (fio's
+	// rbd engine, 4k randread qd16: 15.2k IOPS against 23.4k without a
+	// cache, 39 against 21 us of CPU per read).
 	CacheWritethrough CachePolicy = "writethrough"
 	// CacheWriteback and CacheWritearound acknowledge a write once
 	// librbd has queued it (up to rbd_cache_max_dirty), from the first
@@ -66,10 +74,10 @@ const (
 // ParseCachePolicy checks a policy name.
 func ParseCachePolicy(s string) (CachePolicy, error) {
 	switch p := CachePolicy(s); p {
-	case CacheWritethrough, CacheWriteback, CacheWritearound:
+	case CacheNone, CacheWritethrough, CacheWriteback, CacheWritearound:
 		return p, nil
 	}
-	return "", fmt.Errorf("%w: cache policy %q: use %s, %s or %s", ErrInvalid, s, CacheWritethrough, CacheWriteback, CacheWritearound)
+	return "", fmt.Errorf("%w: cache policy %q: use %s, %s, %s or %s", ErrInvalid, s, CacheNone, CacheWritethrough, CacheWriteback, CacheWritearound)
 }
 
 // Defaults of Config's empty fields.
@@ -91,7 +99,7 @@ func (c Config) withDefaults() Config {
 		c.Pool = DefaultPool
 	}
 	if c.CachePolicy == "" {
-		c.CachePolicy = CacheWritethrough
+		c.CachePolicy = CacheNone
 	}
 	if c.ConnectTimeout <= 0 {
 		c.ConnectTimeout = DefaultConnectTimeout
@@ -212,13 +220,16 @@ func connect(cfg Config) (*Conn, error) {
 		// With a caching policy NBD's flushes are the durability
 		// points from the first request on, not only after a first
 		// flush.
-		{"rbd_cache_policy", string(cfg.CachePolicy)},
+		{"rbd_cache", strconv.FormatBool(cfg.CachePolicy != CacheNone)},
 		{"rbd_cache_writethrough_until_flush", "false"},
 		// The data path's threading (aio.go, measured in doc.go): each
 		// image's submitter thread runs librbd's request dispatch itself
 		// instead of handing every request on to librados' io_context
 		// threads, one context switch less per request.
 		{"rbd_non_blocking_aio", "false"},
+	}
+	if cfg.CachePolicy != CacheNone {
+		opts = append(opts, [2]string{"rbd_cache_policy", string(cfg.CachePolicy)})
 	}
 	if cfg.Keyring != "" {
 		opts = append(opts, [2]string{"keyring", cfg.Keyring})

@@ -91,21 +91,24 @@ func TestConnectErrors(t *testing.T) {
 		}
 	})
 	t.Run("cache policy", func(t *testing.T) {
-		_, err := Connect(ctx, Config{ConfFile: conf, CachePolicy: "none"})
+		_, err := Connect(ctx, Config{ConfFile: conf, CachePolicy: "off"})
 		if !errors.Is(err, ErrInvalid) || !strings.Contains(err.Error(), "writethrough") {
-			t.Fatalf("policy none: %v, want ErrInvalid naming the policies", err)
+			t.Fatalf("policy off: %v, want ErrInvalid naming the policies", err)
 		}
-		// The default reaches librbd as writethrough; a chosen one as
-		// itself.
-		for cfgPolicy, want := range map[CachePolicy]string{"": "writethrough", CacheWriteback: "writeback"} {
+		// The default turns librbd's cache off; a chosen policy keeps
+		// it on with that policy.
+		for cfgPolicy, want := range map[CachePolicy][2]string{
+			"": {"false", ""}, CacheWriteback: {"true", "writeback"}, CacheWritethrough: {"true", "writethrough"},
+		} {
 			c, err := Connect(ctx, Config{ConfFile: conf, CachePolicy: cfgPolicy})
 			if err != nil {
 				t.Fatal(err)
 			}
-			got, err := c.rados.GetConfigOption("rbd_cache_policy")
+			cache, err1 := c.rados.GetConfigOption("rbd_cache")
+			policy, err2 := c.rados.GetConfigOption("rbd_cache_policy")
 			c.Close()
-			if err != nil || got != want {
-				t.Errorf("policy %q: rbd_cache_policy = %q (%v), want %q", cfgPolicy, got, err, want)
+			if err1 != nil || err2 != nil || cache != want[0] || (want[1] != "" && policy != want[1]) {
+				t.Errorf("policy %q: rbd_cache = %q, rbd_cache_policy = %q (%v, %v), want %q", cfgPolicy, cache, policy, err1, err2, want)
 			}
 		}
 	})

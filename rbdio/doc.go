@@ -140,8 +140,8 @@
 // # librbd settings
 //
 // Connect sets three options. rbd_non_blocking_aio=false is the threading
-// above. rbd_cache_policy (Config.CachePolicy) decides when a write is
-// acknowledged, and its default is writethrough: once the OSDs have it.
+// above. rbd_cache (Config.CachePolicy) decides when a write is
+// acknowledged, and the default is no cache: once the OSDs have it.
 // librbd's own default (writearound, rbd_cache_writethrough_until_flush)
 // acknowledges from the cache after the client's first flush, as a disk
 // with a volatile write cache does, and NBD carries flushes; but a disk's
@@ -151,16 +151,19 @@
 // under mounted layers, the filesystem sees no crash and would read back
 // blocks older than writes it was told were done. A SIGKILL in the middle
 // of `fio --verify` showed exactly that with the cache on
-// (test/e2e/reattach_test.go now passes with plain writes). Writeback
-// and writearound stay available for hosts that never restart the server
-// under mounted devices; with them rbd_cache_writethrough_until_flush is
-// off so the first request already gets the policy. They double 4 KiB
-// write IOPS (fio's rbd engine, randwrite qd16: 6.5k writethrough
-// against 11.6k, one pair at load 7), so a comparison is honest only with
+// (test/e2e/reattach_test.go now passes with plain writes). Of the
+// durable choices, rbd_cache=false beats rbd_cache_policy=writethrough,
+// whose object cacher costs CPU on every read: fio's rbd engine, 4k qd16
+// on the test cluster, randread 23.4k against 15.2k IOPS (21 against 39
+// us of CPU per read), randwrite 7.8k against 6.3k. Writeback and
+// writearound stay available for hosts that never restart the server
+// under mounted devices (with rbd_cache_writethrough_until_flush off so
+// the first request already gets the policy): writearound doubles 4 KiB
+// write IOPS (15.4k in the same run). A comparison is honest only with
 // the same setting on both sides: bench/scripts/rbd.sh gives fio's rbd
-// engine (and qemu-nbd, run with --cache=writeback so librbd's cache
-// stays on and the policy decides) a ceph.conf with rbdio's settings,
-// for the policy it is given (--cache-policy, default writethrough).
+// engine and qemu-nbd (whose --cache mode sets rbd_cache) rbdio's
+// settings for the policy it is given (--cache-policy, default none), and
+// bench-vm gives rbd-nbd the same cache as ours (BENCH_CACHE_POLICY).
 // rbd_non_blocking_aio=false does not change fio's rbd engine measurably
 // (six alternated rounds: 17.4k against 17.7k read IOPS, 12.6k against
 // 12.7k write).

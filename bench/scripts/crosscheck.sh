@@ -89,11 +89,11 @@ if [ "$backend" = rbd ]; then
 	bench_backend=rbd:$pool/$image
 	ceph_flags=(--ceph-conf "$CEPH_CONF")
 	# fio's rbd engine gets librbd's settings as rbdio sets them
-	# (rbdio/conn.go, default --rbd-cache-policy writethrough), or the
+	# (rbdio/conn.go, default --rbd-cache-policy none), or the
 	# raw pair would compare two cache modes rather than two
 	# measurements.
 	fio_conf=$out/fio-ceph.conf
-	{ cat "$CEPH_CONF"; printf '\n[client]\n\trbd_cache_policy = writethrough\n\trbd_cache_writethrough_until_flush = false\n'; } >"$fio_conf"
+	{ cat "$CEPH_CONF"; printf '\n[client]\n\trbd_cache = false\n\trbd_cache_writethrough_until_flush = false\n'; } >"$fio_conf"
 else
 	bench_backend=mem:$size
 	ceph_flags=()

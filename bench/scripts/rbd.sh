@@ -5,7 +5,7 @@
 #   raw       fio --ioengine=rbd (librbd straight from fio: the ceiling)
 #   ours      fio --ioengine=nbd -> `rbd-nbd-graph export rbd:POOL/IMG`
 #   qemu-nbd  fio --ioengine=nbd -> qemu-nbd exporting the same image
-#             (-f raw -t --cache=writeback --aio=threads rbd:POOL/IMG:conf=CONF)
+#             (-f raw -t --cache=none --aio=threads rbd:POOL/IMG:conf=CONF)
 # Each ratio is median(ours) / median(raw) over the rounds (bar: 0.85);
 # qemu-nbd / raw is reported beside it. Prints every ratio and ends with
 # the smallest ours/raw; exits 1 if it is below the bar.
@@ -19,13 +19,13 @@
 #
 # librbd settings are the same for all three, so the ratios compare the
 # paths, not two cache modes: the export runs with --rbd-cache-policy
-# POLICY (default writethrough: a write is acknowledged once the OSDs have
-# it, the driver's default; writeback or writearound acknowledge from
-# librbd's cache) and rbd_non_blocking_aio=false (rbdio/conn.go,
-# rbdio/doc.go); fio's rbd engine and qemu-nbd get a ceph.conf with the
-# same [client] settings, and qemu-nbd runs with --cache=writeback, which
-# keeps librbd's cache on (the policy then decides when writes are
-# acknowledged; --cache=none would turn the cache off).
+# POLICY (default none: librbd's cache off, a write acknowledged once the
+# OSDs have it, the driver's default; writethrough keeps the cache for
+# reads; writeback or writearound acknowledge from the cache) and
+# rbd_non_blocking_aio=false (rbdio/conn.go, rbdio/doc.go); fio's rbd
+# engine and qemu-nbd get a ceph.conf with the same [client] settings,
+# and qemu-nbd runs with --cache=none for POLICY none and
+# --cache=writeback otherwise (qemu sets rbd_cache from its cache mode).
 # The load average is printed at the start, after each round and at the
 # end: on a shared machine read the ratios with it.
 #
@@ -46,7 +46,7 @@ runtime=5
 size=512M
 out=$repo/results/rbd
 bar=0.85
-policy=writethrough
+policy=none
 while [ $# -gt 0 ]; do
 	case $1 in
 	--rounds) rounds=$2; shift 2 ;;
@@ -86,7 +86,12 @@ bench_cluster
 # The [client] settings rbdio applies (rbdio/conn.go), for fio's rbd
 # engine and qemu-nbd.
 client_conf=$work/client.conf
-{ cat "$CEPH_CONF"; printf '\n[client]\n\trbd_cache_policy = %s\n\trbd_cache_writethrough_until_flush = false\n\trbd_non_blocking_aio = false\n' "$policy"; } >"$client_conf"
+case $policy in
+none) cache_conf='rbd_cache = false' qemu_cache=none ;;
+writethrough | writeback | writearound) cache_conf="rbd_cache_policy = $policy" qemu_cache=writeback ;;
+*) echo "rbd.sh: --cache-policy $policy: use none, writethrough, writeback or writearound" >&2; exit 2 ;;
+esac
+{ cat "$CEPH_CONF"; printf '\n[client]\n\t%s\n\trbd_cache_writethrough_until_flush = false\n\trbd_non_blocking_aio = false\n' "$cache_conf"; } >"$client_conf"
 pool=rbd
 img=rbd-sh-$$-$RANDOM
 bench_image "$pool/$img" "$size" "$out/fill.log"
@@ -137,7 +142,7 @@ measure() {
 		stop_server
 		;;
 	qemu-nbd)
-		start_server qemu-nbd qemu-nbd -f raw --socket="$work/qemu-nbd.sock" -t --cache=writeback --aio=threads \
+		start_server qemu-nbd qemu-nbd -f raw --socket="$work/qemu-nbd.sock" -t --cache="$qemu_cache" --aio=threads \
 			"rbd:$pool/$img:conf=$client_conf"
 		run_fio qemu-nbd "$rw" --ioengine=nbd --uri="nbd+unix:///?socket=$work/qemu-nbd.sock"
 		stop_server

@@ -14,7 +14,10 @@
 # (fio seconds per workload, 10), BENCH_SIZE (image size, 512M),
 # BENCH_OURS_FLAGS (extra map flags for ours, e.g. "--connections 2"),
 # BENCH_PATHS ("ours rbd-nbd krbd"), BENCH_CEPH_CLUSTER (another cluster
-# script with test/ceph/cluster's CLI).
+# script with test/ceph/cluster's CLI), BENCH_CACHE_POLICY (librbd's cache
+# for ours and rbd-nbd alike, so the ratio compares paths, not cache
+# modes: none (default: rbd_cache=false, ours' default), writethrough,
+# writeback or writearound; krbd has no such cache).
 set -uo pipefail
 : "${RBD_NBD_GRAPH_BIN:?}" "${VM_OUT:?}"
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
@@ -56,10 +59,19 @@ log "image $image ($size) filled"
 fio --name=warm --ioengine=rbd --clientname=admin --pool=rbd --rbdname=bench --rw=randread --bs=4k \
 	--iodepth=16 --time_based --runtime=5 --size="$size" --eta=never --output=/dev/null
 
+policy=${BENCH_CACHE_POLICY:-none}
+case $policy in
+none) rbd_nbd_cache=(--rbd_cache=false) ;;
+writethrough | writeback | writearound)
+	rbd_nbd_cache=(--rbd_cache=true "--rbd_cache_policy=$policy" --rbd_cache_writethrough_until_flush=false) ;;
+*) log "BENCH_CACHE_POLICY=$policy: use none, writethrough, writeback or writearound"; exit 1 ;;
+esac
+log "librbd cache for ours and rbd-nbd: $policy"
+
 map_path() { # path -> device on stdout
 	case $1 in
-	ours) timeout 300 "$RBD_NBD_GRAPH_BIN" map ${BENCH_OURS_FLAGS:-} --log-file "$work/ours.log" "$image" ;;
-	rbd-nbd) timeout 300 rbd-nbd map "$image" ;;
+	ours) timeout 300 "$RBD_NBD_GRAPH_BIN" map --rbd-cache-policy "$policy" ${BENCH_OURS_FLAGS:-} --log-file "$work/ours.log" "$image" ;;
+	rbd-nbd) timeout 300 rbd-nbd map "${rbd_nbd_cache[@]}" "$image" ;;
 	krbd) timeout 300 rbd device map -o noudev "$image" ;;
 	esac
 }

@@ -16,7 +16,7 @@
 # never absolute IOPS.
 #
 # Environment: RBD_NBD_GRAPH_BIN (default bin/rbd-nbd-graph), BENCH_ROUNDS,
-# BENCH_RUNTIME, BENCH_SIZE, BENCH_OURS_FLAGS, BENCH_PATHS (see
+# BENCH_RUNTIME, BENCH_SIZE, BENCH_OURS_FLAGS, BENCH_PATHS, BENCH_CACHE_POLICY (see
 # vm-guest.sh), BENCH_VM_TIMEOUT (seconds, default 3600).
 set -euo pipefail
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
@@ -28,7 +28,7 @@ mkdir -p "$out"
 out=$(cd "$out" && pwd)
 
 envs=(--env RBD_NBD_GRAPH_BIN="$bin")
-for v in BENCH_ROUNDS BENCH_RUNTIME BENCH_SIZE BENCH_OURS_FLAGS BENCH_PATHS BENCH_CEPH_CLUSTER; do
+for v in BENCH_ROUNDS BENCH_RUNTIME BENCH_SIZE BENCH_OURS_FLAGS BENCH_PATHS BENCH_CEPH_CLUSTER BENCH_CACHE_POLICY; do
 	[ -n "${!v:-}" ] && envs+=(--env "$v=${!v}")
 done
 rc=0

@@ -123,7 +123,7 @@ func TestServeRefusesBadOptions(t *testing.T) {
 		{"-o", "rbd.fs=zfs"},
 		{"--config", filepath.Join(dir, "missing")},
 		{"--name", "../x"},
-		{"--rbd-cache-policy", "none"},
+		{"--rbd-cache-policy", "off"},
 		{"extra"},
 	} {
 		args = append(args, "--socket", filepath.Join(dir, "s.sock"), "--state", filepath.Join(dir, "state.json"))
@@ -187,7 +187,7 @@ func TestServeWithoutKernelNBD(t *testing.T) {
 // The driver option rbd.cachepolicy (graph, no cgo) accepts exactly the
 // policies rbdio does, and serve's flag reaches it.
 func TestCachePolicyNamesAgree(t *testing.T) {
-	for _, name := range []string{"writethrough", "writeback", "writearound", "none", "WriteBack", ""} {
+	for _, name := range []string{"none", "writethrough", "writeback", "writearound", "off", "WriteBack", ""} {
 		_, rerr := rbdio.ParseCachePolicy(name)
 		_, gerr := graph.ParseOptions(graph.DefaultOptions(), []string{"rbd.cachepolicy=" + name})
 		if (rerr == nil) != (gerr == nil) {
@@ -197,8 +197,8 @@ func TestCachePolicyNamesAgree(t *testing.T) {
 	var c cephFlags
 	fs := flag.NewFlagSet("t", flag.ContinueOnError)
 	c.register(fs)
-	if c.config("rbd", "").CachePolicy != rbdio.CacheWritethrough {
-		t.Errorf("default policy %q, want writethrough", c.cachePolicy)
+	if c.config("rbd", "").CachePolicy != rbdio.CacheNone {
+		t.Errorf("default policy %q, want none", c.cachePolicy)
 	}
 	if err := fs.Parse([]string{"--rbd-cache-policy", "writeback"}); err != nil || c.config("rbd", "").CachePolicy != rbdio.CacheWriteback {
 		t.Errorf("--rbd-cache-policy writeback: %v, %q", err, c.cachePolicy)

@@ -25,9 +25,9 @@ func (c *cephFlags) register(fs *flag.FlagSet) {
 	fs.StringVar(&c.conf, "ceph-conf", "", "path to ceph.conf (default: $CEPH_CONF, then /etc/ceph/ceph.conf)")
 	fs.StringVar(&c.keyring, "keyring", "", "path to the cephx keyring (default: the one ceph.conf names)")
 	fs.StringVar(&c.id, "id", rbdio.DefaultID, "cephx client id (client.ID)")
-	c.cachePolicy = rbdio.CacheWritethrough
+	c.cachePolicy = rbdio.CacheNone
 	fs.Func("rbd-cache-policy",
-		"when librbd acknowledges a write: writethrough (once the OSDs have it; default), or writeback|writearound (once cached; lost if this process dies under a live device)",
+		"librbd's cache: none (default) or writethrough acknowledge a write once the OSDs have it; writeback or writearound once cached (lost if this process dies under a live device)",
 		func(v string) (err error) {
 			c.cachePolicy, err = rbdio.ParseCachePolicy(v)
 			return err

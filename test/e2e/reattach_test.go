@@ -18,7 +18,7 @@ import (
 // identifier, and fio finishes with no IO error and its verify passing.
 //
 // fio's writes are plain (no O_SYNC, no flushes): the server acknowledges
-// a write only once the cluster has it (rbdio.CacheWritethrough, the
+// a write only once the cluster has it (rbdio.CacheNone, the
 // default), so nothing the kernel counts as written dies with the
 // killed process, and verify reads every block back.
 func TestReattachAfterKill(t *testing.T) {
