@@ -307,30 +307,7 @@ func TestAsyncRepliesWaitForFlushCompletions(t *testing.T) {
 func TestAsyncDrainAndOrder(t *testing.T) {
 	t.Run("disc drains", func(t *testing.T) {
 		g := newGateBackend(1 << 20)
-		c, done := serving(t, newAsyncOver(t, g, false), TransmissionOptions{})
-		rc := rawConn{t, c}
-		lens := map[uint64]int{}
-		for i := range 4 {
-			rc.send(Request{Type: CmdRead, Cookie: uint64(i), Offset: uint64(i) * 512, Length: 512}, nil)
-			lens[uint64(i)] = 512
-			<-g.entered
-		}
-		rc.send(Request{Type: CmdDisc}, nil)
-		select {
-		case err := <-done:
-			t.Fatalf("ServeTransmission returned %v with 4 requests in flight", err)
-		case <-time.After(50 * time.Millisecond):
-		}
-		g.open()
-		for range 4 {
-			if r, data := rc.reply(lens); r.Errno != 0 || len(data) != 512 {
-				t.Fatalf("reply %+v", r)
-			}
-		}
-		rc.expectClosed()
-		if err := waitErr(t, done); err != nil {
-			t.Fatal(err)
-		}
+		testDiscDrains(t, g, newAsyncOver(t, g, false))
 	})
 	t.Run("queue depth bound", func(t *testing.T) {
 		const qd = 4

@@ -653,7 +653,14 @@ func TestTrimAndWriteZeroes(t *testing.T) {
 // still served and replied before the connection closes.
 func TestDiscDrainsInFlight(t *testing.T) {
 	g := newGateBackend(1 << 20)
-	c, done := serving(t, g, TransmissionOptions{})
+	testDiscDrains(t, g, g)
+}
+
+// testDiscDrains checks that the 4 reads held by g in b (g itself, or a
+// backend over it) are replied after DISC, and only then the connection
+// closes.
+func testDiscDrains(t *testing.T, g *gateBackend, b Backend) {
+	c, done := serving(t, b, TransmissionOptions{})
 	rc := rawConn{t, c}
 	lens := map[uint64]int{}
 	for i := range 4 {
