@@ -104,11 +104,8 @@ func parseBenchFlags(env *environment, args []string, sweep bool) (*benchFlags, 
 		fmt.Fprint(env.stderr, benchUsage)
 		fs.PrintDefaults()
 	}
-	if err := fs.Parse(args); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			return nil, err
-		}
-		return nil, fmt.Errorf("%w: %v", errUsage, err)
+	if err := parseFlags(fs, args); err != nil {
+		return nil, err
 	}
 	if fs.NArg() != 0 {
 		return nil, fmt.Errorf("%w: unexpected arguments %q: everything is a flag (see -h)", errUsage, fs.Args())

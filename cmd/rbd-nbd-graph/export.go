@@ -51,11 +51,8 @@ func parseExportFlags(env *environment, args []string) (*exportFlags, string, er
 			"TARGET: %s.\n\nflags:\n", targetForms)
 		fs.PrintDefaults()
 	}
-	if err := fs.Parse(args); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			return nil, "", err
-		}
-		return nil, "", fmt.Errorf("%w: %v", errUsage, err)
+	if err := parseFlags(fs, args); err != nil {
+		return nil, "", err
 	}
 	if fs.NArg() != 1 {
 		fs.Usage()

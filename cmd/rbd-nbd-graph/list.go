@@ -3,7 +3,6 @@ package main
 import (
 	"context"
 	"encoding/json"
-	"errors"
 	"flag"
 	"fmt"
 	"strings"
@@ -30,11 +29,8 @@ func runList(ctx context.Context, env *environment, args []string) error {
 	fs.SetOutput(env.stderr)
 	format := fs.String("format", "plain", "output format: plain or json")
 	all := fs.Bool("all", false, "every NBD device, not only the ones rbd-nbd-graph serves")
-	if err := fs.Parse(args); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			return err
-		}
-		return fmt.Errorf("%w: %v", errUsage, err)
+	if err := parseFlags(fs, args); err != nil {
+		return err
 	}
 	if fs.NArg() != 0 {
 		return fmt.Errorf("%w: list takes no arguments", errUsage)

@@ -105,3 +105,13 @@ func usage(w io.Writer, cmds []command) {
 	}
 	fmt.Fprintln(w, "\nRun 'rbd-nbd-graph COMMAND -h' for a command's flags. See README.md.")
 }
+
+// parseFlags parses a subcommand's flags: -h comes back as flag.ErrHelp
+// (exit 0), anything else wrong as errUsage (exit 2).
+func parseFlags(fs *flag.FlagSet, args []string) error {
+	err := fs.Parse(args)
+	if err == nil || errors.Is(err, flag.ErrHelp) {
+		return err
+	}
+	return fmt.Errorf("%w: %v", errUsage, err)
+}

@@ -66,11 +66,8 @@ func parseMapFlags(name string, env *environment, args []string) (*mapFlags, str
 			"Prints the device (/dev/nbdN) once it is ready.\n\nflags:\n", name)
 		fs.PrintDefaults()
 	}
-	if err := fs.Parse(args); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			return nil, "", err
-		}
-		return nil, "", fmt.Errorf("%w: %v", errUsage, err)
+	if err := parseFlags(fs, args); err != nil {
+		return nil, "", err
 	}
 	if fs.NArg() != 1 {
 		fs.Usage()

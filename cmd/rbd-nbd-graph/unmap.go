@@ -3,7 +3,6 @@ package main
 import (
 	"bufio"
 	"context"
-	"errors"
 	"flag"
 	"fmt"
 	"os"
@@ -26,11 +25,8 @@ func runUnmap(ctx context.Context, env *environment, args []string) error {
 		fmt.Fprintln(env.stderr, "usage: rbd-nbd-graph unmap [flags] DEVICE|TARGET\n\nDEVICE: /dev/nbdN. TARGET: as given to map (rbd:POOL/IMAGE, POOL/IMAGE, file:PATH, ...).\n\nflags:")
 		fs.PrintDefaults()
 	}
-	if err := fs.Parse(args); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			return err
-		}
-		return fmt.Errorf("%w: %v", errUsage, err)
+	if err := parseFlags(fs, args); err != nil {
+		return err
 	}
 	if fs.NArg() != 1 {
 		fs.Usage()
