@@ -130,12 +130,15 @@
 //     lock shared with Go inside librbd's threads; not attempted.
 //
 // bench/scripts/rbd.sh measures the ratio the issue sets (>= 0.85 of
-// fio's rbd engine) end to end. On the loaded build machine, two runs of
-// seven rounds (load 3.7 rising to 8.5): randread 0.70 and 0.73,
-// randwrite 0.89 and 0.92 (qemu-nbd: 0.31 and 0.33, 0.79 and 0.89); an
-// earlier run of five rounds while the load moved more: 0.75 and 0.68,
-// with single rounds' ratios between 0.48 and 1.26. Reads stay below the
-// bar here, for the CPU reasons above.
+// fio's rbd engine) end to end. With librbd's write-back cache on all
+// three sides (before the durable default), on the loaded build machine,
+// two runs of seven rounds (load 3.7 rising to 8.5): randread 0.70 and
+// 0.73, randwrite 0.89 and 0.92; on a quieter one 0.86 and 1.22. With the
+// cache off on all three (the default now; five rounds, load 4-5):
+// randread 0.83 (20.9k against 25.3k IOPS), randwrite 0.80 (9.6k against
+// 12.0k); qemu-nbd 0.15 and 0.79. Below the bar here, for the CPU reasons
+// above: the fio nbd client's own cost per IO is in every export's
+// figure and not in the ceiling's.
 //
 // # librbd settings
 //
