@@ -369,7 +369,8 @@ func TestDockerdRestart(t *testing.T) {
 		t.Fatalf("GetMetadata: %v, %v", md, err)
 	}
 	status := d.Status()
-	if !hasStatus(status, "Pool", "filestore") || !hasStatus(status, "Attached Devices", "1") || !hasStatus(status, "Kernel Version", "") {
+	if !hasStatus(status, "Pool", "filestore") || !hasStatus(status, "Attached Devices", "1") || !hasStatus(status, "Kernel Version", "") ||
+		!hasStatus(status, "librbd Cache", "off (writes acknowledged once on the OSDs)") {
 		t.Fatalf("Status: %v", status)
 	}
 	// dockerd restarted without Cleanup: the same Init keeps the instance.

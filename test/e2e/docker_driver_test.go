@@ -33,7 +33,7 @@ func TestDockerDriver(t *testing.T) {
 		}
 		info := e.mustDocker("info")
 		for _, want := range []string{"Pool: rbd", "Image Prefix: " + e.prefix, "Attached Devices:",
-			"NBD Connections Per Device:", "Clone Depth Limit: 3", "Ceph Version:", "Kernel Version:"} {
+			"NBD Connections Per Device:", "librbd Cache: off (writes acknowledged once on the OSDs)", "Clone Depth Limit: 3", "Ceph Version:", "Kernel Version:"} {
 			if !strings.Contains(info, want) {
 				t.Errorf("docker info lacks %q:\n%s", want, info)
 			}
