@@ -341,22 +341,7 @@ func TestAsyncDrainAndOrder(t *testing.T) {
 	})
 	t.Run("out of order", func(t *testing.T) {
 		o := &orderBackend{Memory: NewMemory(1 << 20), release: make(chan struct{})}
-		c, done := serving(t, newAsyncOver(t, o, false), TransmissionOptions{})
-		rc := rawConn{t, c}
-		lens := map[uint64]int{1: 512, 2: 512}
-		rc.send(Request{Type: CmdRead, Cookie: 1, Offset: 0, Length: 512}, nil)
-		rc.send(Request{Type: CmdRead, Cookie: 2, Offset: 4096, Length: 512}, nil)
-		if r, _ := rc.reply(lens); r.Cookie != 2 {
-			t.Fatalf("first reply is for cookie %d; the slow request blocked the fast one", r.Cookie)
-		}
-		close(o.release)
-		if r, _ := rc.reply(lens); r.Cookie != 1 {
-			t.Fatalf("second reply is for cookie %d", r.Cookie)
-		}
-		rc.send(Request{Type: CmdDisc}, nil)
-		if err := waitErr(t, done); err != nil {
-			t.Fatal(err)
-		}
+		testRepliesOutOfOrder(t, o, newAsyncOver(t, o, false))
 	})
 	t.Run("client vanishes", func(t *testing.T) {
 		g := newGateBackend(1 << 20)

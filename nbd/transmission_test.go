@@ -204,14 +204,7 @@ func (blockingBackend) NonBlocking() bool { return false }
 // its deferred replies to free slots rather than wait for itself.
 func TestInlineBurstBeyondQueueDepth(t *testing.T) {
 	c, done := serving(t, NewMemory(1<<20), TransmissionOptions{QueueDepth: 2})
-	var burst []byte
-	lens := map[uint64]int{}
-	for i := range 50 {
-		b := make([]byte, RequestSize)
-		(&Request{Type: CmdRead, Cookie: uint64(i), Offset: uint64(i) * 512, Length: 512}).Encode(b)
-		burst = append(burst, b...)
-		lens[uint64(i)] = 512
-	}
+	burst, lens := readBurst(50)
 	if _, err := c.Write(burst); err != nil {
 		t.Fatal(err)
 	}
@@ -225,6 +218,20 @@ func TestInlineBurstBeyondQueueDepth(t *testing.T) {
 	if err := waitErr(t, done); err != nil {
 		t.Fatal(err)
 	}
+}
+
+// readBurst encodes n 512-byte READs (cookie i at offset i*512) for one
+// write, with the reply lengths rawConn.reply needs.
+func readBurst(n int) ([]byte, map[uint64]int) {
+	var burst []byte
+	lens := map[uint64]int{}
+	for i := range n {
+		r := make([]byte, RequestSize)
+		(&Request{Type: CmdRead, Cookie: uint64(i), Offset: uint64(i) * 512, Length: 512}).Encode(r)
+		burst = append(burst, r...)
+		lens[uint64(i)] = 512
+	}
+	return burst, lens
 }
 
 // plainBackend hides the optional abilities of the backend it wraps.
@@ -403,7 +410,13 @@ func (o *orderBackend) ReadAt(p []byte, off int64) (int, error) {
 
 func TestRepliesOutOfOrder(t *testing.T) {
 	o := &orderBackend{Memory: NewMemory(1 << 20), release: make(chan struct{})}
-	c, done := serving(t, o, TransmissionOptions{})
+	testRepliesOutOfOrder(t, o, o)
+}
+
+// testRepliesOutOfOrder checks that a fast READ is replied while a slow
+// one (held by o, in b: o itself or a backend over it) is not.
+func testRepliesOutOfOrder(t *testing.T, o *orderBackend, b Backend) {
+	c, done := serving(t, b, TransmissionOptions{})
 	rc := rawConn{t, c}
 	lens := map[uint64]int{1: 512, 2: 512}
 	rc.send(Request{Type: CmdRead, Cookie: 1, Offset: 0, Length: 512}, nil)
@@ -844,14 +857,7 @@ func TestInlineRepliesGoOutDuringABurst(t *testing.T) {
 	b := &stallAt{Memory: NewMemory(1 << 20), off: (maxDeferredReplies + 1) * 512,
 		stalled: make(chan struct{}), release: make(chan struct{})}
 	c, done := serving(t, b, TransmissionOptions{QueueDepth: 2 * n})
-	var burst []byte
-	lens := map[uint64]int{}
-	for i := range n {
-		r := make([]byte, RequestSize)
-		(&Request{Type: CmdRead, Cookie: uint64(i), Offset: uint64(i) * 512, Length: 512}).Encode(r)
-		burst = append(burst, r...)
-		lens[uint64(i)] = 512
-	}
+	burst, lens := readBurst(n)
 	if _, err := c.Write(burst); err != nil {
 		t.Fatal(err)
 	}

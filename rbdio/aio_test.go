@@ -176,13 +176,7 @@ func BenchmarkAsyncIO(b *testing.B) {
 		bs     = 4096
 		qd     = 16
 	)
-	c := testConn(b)
-	name := createImage(b, c, region)
-	im := openImage(b, c, name, OpenOptions{})
-	fill := pattern(4<<20, 1)
-	for off := int64(0); off < region; off += int64(len(fill)) {
-		mustWrite(b, im, fill, off)
-	}
+	_, _, im := filledImage(b, region)
 	for _, rw := range []string{"randread", "randwrite"} {
 		b.Run(rw, func(b *testing.B) {
 			l := &loop{im: im, write: rw == "randwrite", n: b.N, done: make(chan error, 1)}

@@ -25,13 +25,7 @@ func BenchmarkIO(b *testing.B) {
 		bs     = 4096
 		qd     = 16
 	)
-	c := testConn(b)
-	name := createImage(b, c, region)
-	im := openImage(b, c, name, OpenOptions{})
-	fill := pattern(4<<20, 1)
-	for off := int64(0); off < region; off += int64(len(fill)) {
-		mustWrite(b, im, fill, off)
-	}
+	c, name, im := filledImage(b, region)
 	if err := im.Close(); err != nil {
 		b.Fatal(err)
 	}
@@ -93,4 +87,19 @@ func BenchmarkIO(b *testing.B) {
 			run(b, do)
 		})
 	}
+}
+
+// filledImage creates an image of size bytes and writes it in full, so
+// reads hit real objects (not the object map's "no such object"
+// shortcut); it returns the connection, the name and the open image.
+func filledImage(b *testing.B, size int64) (*Conn, string, *Image) {
+	b.Helper()
+	c := testConn(b)
+	name := createImage(b, c, size)
+	im := openImage(b, c, name, OpenOptions{})
+	fill := pattern(4<<20, 1)
+	for off := int64(0); off < size; off += int64(len(fill)) {
+		mustWrite(b, im, fill, off)
+	}
+	return c, name, im
 }
