@@ -2,6 +2,7 @@ package nbd
 
 import (
 	"bytes"
+	"encoding/binary"
 	"errors"
 	"io"
 	"math/rand/v2"
@@ -10,7 +11,13 @@ import (
 	"sync"
 	"syscall"
 	"testing"
+	"unsafe"
 )
+
+// span is a unit of the backend suite's ranges: larger than a page and
+// than the file backend's hole granularity, so writes, discards and
+// zeroes cross those boundaries.
+const span = 64 << 10
 
 // backendSuite checks the behaviour every writable Backend here must
 // have, against an in-test model of the expected contents. size must be
@@ -50,8 +57,8 @@ func backendSuite(t *testing.T, b Backend) {
 	t.Run("unaligned writes across chunks", func(t *testing.T) {
 		write(t, 0, 1)
 		write(t, 4095, 2)
-		write(t, memChunkSize-3, 10)
-		write(t, 3*memChunkSize+100, 2*memChunkSize+77)
+		write(t, span-3, 10)
+		write(t, 3*span+100, 2*span+77)
 		write(t, size-5, 5)
 		check(t, "after writes")
 	})
@@ -82,27 +89,27 @@ func backendSuite(t *testing.T, b Backend) {
 	})
 	if d, ok := b.(Discarder); ok {
 		t.Run("discard", func(t *testing.T) {
-			write(t, 0, 4*memChunkSize)
+			write(t, 0, 4*span)
 			// TRIM may keep data or zero it; these backends zero it.
-			if err := d.Discard(512, 2*memChunkSize); err != nil {
+			if err := d.Discard(512, 2*span); err != nil {
 				t.Fatal(err)
 			}
-			clear(model[512 : 512+2*memChunkSize])
+			clear(model[512 : 512+2*span])
 			check(t, "after discard")
 		})
 	}
 	if z, ok := b.(ZeroWriter); ok {
 		for _, unmap := range []bool{true, false} {
 			t.Run("write zeroes unmap="+map[bool]string{true: "yes", false: "no"}[unmap], func(t *testing.T) {
-				write(t, 0, 4*memChunkSize)
-				if err := z.WriteZeroes(100, memChunkSize+4000, unmap); err != nil {
+				write(t, 0, 4*span)
+				if err := z.WriteZeroes(100, span+4000, unmap); err != nil {
 					t.Fatal(err)
 				}
-				clear(model[100 : 100+memChunkSize+4000])
-				if err := z.WriteZeroes(2*memChunkSize, 2*memChunkSize, unmap); err != nil {
+				clear(model[100 : 100+span+4000])
+				if err := z.WriteZeroes(2*span, 2*span, unmap); err != nil {
 					t.Fatal(err)
 				}
-				clear(model[2*memChunkSize : 4*memChunkSize])
+				clear(model[2*span : 4*span])
 				check(t, "after write zeroes")
 			})
 		}
@@ -144,35 +151,74 @@ func TestMemoryBackend(t *testing.T) {
 }
 
 func TestMemoryIsSparse(t *testing.T) {
-	m := NewMemory(1 << 40) // 1 TiB costs only its directory table
-	if m.Allocated() != 0 {
-		t.Fatalf("fresh: %d bytes allocated", m.Allocated())
+	const hole = 1 << 39
+	m := NewMemory(1 << 40) // 1 TiB costs address space, not memory
+	if a := uintptr(unsafe.Pointer(unsafe.SliceData(m.data))); a%hugePageSize != 0 {
+		t.Fatalf("mapping starts at %#x, not on a %d-byte boundary: no huge pages", a, hugePageSize)
 	}
+	own := func(off, length int64) int { return ownedPages(t, m, off, length) }
 	p := make([]byte, 4096)
-	if _, err := m.ReadAt(p, 1<<39); err != nil {
+	if _, err := m.ReadAt(p, hole); err != nil {
 		t.Fatal(err)
 	}
-	if m.Allocated() != 0 {
-		t.Fatalf("after a read: %d bytes allocated", m.Allocated())
+	if n := own(hole-hugePageSize, 3*hugePageSize); n != 0 {
+		t.Fatalf("after a read: %d pages of memory, want 0 (the zero page)", n)
 	}
 	p[0] = 1
-	m.WriteAt(p, 1<<39)
-	m.WriteAt(p, 1<<39+memChunkSize)
-	if got := m.Allocated(); got != 2*memChunkSize {
-		t.Fatalf("after two writes: %d bytes allocated, want %d", got, 2*memChunkSize)
+	m.WriteAt(p, hole)
+	m.WriteAt(p, hole+span)
+	// With huge pages a write takes its whole 2 MiB page, without them
+	// just its own pages; never the neighbouring huge pages.
+	if n := own(hole, hugePageSize); n < 2 {
+		t.Fatalf("after two writes: %d pages of memory, want at least 2", n)
 	}
-	if err := m.Discard(1<<39, 2*memChunkSize); err != nil {
+	if n := own(hole-hugePageSize, hugePageSize) + own(hole+hugePageSize, hugePageSize); n != 0 {
+		t.Fatalf("after two writes: %d pages of memory outside their huge page", n)
+	}
+	if err := m.Discard(hole, hugePageSize); err != nil {
 		t.Fatal(err)
 	}
-	if got := m.Allocated(); got != 0 {
-		t.Fatalf("after discard: %d bytes allocated, want 0", got)
+	if n := own(hole, hugePageSize); n != 0 {
+		t.Fatalf("after discard: %d pages of memory, want 0", n)
 	}
-	if err := m.WriteZeroes(0, 2*memChunkSize, false); err != nil {
+	if _, err := m.ReadAt(p, hole); err != nil || p[0] != 0 {
+		t.Fatalf("after discard: read %#x, %v; want zeroes", p[0], err)
+	}
+	if err := m.WriteZeroes(0, 2*span, false); err != nil {
 		t.Fatal(err)
 	}
-	if got := m.Allocated(); got != 2*memChunkSize {
-		t.Fatalf("after NO_HOLE write zeroes: %d bytes allocated, want %d (no hole)", got, 2*memChunkSize)
+	if n, want := own(0, 2*span), 2*span/os.Getpagesize(); n != want {
+		t.Fatalf("after NO_HOLE write zeroes: %d pages of memory, want %d (no hole)", n, want)
 	}
+}
+
+// ownedPages counts the pages of m's mapping in [off, off+length) backed
+// by memory of their own, from /proc/self/pagemap: present and mapped
+// only here (a never-written page read maps the shared zero page).
+func ownedPages(t *testing.T, m *Memory, off, length int64) int {
+	t.Helper()
+	const (
+		present   = 1 << 63
+		exclusive = 1 << 56 // PM_MMAP_EXCLUSIVE, Linux 4.2 and later
+	)
+	f, err := os.Open("/proc/self/pagemap")
+	if err != nil {
+		t.Skipf("no pagemap to count pages with: %v", err)
+	}
+	defer f.Close()
+	page := int64(os.Getpagesize())
+	addr := int64(uintptr(unsafe.Pointer(unsafe.SliceData(m.data)))) + off
+	buf := make([]byte, (length+page-1)/page*8)
+	if _, err := f.ReadAt(buf, addr/page*8); err != nil {
+		t.Fatalf("read pagemap: %v", err)
+	}
+	n := 0
+	for i := 0; i < len(buf); i += 8 {
+		if e := binary.LittleEndian.Uint64(buf[i:]); e&present != 0 && e&exclusive != 0 {
+			n++
+		}
+	}
+	return n
 }
 
 func TestMemoryBounds(t *testing.T) {

@@ -58,9 +58,12 @@
 //   - backend.go: the Backend interface every store implements, and its
 //     optional abilities (Discarder, ZeroWriter, FUAWriter, NonBlocking,
 //     AsyncBackend, Resizer).
-//   - memory.go, file.go: the sparse in-memory backend and the file or
-//     block-device backend (pread/pwrite, pwritev2 RWF_DSYNC for FUA,
-//     fallocate for trim and zeroes).
+//   - memory.go, file.go: the sparse in-memory backend (one anonymous
+//     mapping advised for huge pages: fio's nbd engine, 4k randwrite
+//     qd16 on mem:512M, 2 CPUs, server CPU per IO 3.9 us with 64 KiB
+//     chunks on the Go heap, 3.6 us mapped; IOPS 247k -> 262k) and the
+//     file or block-device backend (pread/pwrite, pwritev2 RWF_DSYNC for
+//     FUA, fallocate for trim and zeroes).
 //   - netlink.go, kmod.go: the kernel's "nbd" generic netlink family
 //     (CONNECT, DISCONNECT, RECONFIGURE, STATUS: message encoding and
 //     decoding over vishvananda/netlink's nl package) and loading the nbd
