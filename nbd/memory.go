@@ -41,23 +41,34 @@ type Memory struct {
 }
 
 // NewMemory returns an empty (all-zero) memory backend of size bytes.
-// It panics if the address space cannot be reserved, as a heap
-// allocation of that size would.
+// It panics where MapMemory fails, as a heap allocation of that size
+// would: it is for tests and sizes known to fit.
 func NewMemory(size int64) *Memory {
+	m, err := MapMemory(size)
+	if err != nil {
+		panic(err)
+	}
+	return m
+}
+
+// MapMemory returns an empty (all-zero) memory backend of size bytes, or
+// an error if the address space for it cannot be reserved (the size of
+// the mapping is reserved up front even though memory is not).
+func MapMemory(size int64) (*Memory, error) {
 	m := &Memory{size: max(size, 0)}
 	if m.size == 0 {
-		return m
+		return m, nil
 	}
 	data, err := mapMemory(m.size)
 	if err != nil {
-		panic(fmt.Sprintf("nbd: memory backend of %d bytes: %v", m.size, err))
+		return nil, fmt.Errorf("nbd: memory backend of %d bytes: no address space for it: %w", m.size, err)
 	}
 	m.data = data
 	// The cleanup gets the mapping, not the Memory, so it does not keep
 	// the Memory reachable. Every method keeps m alive while it uses
 	// m.data (runtime.KeepAlive), so nothing touches an unmapped range.
 	runtime.AddCleanup(m, unmapMemory, data)
-	return m
+	return m, nil
 }
 
 // mapMemory maps size bytes (rounded up to a page) of zeroed anonymous

@@ -36,7 +36,11 @@ func openTarget(ctx context.Context, spec string, c cephFlags, readOnly bool) (n
 		if size <= 0 {
 			return nil, nil, fmt.Errorf("%w: target %q: the size must be positive", errUsage, spec)
 		}
-		return nbd.NewMemory(size), func() error { return nil }, nil
+		m, err := nbd.MapMemory(size)
+		if err != nil {
+			return nil, nil, fmt.Errorf("target %q: %w (use a smaller size)", spec, err)
+		}
+		return m, func() error { return nil }, nil
 	case "file":
 		if rest == "" {
 			return nil, nil, fmt.Errorf("%w: target %q names no file: use file:PATH", errUsage, spec)

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 
 	"github.com/rbd-nbd-graph/rbd-nbd-graph/nbd"
@@ -46,6 +47,12 @@ func TestOpenTarget(t *testing.T) {
 	}
 	if err := closeFn(); err != nil {
 		t.Fatal(err)
+	}
+
+	// More than any 64-bit address space gives a process: an error that
+	// says so, not a panic.
+	if _, _, err := openTarget(ctx, "mem:1P", cephFlags{}, false); err == nil || !strings.Contains(err.Error(), "no address space") {
+		t.Errorf("mem:1P: %v, want an error naming the address space", err)
 	}
 
 	for _, spec := range []string{"mem:", "mem:0", "file:", "rbd:pool", "rbd:/img", "rbd:pool/img@", "pool", "./x", "/dev/sda", "what:ever"} {
