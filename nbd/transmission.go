@@ -286,9 +286,19 @@ func (s *session) readLoop() error {
 			case CmdRead:
 				replyData = h.Length
 			case CmdWrite:
-				if s.inline && s.rend-s.rpos >= int(payload) {
+				if s.inline && int(payload) <= len(s.rbuf) {
 					// Served now, straight from the read buffer: no
 					// copy into a slot (WriteAt must not retain p).
+					// A payload that is not all in yet is awaited
+					// there too: the read that brings its rest brings
+					// the requests behind it, where reading the rest
+					// into a slot would take a read of its own.
+					if err := s.fill(int(payload)); err != nil {
+						if err == io.EOF || err == io.ErrUnexpectedEOF {
+							return fmt.Errorf("%w: connection closed inside the %d-byte payload of a WRITE", ErrProtocol, payload)
+						}
+						return err
+					}
 					r := s.acquire(0)
 					r.hdr = h
 					s.serve(r, s.rbuf[s.rpos:s.rpos+int(payload)])

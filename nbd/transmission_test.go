@@ -886,3 +886,39 @@ func TestInlineRepliesGoOutDuringABurst(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// An inline WRITE whose payload comes in pieces waits for the rest in
+// the read buffer; the replies it holds back meanwhile must go out first,
+// since the client may want them before it sends more.
+func TestInlineWriteArrivingInPieces(t *testing.T) {
+	m := NewMemory(1 << 20)
+	c, done := serving(t, m, TransmissionOptions{})
+	rc := rawConn{t, c}
+	read := make([]byte, RequestSize)
+	(&Request{Type: CmdRead, Cookie: 1, Length: 512}).Encode(read)
+	payload := bytes.Repeat([]byte("piecemeal"), 4096/9+1)[:4096]
+	write := make([]byte, RequestSize)
+	(&Request{Type: CmdWrite, Cookie: 2, Offset: 8192, Length: 4096}).Encode(write)
+	write = append(write, payload[:1000]...)
+	if _, err := c.Write(append(read, write...)); err != nil {
+		t.Fatal(err)
+	}
+	// The READ's reply comes while the WRITE's payload is incomplete.
+	if r, _ := rc.reply(map[uint64]int{1: 512}); r.Errno != 0 || r.Cookie != 1 {
+		t.Fatalf("READ reply %+v", r)
+	}
+	if _, err := c.Write(payload[1000:]); err != nil {
+		t.Fatal(err)
+	}
+	if r, _ := rc.reply(nil); r.Errno != 0 || r.Cookie != 2 {
+		t.Fatalf("WRITE reply %+v", r)
+	}
+	got := make([]byte, 4096)
+	if _, err := m.ReadAt(got, 8192); err != nil || !bytes.Equal(got, payload) {
+		t.Fatalf("written data differs (%v)", err)
+	}
+	rc.send(Request{Type: CmdDisc}, nil)
+	if err := waitErr(t, done); err != nil {
+		t.Fatal(err)
+	}
+}
