@@ -8,9 +8,11 @@ import (
 	"math/rand/v2"
 	"os"
 	"path/filepath"
+	"runtime"
 	"sync"
 	"syscall"
 	"testing"
+	"time"
 	"unsafe"
 )
 
@@ -219,6 +221,29 @@ func ownedPages(t *testing.T, m *Memory, off, length int64) int {
 		}
 	}
 	return n
+}
+
+// Each Memory reserves its size in address space, so the mapping must go
+// when the Memory does: 300 exports of 1 TiB need more than the 128 TiB a
+// process has on x86-64, and fit only if the unreachable ones are unmapped.
+func TestMemoryIsUnmappedWhenUnreachable(t *testing.T) {
+	for i := range 300 {
+		var m *Memory
+		var err error
+		for try := 0; ; try++ {
+			if m, err = MapMemory(1 << 40); err == nil {
+				break
+			}
+			if try == 100 {
+				t.Fatalf("export %d: %v (the earlier ones were not unmapped)", i, err)
+			}
+			runtime.GC() // the cleanups run after a collection
+			time.Sleep(10 * time.Millisecond)
+		}
+		if _, err := m.WriteAt([]byte{1}, int64(i)<<20); err != nil {
+			t.Fatal(err)
+		}
+	}
 }
 
 func TestMemoryBounds(t *testing.T) {

@@ -52,8 +52,10 @@ func NewMemory(size int64) *Memory {
 }
 
 // MapMemory returns an empty (all-zero) memory backend of size bytes, or
-// an error if the address space for it cannot be reserved (the size of
-// the mapping is reserved up front even though memory is not).
+// an error if it cannot be mapped: the whole size is mapped up front, so
+// it must fit in the address space (and, under vm.overcommit_memory=2,
+// which ignores MAP_NORESERVE, in the commit limit) even though memory
+// is used only as it is written.
 func MapMemory(size int64) (*Memory, error) {
 	m := &Memory{size: max(size, 0)}
 	if m.size == 0 {
@@ -61,7 +63,7 @@ func MapMemory(size int64) (*Memory, error) {
 	}
 	data, err := mapMemory(m.size)
 	if err != nil {
-		return nil, fmt.Errorf("nbd: memory backend of %d bytes: no address space for it: %w", m.size, err)
+		return nil, fmt.Errorf("nbd: memory backend of %d bytes: cannot map it: %w", m.size, err)
 	}
 	m.data = data
 	// The cleanup gets the mapping, not the Memory, so it does not keep
@@ -74,41 +76,37 @@ func MapMemory(size int64) (*Memory, error) {
 // mapMemory maps size bytes (rounded up to a page) of zeroed anonymous
 // memory starting on a huge page boundary, advised for huge pages.
 // MAP_NORESERVE: a sparse export must not reserve its whole size in
-// swap up front.
+// swap up front. (unix.MmapPtr, not unix.Mmap: the latter records every
+// mapping in a table of its own, which would keep an entry per Memory.)
 func mapMemory(size int64) ([]byte, error) {
 	if uint64(size) > uint64(^uint(0)>>1)-hugePageSize {
 		return nil, syscall.ENOMEM
 	}
-	n := int(size)
+	page := uintptr(unix.Getpagesize())
+	used := (uintptr(size) + page - 1) &^ (page - 1)
 	// Map one huge page more and trim both ends, so the start is aligned.
-	raw, err := unix.Mmap(-1, 0, n+hugePageSize, unix.PROT_READ|unix.PROT_WRITE,
+	raw, err := unix.MmapPtr(-1, 0, nil, used+hugePageSize, unix.PROT_READ|unix.PROT_WRITE,
 		unix.MAP_PRIVATE|unix.MAP_ANONYMOUS|unix.MAP_NORESERVE)
 	if err != nil {
 		return nil, err
 	}
-	base := uintptr(unsafe.Pointer(unsafe.SliceData(raw)))
-	skip := int((hugePageSize - base%hugePageSize) % hugePageSize)
-	page := unix.Getpagesize()
-	used := (n + page - 1) &^ (page - 1)
+	skip := (hugePageSize - uintptr(raw)%hugePageSize) % hugePageSize
+	base := unsafe.Add(raw, skip)
 	if skip > 0 {
-		munmap(raw[:skip])
+		unix.MunmapPtr(raw, skip)
 	}
-	if tail := raw[skip+used:]; len(tail) > 0 {
-		munmap(tail)
+	if tail := hugePageSize - skip; tail > 0 {
+		unix.MunmapPtr(unsafe.Add(base, used), tail)
 	}
-	data := raw[skip : skip+n : skip+used]
 	// Without transparent huge pages (disabled, or not on this
 	// architecture) small pages work the same, only slower.
-	unix.Madvise(data[:used], unix.MADV_HUGEPAGE)
-	return data, nil
+	data := unsafe.Slice((*byte)(base), used)
+	unix.Madvise(data, unix.MADV_HUGEPAGE)
+	return data[:size], nil
 }
 
-func unmapMemory(data []byte) { munmap(data[:cap(data)]) }
-
-// munmap unmaps any page-aligned part of a mapping (unix.Munmap accepts
-// only whole slices it returned).
-func munmap(b []byte) {
-	syscall.Syscall(syscall.SYS_MUNMAP, uintptr(unsafe.Pointer(unsafe.SliceData(b))), uintptr(len(b)), 0)
+func unmapMemory(data []byte) {
+	unix.MunmapPtr(unsafe.Pointer(unsafe.SliceData(data)), uintptr(cap(data)))
 }
 
 // Size is the export size in bytes.

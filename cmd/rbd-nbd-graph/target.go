@@ -38,7 +38,7 @@ func openTarget(ctx context.Context, spec string, c cephFlags, readOnly bool) (n
 		}
 		m, err := nbd.MapMemory(size)
 		if err != nil {
-			return nil, nil, fmt.Errorf("target %q: %w (use a smaller size)", spec, err)
+			return nil, nil, fmt.Errorf("target %q: %w (use a smaller size: the whole size is mapped up front)", spec, err)
 		}
 		return m, func() error { return nil }, nil
 	case "file":
