@@ -294,10 +294,7 @@ func (s *session) readLoop() error {
 					// the requests behind it, where reading the rest
 					// into a slot would take a read of its own.
 					if err := s.fill(int(payload)); err != nil {
-						if err == io.EOF || err == io.ErrUnexpectedEOF {
-							return fmt.Errorf("%w: connection closed inside the %d-byte payload of a WRITE", ErrProtocol, payload)
-						}
-						return err
+						return payloadError(err, payload)
 					}
 					r := s.acquire(0)
 					r.hdr = h
@@ -320,10 +317,7 @@ func (s *session) readLoop() error {
 			}
 			if err != nil {
 				s.release(r)
-				if err == io.EOF || err == io.ErrUnexpectedEOF {
-					return fmt.Errorf("%w: connection closed inside the %d-byte payload of a WRITE", ErrProtocol, payload)
-				}
-				return err
+				return payloadError(err, payload)
 			}
 		}
 		if errno != 0 {
@@ -340,6 +334,15 @@ func (s *session) readLoop() error {
 		}
 		s.dispatch(r)
 	}
+}
+
+// payloadError is the error that ends the loop when reading the n-byte
+// payload of a WRITE failed: a protocol violation if the stream ended.
+func payloadError(err error, n uint32) error {
+	if err == io.EOF || err == io.ErrUnexpectedEOF {
+		return fmt.Errorf("%w: connection closed inside the %d-byte payload of a WRITE", ErrProtocol, n)
+	}
+	return err
 }
 
 // check validates a request against the export; it returns the errno
