@@ -124,6 +124,12 @@
 //     librados calls from an io_context callback (TestCloneLifecycle
 //     hung), and a lock owner executes such operations for other
 //     clients, so it is not safe even on a connection used only for IO;
+//   - rbd_disable_zero_copy_writes=false (librbd sends from our pinned
+//     buffer instead of a copy, and holds each completion back until it
+//     drops its last reference to that buffer): randwrite, three
+//     alternated rounds of 60000 IOs, 10.4k against 10.0k IOPS, 50 against
+//     53 us of export CPU and 2.8 against 3.5 context switches per write;
+//     the copy of 4 KiB costs less than the extra hand-off;
 //   - writing the NBD reply from the completion callback in C, sparing
 //     the completion goroutine's wake-up (about one context switch per
 //     batch of 2-3 completions): it would put NBD's reply stream and a
