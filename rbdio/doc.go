@@ -133,7 +133,23 @@
 //   - writing the NBD reply from the completion callback in C, sparing
 //     the completion goroutine's wake-up (about one context switch per
 //     batch of 2-3 completions): it would put NBD's reply stream and a
-//     lock shared with Go inside librbd's threads; not attempted.
+//     lock shared with Go inside librbd's threads; not attempted;
+//   - the submitter thread spinning on its queue before it sleeps (5 or
+//     20 us, pause between looks), two alternated rounds of 60000 reads:
+//     context switches per read stayed at 2.2-2.5 (requests come in
+//     batches further apart than that), and the spin cost CPU: 40-41
+//     and 45 us per read against 37-44, 18.5-20.5k IOPS against
+//     18.8-20.4k;
+//   - submitting from librbd's completion callbacks (the thread that is
+//     awake anyway drains the queue, the submitter woken only when
+//     nothing is in flight): not built, because a request would then
+//     wait for some unrelated request to finish before it is even sent,
+//     which at queue depth 2 serialises IO behind the slowest request;
+//   - pinning the export to one CPU (taskset): 21.4k against 18.8k
+//     reads, since a wake-up on the same CPU is cheap and one across
+//     CPUs costs an IPI in this VM; but fio's rbd engine gains more from
+//     the same pinning (28.9-29.5k against 22.2-23.7k), so it says how
+//     much hand-offs cost here, not that the export should pin itself.
 //
 // bench/scripts/rbd.sh measures the ratio the issue sets (>= 0.85 of
 // fio's rbd engine) end to end. With librbd's write-back cache on all
