@@ -130,10 +130,20 @@
 //     clients, so it is not safe even on a connection used only for IO;
 //   - rbd_disable_zero_copy_writes=false (librbd sends from our pinned
 //     buffer instead of a copy, and holds each completion back until it
-//     drops its last reference to that buffer): randwrite, three
-//     alternated rounds of 60000 IOs, 10.4k against 10.0k IOPS, 50 against
-//     53 us of export CPU and 2.8 against 3.5 context switches per write;
-//     the copy of 4 KiB costs less than the extra hand-off;
+//     drops its last reference to that buffer): 4 KiB randwrite through
+//     export, three alternated rounds of 60000 IOs, the copy (kept)
+//     against zero copy: 10.4k against 10.0k IOPS, 50 against 53 us of
+//     export CPU and 2.8 against 3.5 context switches per write; the copy
+//     of 4 KiB costs less than the extra hand-off. Large writes are the
+//     other way round: in the TCG guest (bench-vm's harness, 3 rounds,
+//     one boot), 1 MiB sequential writes at queue depth 4 went from
+//     30.7 to 32.0 IOPS (rbd-nbd, which hands librbd bufferlists and
+//     never copies, 30.2), and 4 KiB randwrite at depth 32 stayed level
+//     (536 against 546). Choosing per request would need librbd's C++
+//     API (a bufferlist with our own deleter) on the handle go-ceph
+//     opened through the C API, and librbd offers no way from one to
+//     the other; a second handle would fight the first for the
+//     exclusive lock;
 //   - writing the NBD reply from the completion callback in C, sparing
 //     the completion goroutine's wake-up (about one context switch per
 //     batch of 2-3 completions): it would put NBD's reply stream and a
