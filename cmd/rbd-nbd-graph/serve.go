@@ -61,6 +61,7 @@ func runServe(ctx context.Context, env *environment, args []string) error {
 	if err := graph.ValidateID(*name); err != nil {
 		return fmt.Errorf("%w: --name: %v", errUsage, err)
 	}
+	logIOFlusher(env.log)
 
 	// Precedence, lowest first: defaults, config file, --ceph-conf and
 	// friends, -o.
