@@ -3,6 +3,7 @@ package main
 import (
 	"encoding/json"
 	"fmt"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"time"
@@ -27,7 +28,7 @@ func connStateFile(index int) string {
 // followConnections keeps dev's connection counts in its state file
 // (checked every second, written when they change) until the returned
 // function is called, which removes the file if it is still ours.
-func followConnections(dev *nbd.Device, env *environment) (stop func()) {
+func followConnections(dev *nbd.Device, log *slog.Logger) (stop func()) {
 	done := make(chan struct{})
 	exited := make(chan struct{})
 	path := connStateFile(dev.Index())
@@ -41,7 +42,7 @@ func followConnections(dev *nbd.Device, env *environment) (stop func()) {
 			cur := connState{PID: os.Getpid(), Configured: configured, Live: live, Replaced: replaced}
 			if cur != last {
 				if err := writeConnState(path, cur); err != nil {
-					env.log.Warn("cannot record the device's connections", "file", path, "err", err)
+					log.Warn("cannot record the device's connections", "file", path, "err", err)
 				}
 				last = cur
 			}

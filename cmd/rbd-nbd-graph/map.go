@@ -284,7 +284,7 @@ func serveMapped(ctx context.Context, env *environment, f *mapFlags, target stri
 	} else {
 		fmt.Fprintln(env.stdout, dev.Path())
 	}
-	stopState := followConnections(dev, env)
+	stopState := followConnections(dev, env.log)
 	defer stopState()
 	// Serve until the device ends (an unmap from another process
 	// disconnects it) or a signal comes: then hand the device over to
