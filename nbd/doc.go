@@ -72,10 +72,16 @@
 //   - device.go, device_status.go: the kernel device API. Attach makes a
 //     socketpair per connection, serves our ends with ServeTransmission,
 //     hands the kernel the other ends in CONNECT and returns a Device
-//     (/dev/nbdN) that lives until Detach, the caller's context ends, or
-//     the kernel disconnects it; Reattach gives a live device whose server
-//     died new sockets through RECONFIGURE; a Resizer backend's size
-//     changes become RECONFIGURE with the new size. List, Status,
+//     (/dev/nbdN) that lives until Detach, the caller's context ends, the
+//     kernel disconnects it, or Release hands it over (the device stays
+//     configured and the kernel holds its IO for the next server);
+//     Reattach gives a live device whose server died or handed it over
+//     new sockets through RECONFIGURE, keeping its block size and mode; a
+//     connection the kernel drops (its request timer during a slow
+//     backend) is replaced at once the same way; IOTimeout answers late
+//     requests with EIO and keeps the device; a Resizer backend's size
+//     changes become RECONFIGURE with the new size. What the kernel does
+//     at each step is recorded in docs/2026-12-04-kernel-nbd-faults.md. List, Status,
 //     FindByBackend, Disconnect and WaitFree look at and release devices
 //     served by other processes.
 //
