@@ -38,6 +38,9 @@ type TransmissionOptions struct {
 	// flight; a request that would exceed it waits for others to finish
 	// (one request is always admitted). 0 means DefaultMaxInFlightBytes.
 	MaxInFlightBytes int64
+
+	// budget, set by Server, is shared by every connection it serves.
+	budget *byteBudget
 }
 
 // Defaults of TransmissionOptions.
@@ -459,7 +462,8 @@ func (s *session) skip(n int64) error {
 }
 
 // acquire takes a free slot with room for n payload bytes, waiting while
-// QueueDepth requests or MaxInFlightBytes are in flight.
+// QueueDepth requests or MaxInFlightBytes are in flight, and then for
+// the server's budget of bytes across connections.
 func (s *session) acquire(n int) *request {
 	s.slotMu.Lock()
 	for len(s.free) == 0 || (s.outBytes > 0 && s.outBytes+int64(n) > s.opts.MaxInFlightBytes) {
@@ -475,9 +479,15 @@ func (s *session) acquire(n int) *request {
 	r := s.free[len(s.free)-1]
 	s.free = s.free[:len(s.free)-1]
 	s.out++
+	floor := s.outBytes == 0 && n <= slotKeepPayload
 	s.outBytes += int64(n)
 	s.slotMu.Unlock()
 	r.bytes = int64(n)
+	if b := s.opts.budget; b != nil && n > 0 && !b.tryTake(int64(n), floor) {
+		// Our own deferred replies may hold part of the budget.
+		s.flushDeferred()
+		b.take(int64(n), floor)
+	}
 	if cap(r.buf) < SimpleReplySize+n {
 		if r.bufp != nil {
 			payloadBuffers.put(r.bufp)
@@ -494,6 +504,9 @@ func (s *session) release(r *request) {
 	if cap(r.buf) > SimpleReplySize+slotKeepPayload {
 		payloadBuffers.put(r.bufp)
 		r.buf, r.bufp = nil, nil
+	}
+	if b := s.opts.budget; b != nil && r.bytes > 0 {
+		b.give(r.bytes)
 	}
 	s.slotMu.Lock()
 	s.free = append(s.free, r)
