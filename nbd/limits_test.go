@@ -2,6 +2,7 @@ package nbd
 
 import (
 	"context"
+	"encoding/binary"
 	"io"
 	"net"
 	"path/filepath"
@@ -159,5 +160,88 @@ func TestServerInFlightBudgetAcrossConnections(t *testing.T) {
 	}
 	if pk := g.peak.Load(); pk > 1<<20 {
 		t.Errorf("backend held %d bytes of READs at once, want at most 1 MiB", pk)
+	}
+}
+
+// rawTransmission opens the default export on sock with
+// NBD_OPT_EXPORT_NAME and returns the connection in the transmission
+// phase, for a client that misbehaves on purpose.
+func rawTransmission(t *testing.T, sock string) net.Conn {
+	t.Helper()
+	c, err := net.Dial("unix", sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.SetDeadline(time.Now().Add(10 * time.Second))
+	var hello [18]byte
+	if _, err := io.ReadFull(c, hello[:]); err != nil {
+		t.Fatal(err)
+	}
+	msg := binary.BigEndian.AppendUint32(nil, clientFlagFixedNewstyle|clientFlagNoZeroes)
+	msg = binary.BigEndian.AppendUint64(msg, magicOpt)
+	msg = binary.BigEndian.AppendUint32(msg, OptExportName)
+	msg = binary.BigEndian.AppendUint32(msg, 0)
+	if _, err := c.Write(msg); err != nil {
+		t.Fatal(err)
+	}
+	var info [10]byte
+	if _, err := io.ReadFull(c, info[:]); err != nil {
+		t.Fatal(err)
+	}
+	c.SetDeadline(time.Time{})
+	return c
+}
+
+// On an AsyncBackend every connection's completions come from one shared
+// goroutine (librbd's completion thread for an rbd: image). Client A
+// sends 64 READs of 1 MiB and never reads the replies; client B's 4 KiB
+// READ must still be answered at once: A's full socket may only delay A.
+func TestAsyncStalledReaderDelaysOnlyItself(t *testing.T) {
+	a := newAsyncOver(t, NewMemory(64<<20), true)
+	sock, _ := serveWith(t, ServerOptions{}, Export{Backend: a})
+	stalled := rawTransmission(t, sock)
+	defer stalled.Close()
+	var req [RequestSize]byte
+	for i := range 64 {
+		(&Request{Type: CmdRead, Cookie: uint64(i), Offset: uint64(i) << 20, Length: 1 << 20}).Encode(req[:])
+		if _, err := stalled.Write(req[:]); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// Let A's replies fill its socket and the completions back up.
+	deadline := time.Now().Add(10 * time.Second)
+	for a.starts.Load() < 64 && time.Now().Before(deadline) {
+		time.Sleep(10 * time.Millisecond)
+	}
+	time.Sleep(200 * time.Millisecond)
+
+	b := dialT(t, sock)
+	defer b.Close()
+	done := make(chan error, 1)
+	start := time.Now()
+	go func() {
+		_, err := b.ReadAt(make([]byte, 4096), 0)
+		done <- err
+	}()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Logf("B's 4 KiB READ took %v while A stalls", time.Since(start))
+	case <-time.After(time.Second):
+		t.Fatal("B's 4 KiB READ not answered within 1 s while A does not read its replies")
+	}
+	// A still gets every reply once it reads.
+	buf := make([]byte, SimpleReplySize+1<<20)
+	stalled.SetReadDeadline(time.Now().Add(20 * time.Second))
+	for i := range 64 {
+		if _, err := io.ReadFull(stalled, buf); err != nil {
+			t.Fatalf("A's reply %d: %v", i, err)
+		}
+		var r SimpleReply
+		if err := DecodeSimpleReply(buf[:SimpleReplySize], &r); err != nil || r.Errno != 0 {
+			t.Fatalf("A's reply %d: %+v, %v", i, r, err)
+		}
 	}
 }

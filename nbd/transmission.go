@@ -601,13 +601,60 @@ func (s *session) Complete(tag uint64, n int, err error) {
 
 // FlushCompletions implements Completer: it writes the replies queued
 // by a run of Complete calls, unless another goroutine is writing (that
-// one takes them along).
+// one takes them along). It never waits for the socket: it is called on
+// the backend's completion goroutine, which every connection of the
+// backend shares, so a client that stops reading would stall them all.
+// What the socket does not take at once is left to a goroutine of this
+// connection (finishWriting).
 func (s *session) FlushCompletions() {
 	s.wMu.Lock()
 	if s.writing || len(s.queue) == 0 {
 		s.wMu.Unlock()
 		return
 	}
+	s.writing = true
+	for len(s.queue) > 0 {
+		s.queue, s.batch = s.batch[:0], s.queue
+		s.wMu.Unlock()
+		if !s.tryWriteBatch() {
+			go s.finishWriting()
+			return
+		}
+		s.wMu.Lock()
+	}
+	s.writing = false
+	s.wMu.Unlock()
+}
+
+// tryWriteBatch writes s.batch without waiting for the socket. It
+// returns true when the batch is done with (its slots released), false
+// when part of it is still to write.
+func (s *session) tryWriteBatch() bool {
+	if s.werr.Load() == nil {
+		for _, r := range s.batch {
+			s.vw.add(r.buf[:r.send])
+		}
+		done, err := s.vw.tryFlush()
+		if !done {
+			return false
+		}
+		if err != nil {
+			s.writeFailed(err)
+		}
+	}
+	s.releaseBatch()
+	return true
+}
+
+// finishWriting writes the rest of the batch tryWriteBatch began,
+// waiting for the socket as long as needed (or until a write deadline),
+// and then stays the writer while replies are queued.
+func (s *session) finishWriting() {
+	if err := s.vw.flush(); err != nil {
+		s.writeFailed(err)
+	}
+	s.releaseBatch()
+	s.wMu.Lock()
 	s.writeQueue()
 }
 
@@ -738,10 +785,16 @@ func (s *session) writeBatch() {
 			s.writeFailed(err)
 		}
 	}
+	s.releaseBatch()
+}
+
+// releaseBatch releases the slots of the replies in s.batch.
+func (s *session) releaseBatch() {
 	for i, r := range s.batch {
 		s.batch[i] = nil
 		s.release(r)
 	}
+	s.batch = s.batch[:0]
 }
 
 // writeFailed records the first reply write error and stops the reader:
