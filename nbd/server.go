@@ -34,7 +34,27 @@ type ServerOptions struct {
 	// Logger receives connection events; nil means slog.Default(). It is
 	// also each export's Options.Logger unless that is set.
 	Logger *slog.Logger
+	// MaxConnections bounds the connections served at once; a client
+	// past it is logged and closed before the handshake. 0 means
+	// DefaultMaxConnections.
+	MaxConnections int
+	// MaxInFlightBytes bounds the payload bytes held by requests in
+	// flight across every connection, on top of each export's
+	// per-connection TransmissionOptions.MaxInFlightBytes; requests past
+	// it wait. A connection with nothing in flight may always start one
+	// request of up to 256 KiB, so clients holding the whole budget
+	// without reading cannot starve the others. 0 means
+	// DefaultServerMaxInFlightBytes.
+	MaxInFlightBytes int64
 }
+
+// Defaults of ServerOptions.
+const (
+	DefaultMaxConnections = 128
+	// DefaultServerMaxInFlightBytes: four connections at their own
+	// default bound, or eight 32 MiB requests.
+	DefaultServerMaxInFlightBytes = 4 * DefaultMaxInFlightBytes
+)
 
 // Server serves exports with the fixed-newstyle handshake over any
 // listener (a unix socket or a TCP address), one goroutine per
@@ -57,7 +77,17 @@ func NewServer(exports []Export, opts ServerOptions) (*Server, error) {
 	if opts.Logger == nil {
 		opts.Logger = slog.Default()
 	}
+	if opts.MaxConnections < 0 || opts.MaxInFlightBytes < 0 {
+		return nil, errors.New("nbd: MaxConnections and MaxInFlightBytes must not be negative")
+	}
+	if opts.MaxConnections == 0 {
+		opts.MaxConnections = DefaultMaxConnections
+	}
+	if opts.MaxInFlightBytes == 0 {
+		opts.MaxInFlightBytes = DefaultServerMaxInFlightBytes
+	}
 	s := &Server{opts: opts, log: opts.Logger}
+	budget := newByteBudget(opts.MaxInFlightBytes)
 	seen := map[string]bool{}
 	for _, e := range exports {
 		if e.Backend == nil {
@@ -77,6 +107,7 @@ func NewServer(exports []Export, opts ServerOptions) (*Server, error) {
 		if err != nil {
 			return nil, fmt.Errorf("nbd: export %q: %w", e.Name, err)
 		}
+		o.budget = budget
 		e.Options = o
 		s.exports = append(s.exports, e)
 		s.infos = append(s.infos, &exportInfo{
@@ -105,8 +136,13 @@ func (s *Server) lookup(name string) (int, *exportInfo, bool) {
 }
 
 // Serve accepts connections on ln until ctx is cancelled or Accept
-// fails. Cancellation closes ln, lets every connection drain its
-// requests in flight and returns nil once all are closed.
+// fails for good. Cancellation closes ln, lets every connection drain
+// its requests in flight and returns nil once all are closed.
+//
+// Running out of descriptors (EMFILE, ENFILE) or kernel memory does not
+// stop the server: it waits, 5 ms doubling up to 1 s as net/http does,
+// and accepts again once clients leave. Clients past MaxConnections are
+// closed at once with a log line.
 func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
@@ -115,25 +151,62 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 	var wg sync.WaitGroup
 	defer wg.Wait()
 	var delay time.Duration
+	active := 0
+	var mu sync.Mutex // guards active
 	for {
 		conn, err := ln.Accept()
 		if err != nil {
 			if ctx.Err() != nil {
 				return nil
 			}
-			var ne net.Error
-			if errors.As(err, &ne) && ne.Timeout() {
-				// Out of descriptors and the like: back off, as net/http does.
+			if retryableAccept(err) {
 				delay = min(max(2*delay, 5*time.Millisecond), time.Second)
 				s.log.Warn("nbd: accept failed, retrying", "err", err, "delay", delay)
-				time.Sleep(delay)
+				select {
+				case <-time.After(delay):
+				case <-ctx.Done():
+				}
 				continue
 			}
 			return fmt.Errorf("nbd: accept: %w", err)
 		}
 		delay = 0
-		wg.Go(func() { s.ServeConn(ctx, conn) })
+		mu.Lock()
+		full := active >= s.opts.MaxConnections
+		if !full {
+			active++
+		}
+		mu.Unlock()
+		if full {
+			s.log.Warn("nbd: refusing a client: too many connections", "remote", conn.RemoteAddr().String(), "max_connections", s.opts.MaxConnections)
+			conn.Close()
+			continue
+		}
+		wg.Go(func() {
+			defer func() {
+				mu.Lock()
+				active--
+				mu.Unlock()
+			}()
+			s.ServeConn(ctx, conn)
+		})
 	}
+}
+
+// retryableAccept reports whether an Accept error is a shortage that
+// passes (descriptors, kernel memory, a client gone before accept) rather
+// than a broken listener.
+func retryableAccept(err error) bool {
+	var ne net.Error
+	if errors.As(err, &ne) && ne.Timeout() {
+		return true
+	}
+	for _, e := range []syscall.Errno{syscall.EMFILE, syscall.ENFILE, syscall.ENOBUFS, syscall.ENOMEM, syscall.ECONNABORTED, syscall.EINTR} {
+		if errors.Is(err, e) {
+			return true
+		}
+	}
+	return false
 }
 
 // ServeConn runs the handshake and then the transmission phase on one
