@@ -177,10 +177,10 @@ func checkListenAddr(addr string, allowRemote bool) (exposure string, err error)
 	if err != nil {
 		return "", fmt.Errorf("%w: --listen %q: %v (want HOST:PORT, e.g. %s)", errUsage, addr, err, defaultListen)
 	}
-	if ip := net.ParseIP(host); host == "" || (ip != nil && ip.IsUnspecified()) {
-		if !allowRemote {
-			return "", fmt.Errorf("%w: --listen %q listens on every interface; NBD has no authentication, so use a loopback address (e.g. %s) or add --allow-remote", errUsage, addr, defaultListen)
-		}
+	if host == "" && !allowRemote {
+		return "", fmt.Errorf("%w: --listen %q listens on every interface; NBD has no authentication, so use a loopback address (e.g. %s) or add --allow-remote", errUsage, addr, defaultListen)
+	}
+	if ip := net.ParseIP(host); allowRemote && (host == "" || (ip != nil && ip.IsUnspecified())) {
 		return "every interface of this machine", nil
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)

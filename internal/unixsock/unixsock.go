@@ -13,6 +13,10 @@ import (
 // share it: only the owner may connect.
 const DefaultMode os.FileMode = 0o600
 
+// maxPathLen is the size of sockaddr_un's sun_path on Linux, its
+// terminating NUL included.
+const maxPathLen = 108
+
 // NoGroup leaves the socket's group as bind(2) set it.
 const NoGroup = -1
 
@@ -34,6 +38,10 @@ func Listen(path string, mode os.FileMode, gid int) (net.Listener, error) {
 	}
 	defer os.RemoveAll(dir)
 	tmp := filepath.Join(dir, "s")
+	if len(tmp) >= maxPathLen {
+		return nil, fmt.Errorf("unixsock: %s: path too long: its private bind path %s needs %d bytes, unix sockets allow %d",
+			path, tmp, len(tmp), maxPathLen-1)
+	}
 	ln, err := net.ListenUnix("unix", &net.UnixAddr{Name: tmp, Net: "unix"})
 	if err != nil {
 		return nil, fmt.Errorf("unixsock: listen on %s: %w", path, err)

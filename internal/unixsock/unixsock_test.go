@@ -5,6 +5,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"strings"
 	"syscall"
 	"testing"
 )
@@ -85,5 +86,23 @@ func TestListenRefusesExistingPath(t *testing.T) {
 	}
 	if _, err := Listen(path, os.ModeSetuid|0o600, NoGroup); err == nil {
 		t.Fatal("mode with setuid accepted")
+	}
+}
+
+// A deep directory with a short name: the path itself would fit
+// sun_path, the private bind path beside it does not. The error says so
+// instead of bind's bare EINVAL.
+func TestListenPathTooLong(t *testing.T) {
+	dir := t.TempDir()
+	deep := filepath.Join(dir, strings.Repeat("d", 96-len(dir)))
+	if err := os.Mkdir(deep, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	_, err := Listen(filepath.Join(deep, "s"), DefaultMode, NoGroup)
+	if err == nil || !strings.Contains(err.Error(), "path too long") {
+		t.Fatalf("Listen(%d-byte path) = %v, want a path too long error", len(deep)+2, err)
+	}
+	if ents, _ := os.ReadDir(deep); len(ents) != 0 {
+		t.Fatalf("left %v behind", ents)
 	}
 }
