@@ -107,6 +107,11 @@ type Device struct {
 
 	connMu sync.Mutex
 	conns  map[*devConn]struct{} // servers still running (live or draining)
+	// young counts, per connection slot, the replacements in a row that
+	// the kernel dropped within a second: it does so when it has no dead
+	// connection to swap (a reattach offered more sockets than the
+	// device has), and retrying forever would churn.
+	young map[int]int
 
 	errMu    sync.Mutex
 	serveErr error // first unexpected error of a connection server
@@ -331,6 +336,7 @@ func startDevice(b Backend, opts AttachOptions, kernel *genl) (*Device, []int, e
 		kernel:  kernel,
 		log:     opts.Logger,
 		conns:   make(map[*devConn]struct{}),
+		young:   make(map[int]int),
 		done:    make(chan struct{}),
 	}
 	// The servers outlive the caller's context on purpose: cancelling it
@@ -451,12 +457,27 @@ func (d *Device) readDone(dc *devConn, disc bool) {
 	}
 	d.log.Warn("the kernel dropped a connection; replacing it", "connection", dc.slot, "live", d.live.Load())
 	delay := time.Duration(0)
+	d.connMu.Lock()
 	if time.Since(since) < time.Second {
+		d.young[dc.slot]++
 		delay = time.Second // it died young: do not spin
+	} else {
+		d.young[dc.slot] = 0
+	}
+	young := d.young[dc.slot]
+	d.connMu.Unlock()
+	if young > maxYoungReplacements {
+		d.log.Error("the kernel keeps dropping this connection at once; not replacing it again", "connection", dc.slot,
+			"times", young, "live", d.live.Load())
+		return
 	}
 	d.servers.Add(1)
 	go d.replace(dc.slot, delay)
 }
+
+// maxYoungReplacements is how many times in a row a connection is
+// replaced after the kernel dropped it within a second.
+const maxYoungReplacements = 5
 
 // replace hands the kernel a new socket for connection slot, retrying
 // with backoff until it is taken, the device stops, or it is gone.
