@@ -2,6 +2,7 @@ package nbd
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"io"
@@ -46,6 +47,12 @@ type ServerOptions struct {
 	// without reading cannot starve the others. 0 means
 	// DefaultServerMaxInFlightBytes.
 	MaxInFlightBytes int64
+	// TLS, when set, offers NBD_OPT_STARTTLS with this configuration
+	// (certificates; ClientAuth and ClientCAs to require client
+	// certificates). With TLSRequired, clients must start TLS before any
+	// other option.
+	TLS         *tls.Config
+	TLSRequired bool
 }
 
 // Defaults of ServerOptions.
@@ -79,6 +86,9 @@ func NewServer(exports []Export, opts ServerOptions) (*Server, error) {
 	}
 	if opts.MaxConnections < 0 || opts.MaxInFlightBytes < 0 {
 		return nil, errors.New("nbd: MaxConnections and MaxInFlightBytes must not be negative")
+	}
+	if opts.TLSRequired && opts.TLS == nil {
+		return nil, errors.New("nbd: TLSRequired without a TLS configuration")
 	}
 	if opts.MaxConnections == 0 {
 		opts.MaxConnections = DefaultMaxConnections
@@ -224,12 +234,16 @@ func (s *Server) ServeConn(ctx context.Context, conn net.Conn) error {
 			chosen = i
 			return info, ok
 		},
-		list: func() []*exportInfo { return s.infos },
+		list:        func() []*exportInfo { return s.infos },
+		tls:         s.opts.TLS,
+		tlsRequired: s.opts.TLSRequired,
 	}
 	info, err := n.run()
+	// After STARTTLS the session goes on over TLS.
+	tconn := n.conn
 	// From here on, cancellation drains instead of cutting the connection.
 	if !stop() || err != nil {
-		conn.Close()
+		tconn.Close()
 		if errors.Is(err, errAbort) || ctx.Err() != nil {
 			return nil
 		}
@@ -241,10 +255,10 @@ func (s *Server) ServeConn(ctx context.Context, conn net.Conn) error {
 		log.Warn("nbd: handshake failed", "err", err)
 		return err
 	}
-	conn.SetDeadline(time.Time{})
+	tconn.SetDeadline(time.Time{})
 	e := &s.exports[chosen]
 	log.Info("nbd: client connected", "export", e.Name, "size", info.size, "flags", fmt.Sprintf("%#x", info.flags))
-	err = ServeTransmission(ctx, conn, e.Backend, e.Options)
+	err = ServeTransmission(ctx, tconn, e.Backend, e.Options)
 	log.Info("nbd: client disconnected", "export", e.Name, "err", err)
 	return err
 }

@@ -86,10 +86,14 @@ func (w *vectorWriter) flush() error {
 // drain. It returns true when the queue is done with (written, or failed
 // with err; it is empty then), false when buffers remain: the caller
 // must then call flush, on a goroutine that may wait, to write them.
-// Connections without a file descriptor write everything at once.
 func (w *vectorWriter) tryFlush() (bool, error) {
-	if w.raw == nil || len(w.iov) == 0 {
-		return true, w.flush()
+	if len(w.iov) == 0 {
+		return true, nil
+	}
+	if w.raw == nil {
+		// A TLS or in-memory connection cannot say whether a write
+		// would wait: leave it all to flush.
+		return false, nil
 	}
 	w.errno, w.noWait, w.blocked = 0, true, false
 	err := w.raw.Write(w.writeFn)

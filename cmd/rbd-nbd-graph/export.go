@@ -2,6 +2,8 @@ package main
 
 import (
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"flag"
 	"fmt"
@@ -37,6 +39,10 @@ type exportFlags struct {
 	socketGID  int
 	maxConns   int
 	maxInLimit int64
+	tlsMode    string
+	tlsCert    string
+	tlsKey     string
+	tlsCA      string
 }
 
 func parseExportFlags(env *environment, args []string) (*exportFlags, string, error) {
@@ -55,6 +61,10 @@ func parseExportFlags(env *environment, args []string) (*exportFlags, string, er
 	fs.UintVar(&f.blockSize, "block-size", 0, "minimum block size clients must align to (0: 512, or 1 if the size is not a multiple of 512)")
 	mode := fs.String("socket-mode", "0600", "permissions of the --socket file, in octal: whoever may connect can read and write the export")
 	group := fs.String("socket-group", "", "group (name or id) of the --socket file, e.g. with --socket-mode 0660")
+	fs.StringVar(&f.tlsMode, "tls", "off", "NBD STARTTLS: off, on (offered) or require (no export without it)")
+	fs.StringVar(&f.tlsCert, "tls-cert", "", "server certificate (PEM) for --tls on|require")
+	fs.StringVar(&f.tlsKey, "tls-key", "", "server private key (PEM) for --tls on|require")
+	fs.StringVar(&f.tlsCA, "tls-ca", "", "CA certificates (PEM): clients must present a certificate they signed")
 	fs.IntVar(&f.maxConns, "max-connections", nbd.DefaultMaxConnections, "clients served at once; more are closed at once with a log line")
 	inflight := fs.String("max-inflight-bytes", fmt.Sprintf("%dM", nbd.DefaultServerMaxInFlightBytes>>20),
 		fmt.Sprintf("payload bytes held by requests in flight across all clients (each client also at most %dM); more requests wait", nbd.DefaultMaxInFlightBytes>>20))
@@ -98,6 +108,18 @@ func parseExportFlags(env *environment, args []string) (*exportFlags, string, er
 	if f.socket == "" && (*mode != "0600" || *group != "") {
 		return nil, "", fmt.Errorf("%w: --socket-mode and --socket-group apply to --socket only", errUsage)
 	}
+	switch f.tlsMode {
+	case "off":
+		if f.tlsCert != "" || f.tlsKey != "" || f.tlsCA != "" {
+			return nil, "", fmt.Errorf("%w: --tls-cert, --tls-key and --tls-ca need --tls on or --tls require", errUsage)
+		}
+	case "on", "require":
+		if f.tlsCert == "" || f.tlsKey == "" {
+			return nil, "", fmt.Errorf("%w: --tls %s needs --tls-cert and --tls-key", errUsage, f.tlsMode)
+		}
+	default:
+		return nil, "", fmt.Errorf("%w: --tls %q: want off, on or require", errUsage, f.tlsMode)
+	}
 	if f.maxConns < 1 {
 		return nil, "", fmt.Errorf("%w: --max-connections %d: want at least 1", errUsage, f.maxConns)
 	}
@@ -122,6 +144,10 @@ func runExport(ctx context.Context, env *environment, args []string) (err error)
 			env.log.Warn("export: NBD has no authentication: anyone who can reach this address can read and write the export",
 				"listen", f.listen, "exposure", exposure)
 		}
+	}
+	tlsConf, err := loadTLS(f)
+	if err != nil {
+		return err
 	}
 	b, closeTarget, err := openTarget(ctx, target, f.ceph, f.readOnly)
 	if err != nil {
@@ -149,7 +175,8 @@ func runExport(ctx context.Context, env *environment, args []string) (err error)
 		Backend:     b,
 		Options:     nbd.TransmissionOptions{ReadOnly: f.readOnly, QueueDepth: f.queueDepth, BlockSize: bs, Logger: env.log},
 		MultiConn:   f.multiConn,
-	}}, nbd.ServerOptions{Logger: env.log, MaxConnections: f.maxConns, MaxInFlightBytes: f.maxInLimit})
+	}}, nbd.ServerOptions{Logger: env.log, MaxConnections: f.maxConns, MaxInFlightBytes: f.maxInLimit,
+		TLS: tlsConf, TLSRequired: f.tlsMode == "require"})
 	if err != nil {
 		return fmt.Errorf("%w: %v", errUsage, err)
 	}
@@ -158,7 +185,7 @@ func runExport(ctx context.Context, env *environment, args []string) (err error)
 	if err != nil {
 		return err
 	}
-	env.log.Info("export: serving", "target", target, "size", b.Size(), "uri", uri, "read_only", f.readOnly)
+	env.log.Info("export: serving", "target", target, "size", b.Size(), "uri", uri, "read_only", f.readOnly, "tls", f.tlsMode)
 	// The URI on stdout tells scripts (and tests) the export is ready.
 	fmt.Fprintln(env.stdout, uri)
 	if err := srv.Serve(ctx, ln); err != nil {
@@ -215,6 +242,12 @@ func lookupGroup(name string) (int, error) {
 // listen opens the listener and returns it with the export's NBD URI.
 func listen(f *exportFlags) (net.Listener, string, error) {
 	path := "/" + url.PathEscape(f.name)
+	// nbds: clients must start TLS (with --tls on they may; the plain
+	// URI then still works).
+	scheme := "nbd"
+	if f.tlsMode == "require" {
+		scheme = "nbds"
+	}
 	if f.socket != "" {
 		if err := removeStaleSocket(f.socket); err != nil {
 			return nil, "", err
@@ -224,13 +257,38 @@ func listen(f *exportFlags) (net.Listener, string, error) {
 			return nil, "", fmt.Errorf("listen on unix socket: %w", err)
 		}
 		q := url.Values{"socket": {f.socket}}
-		return ln, "nbd+unix://" + path + "?" + q.Encode(), nil
+		return ln, scheme + "+unix://" + path + "?" + q.Encode(), nil
 	}
 	ln, err := net.Listen("tcp", f.listen)
 	if err != nil {
 		return nil, "", fmt.Errorf("listen on %s: %w", f.listen, err)
 	}
-	return ln, "nbd://" + ln.Addr().String() + path, nil
+	return ln, scheme + "://" + ln.Addr().String() + path, nil
+}
+
+// loadTLS builds the server's TLS configuration from --tls-cert,
+// --tls-key and --tls-ca, or returns nil for --tls off.
+func loadTLS(f *exportFlags) (*tls.Config, error) {
+	if f.tlsMode == "off" {
+		return nil, nil
+	}
+	cert, err := tls.LoadX509KeyPair(f.tlsCert, f.tlsKey)
+	if err != nil {
+		return nil, fmt.Errorf("%w: --tls-cert/--tls-key: %v", errUsage, err)
+	}
+	c := &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}
+	if f.tlsCA != "" {
+		pem, err := os.ReadFile(f.tlsCA)
+		if err != nil {
+			return nil, fmt.Errorf("%w: --tls-ca: %v", errUsage, err)
+		}
+		pool := x509.NewCertPool()
+		if !pool.AppendCertsFromPEM(pem) {
+			return nil, fmt.Errorf("%w: --tls-ca %s holds no PEM certificate", errUsage, f.tlsCA)
+		}
+		c.ClientCAs, c.ClientAuth = pool, tls.RequireAndVerifyClientCert
+	}
+	return c, nil
 }
 
 // removeStaleSocket removes a unix socket left by a process that died,

@@ -242,7 +242,12 @@ func TestExportWarnsOfRemoteListen(t *testing.T) {
 	// Read-only, 4 KiB, on an ephemeral port and stopped at once: nothing
 	// talks to it.
 	p := startWrapped(t, nil, "--listen", "0.0.0.0:0", "--allow-remote", "--read-only", "mem:4K")
+	// stderr is copied from a pipe: the log may trail the URI on stdout.
 	log := p.stderr.String()
+	for deadline := time.Now().Add(5 * time.Second); !strings.Contains(log, "export: serving") && time.Now().Before(deadline); {
+		time.Sleep(20 * time.Millisecond)
+		log = p.stderr.String()
+	}
 	if !strings.Contains(log, "level=WARN") || !strings.Contains(log, "every interface") {
 		t.Errorf("no warning naming the exposure in the log:\n%s", log)
 	}
