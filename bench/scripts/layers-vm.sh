@@ -1,6 +1,6 @@
 #!/bin/bash
 # bench/scripts/layers-vm.sh: the graph driver's layer lifecycle against the
-# seed driver's way with krbd, in the project's qemu VM (the host kernel has
+# krbd graph driver's way with krbd, in the project's qemu VM (the host kernel has
 # neither NBD nor krbd), same boot, same Ceph cluster:
 #
 #   layer lifecycle   ours: Create + Get + Put of a child layer through the
