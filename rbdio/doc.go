@@ -31,9 +31,8 @@
 //     ErrHasChildren, ErrHasSnapshots, ErrProtected, ErrNotProtected,
 //     ErrLocked, ErrBusy, ErrReadOnly, ErrPermission, ErrUnreachable,
 //     ErrInvalid, ErrClosed) with errors.Is and unwraps to a
-//     syscall.Errno. On the data path the errno is folded into those an
-//     NBD client can act on (EIO, ENOSPC, EROFS, EINVAL; ESHUTDOWN once
-//     closed), so nbd.Errno picks the reply.
+//     syscall.Errno, the one Ceph returned (ESHUTDOWN once closed):
+//     what an NBD client is told is nbd.Errno's choice alone.
 //
 // Every wrapper names the C function it uses in its doc comment and in
 // its errors.
