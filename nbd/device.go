@@ -398,7 +398,9 @@ func (d *Device) serve(slot int, c net.Conn) *devConn {
 }
 
 // goLive marks the connections handed over in CONNECT or RECONFIGURE as
-// used by the kernel; one that already ended is replaced.
+// used by the kernel. One whose server already ended was not taken (a
+// reattach offered more sockets than the device has dead connections)
+// and is left alone.
 func (d *Device) goLive() {
 	d.connMu.Lock()
 	var all []*devConn
