@@ -64,14 +64,15 @@ func (m *kmsgMark) since() []string {
 
 // ioErrorPatterns are kernel log lines that mean IO failed or a
 // filesystem gave up: none may appear while a device should hold IO.
+// (Not nbd's "Dead connection, failed to find a fallback" nor "shutting
+// down sockets": the first precedes a wait for a reattach that may well
+// succeed, the second follows every orderly disconnect.)
 var ioErrorPatterns = []string{
 	"I/O error",
 	"EXT4-fs error",
 	"Aborting journal",
 	"Detected aborted journal",
 	"Remounting filesystem read-only",
-	"Dead connection, failed to find a fallback",
-	"shutting down sockets",
 }
 
 // ioErrorLines are the lines of log matching ioErrorPatterns.
@@ -360,20 +361,22 @@ func (w *directWriter) verify() []string {
 	return bad
 }
 
-// timedDirectIO does one O_DIRECT write (write=true) or read of bs bytes at
-// off and returns its error and duration; it gives up waiting after
-// limit (the IO may still be stuck in the kernel then: err says so).
-func timedDirectIO(t testing.TB, path string, write bool, off int64, bs int, pattern string, limit time.Duration) (error, time.Duration) {
+// ioResult is how one O_DIRECT IO ended and how long it took.
+type ioResult struct {
+	err error
+	d   time.Duration
+}
+
+// asyncDirectIO starts one O_DIRECT write (write=true: a block of
+// fillBlock(pattern)) or read of bs bytes at off; the result arrives on
+// the channel when the IO ends.
+func asyncDirectIO(t testing.TB, path string, write bool, off int64, bs int, pattern string) <-chan ioResult {
 	t.Helper()
 	buf := alignedBlock(t, bs)
 	if write {
 		fillBlock(buf, pattern, int(off/int64(bs)))
 	}
-	type result struct {
-		err error
-		d   time.Duration
-	}
-	done := make(chan result, 1)
+	done := make(chan ioResult, 1)
 	go func() {
 		start := time.Now()
 		flags := os.O_RDONLY
@@ -389,10 +392,18 @@ func timedDirectIO(t testing.TB, path string, write bool, off int64, bs int, pat
 			}
 			f.Close()
 		}
-		done <- result{err, time.Since(start)}
+		done <- ioResult{err, time.Since(start)}
 	}()
+	return done
+}
+
+// timedDirectIO does one O_DIRECT IO (see asyncDirectIO) and returns its
+// error and duration; it gives up waiting after limit (the IO may still
+// be stuck in the kernel then: the error is errStillBlocked).
+func timedDirectIO(t testing.TB, path string, write bool, off int64, bs int, pattern string, limit time.Duration) (error, time.Duration) {
+	t.Helper()
 	select {
-	case r := <-done:
+	case r := <-asyncDirectIO(t, path, write, off, bs, pattern):
 		return r.err, r.d
 	case <-time.After(limit):
 		return errStillBlocked, limit

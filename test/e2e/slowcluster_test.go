@@ -19,12 +19,12 @@ import (
 // then its IO) and past its 60 s dead-connection timeout.
 const osdPauseLength = 100 * time.Second
 
-// A slow cluster: two devices (1 and 4 connections, the default
+// A slow cluster: three devices (1, 2 and 4 connections, the default
 // io-timeout 0), ext4 on each, a writer per device doing small O_DIRECT
 // writes to a file; the OSDs stop serving IO for 100 s (one pause for
-// both devices). Both writers stall, then complete after the unpause with
+// all devices). The writers stall, then complete after the unpause with
 // every acknowledged block readable, the kernel logs no IO error, ext4
-// stays writable, both devices stay connected and `list` reports all
+// stays writable, every device stays connected and `list` reports all
 // their connections live (lost ones replaced through RECONFIGURE).
 func TestOSDPause100s(t *testing.T) {
 	needTools(t, "mkfs.ext4", "ceph")
@@ -34,7 +34,10 @@ func TestOSDPause100s(t *testing.T) {
 		mnt   string
 		w     *directWriter
 	}
-	devs := []*dev{{conns: 1}, {conns: 4}}
+	// 1 and 4 connections as the issue asks, and 2: the case that failed
+	// in the issue (with 4, 100 s costs the kernel 3 of its sockets but
+	// not the device; with 2 both go and IO fails).
+	devs := []*dev{{conns: 1}, {conns: 2}, {conns: 4}}
 	for _, d := range devs {
 		image := newImage(t, 256, "")
 		d.path = mapDevice(t, image, "--connections", fmt.Sprint(d.conns))
@@ -47,12 +50,20 @@ func TestOSDPause100s(t *testing.T) {
 		name := filepath.Base(d.path)
 		d.w = startDirectWriter(t, name, filepath.Join(d.mnt, "data"), 4096, 8192, 50*time.Millisecond)
 	}
-	eventually(t, 2*time.Minute, "both writers to write 20 blocks before the pause", func() bool {
-		return devs[0].w.blocks() >= 20 && devs[1].w.blocks() >= 20
+	eventually(t, 2*time.Minute, "every writer to write 20 blocks before the pause", func() bool {
+		for _, d := range devs {
+			if d.w.blocks() < 20 {
+				return false
+			}
+		}
+		return true
 	})
 
 	p := pauseOSDs(t)
-	before := []int{devs[0].w.blocks(), devs[1].w.blocks()}
+	before := map[*dev]int{}
+	for _, d := range devs {
+		before[d] = d.w.blocks()
+	}
 	// Report while paused, so the log shows what the kernel did when.
 	for end := time.Now().Add(osdPauseLength); time.Now().Before(end); {
 		time.Sleep(min(20*time.Second, time.Until(end)))
@@ -62,23 +73,23 @@ func TestOSDPause100s(t *testing.T) {
 		}
 		t.Logf("paused %3.0fs: %s", time.Since(p.start).Seconds(), strings.Join(s, "; "))
 	}
-	during := []int{devs[0].w.blocks(), devs[1].w.blocks()}
+	during := map[*dev]int{}
+	for _, d := range devs {
+		during[d] = d.w.blocks()
+	}
 	p.unpause()
 	unpaused := time.Now()
-	for i, d := range devs {
-		// A write or two may have been acknowledged while the pause took
-		// effect; more means the pause did not stop IO and proves nothing.
-		if during[i]-before[i] > 3 {
-			t.Fatalf("%s wrote %d blocks during the pause: the OSD pause did not hold IO", d.path, during[i]-before[i])
+	for _, d := range devs {
+		// A few writes may have been acknowledged while the pause reached
+		// the client; more means the pause did not stop IO and proves
+		// nothing.
+		if during[d]-before[d] > 10 {
+			t.Fatalf("%s wrote %d blocks during the pause: the OSD pause did not hold IO", d.path, during[d]-before[d])
 		}
 	}
 
 	for _, d := range devs {
-		target := during[0]
-		if d == devs[1] {
-			target = during[1]
-		}
-		target += 20
+		target := during[d] + 20
 		deadline := time.Now().Add(3 * time.Minute)
 		for d.w.blocks() < target && len(d.w.errors()) == 0 && time.Now().Before(deadline) {
 			time.Sleep(100 * time.Millisecond)
@@ -138,32 +149,46 @@ func TestIOTimeout(t *testing.T) {
 	mark := markKernelLog(t)
 	p := pauseOSDs(t)
 
-	type result struct {
-		what string
-		err  error
-		d    time.Duration
+	// The pause reaches a client with its next OSD map, not at once: the
+	// first writes may still go through. Probe until one is held.
+	var write <-chan ioResult
+	for i := 0; i < 30 && write == nil; i++ {
+		c := asyncDirectIO(t, dev, true, int64(1<<20+i*4096), 4096, "paused")
+		select {
+		case r := <-c:
+			if r.err != nil {
+				t.Fatalf("a write right after the pause failed at once (%.1fs): %v", r.d.Seconds(), r.err)
+			}
+			t.Logf("probe write %d went through in %.1fs: the client has not seen the pause yet", i, r.d.Seconds())
+			time.Sleep(time.Second)
+		case <-time.After(3 * time.Second):
+			write = c
+		}
 	}
-	res := make(chan result, 2)
-	go func() {
-		err, d := timedDirectIO(t, dev, true, 1<<20, 4096, "paused", 2*time.Minute)
-		res <- result{"write", err, d}
-	}()
-	go func() {
-		err, d := timedDirectIO(t, dev, false, 2<<20, 4096, "", 2*time.Minute)
-		res <- result{"read", err, d}
-	}()
-	for i := 0; i < 2; i++ {
-		r := <-res
-		t.Logf("O_DIRECT %s during the pause: %v after %.1fs", r.what, r.err, r.d.Seconds())
+	if write == nil {
+		t.Fatalf("no write was held during 30 s of OSD pause: the pause does not work here")
+	}
+	read := asyncDirectIO(t, dev, false, 2<<20, 4096, "")
+	for _, c := range []struct {
+		what string
+		res  <-chan ioResult
+	}{{"write", write}, {"read", read}} {
+		var r ioResult
+		select {
+		case r = <-c.res:
+		case <-time.After(2 * time.Minute):
+			r = ioResult{errStillBlocked, 2 * time.Minute}
+		}
+		t.Logf("O_DIRECT %s during the pause: %v after %.1fs", c.what, r.err, r.d.Seconds())
 		switch {
 		case errors.Is(r.err, errStillBlocked):
-			t.Errorf("the %s was still blocked %v into the pause: --io-timeout 10s did not fail it", r.what, r.d)
+			t.Errorf("the %s was still blocked %v into the pause: --io-timeout 10s did not fail it", c.what, r.d)
 		case r.err == nil:
-			t.Errorf("the %s succeeded during the OSD pause (after %.1fs): the pause did not hold IO", r.what, r.d.Seconds())
+			t.Errorf("the %s succeeded during the OSD pause (after %.1fs): the pause did not hold IO", c.what, r.d.Seconds())
 		case !errors.Is(r.err, syscall.EIO):
-			t.Errorf("the %s failed with %v, want EIO", r.what, r.err)
+			t.Errorf("the %s failed with %v, want EIO", c.what, r.err)
 		case r.d < 8*time.Second || r.d > 60*time.Second:
-			t.Errorf("the %s failed after %.1fs; want about the 10 s io-timeout (8-60 s)", r.what, r.d.Seconds())
+			t.Errorf("the %s failed after %.1fs; want about the 10 s io-timeout (8-60 s)", c.what, r.d.Seconds())
 		}
 	}
 	// The failed requests must not have cost the device its connection.
