@@ -18,26 +18,28 @@ import (
 // soakScript is what each soak container runs: it writes 64 KiB of random
 // data to one of 40 files (dd conv=fsync: a failed write or flush is an
 // error the script sees), records its SHA-256 the same way, checks an
-// older file against its recorded sum, and keeps counts in /data/stats
-// ("iterations write-errors verified verify-failures") until /stop
-// appears. /data/errors lists every failure.
+// older file against its recorded sum, and keeps counts in
+// /dev/shm/stats ("iterations write-errors verified verify-failures")
+// until /dev/shm/stop appears; /dev/shm/errors lists every failure. The
+// bookkeeping lives on the container's tmpfs so that the harness can
+// still read it (and stop the loop) if the layer's filesystem fails.
 const soakScript = `mkdir -p /data; i=0; werr=0; vok=0; vbad=0
-while [ ! -e /stop ]; do
+while [ ! -e /dev/shm/stop ]; do
 	f=/data/f$((i % 40))
 	if dd if=/dev/urandom of=$f bs=4k count=16 conv=fsync 2>/dev/null && sha256sum $f | dd of=$f.sum conv=fsync 2>/dev/null; then :; else
-		werr=$((werr + 1)); echo "write error at iteration $i on $f" >> /data/errors; fi
+		werr=$((werr + 1)); echo "write error at iteration $i on $f" >> /dev/shm/errors; fi
 	g=/data/f$(( (i + 20) % 40 )).sum
 	if [ -e $g ]; then
-		if sha256sum -c -s $g; then vok=$((vok + 1)); else vbad=$((vbad + 1)); echo "verify failure at iteration $i: $g" >> /data/errors; fi
+		if sha256sum -c -s $g; then vok=$((vok + 1)); else vbad=$((vbad + 1)); echo "verify failure at iteration $i: $g" >> /dev/shm/errors; fi
 	fi
 	i=$((i + 1))
-	echo "$i $werr $vok $vbad" > /data/stats
+	echo "$i $werr $vok $vbad" > /dev/shm/stats
 	sleep 0.2
 done
-echo done > /data/done
+echo done > /dev/shm/done
 while true; do sleep 1; done`
 
-// soakStats is one container's /data/stats.
+// soakStats is one container's /dev/shm/stats.
 type soakStats struct{ iterations, writeErrors, verified, verifyFailures int }
 
 func parseSoakStats(s string) (soakStats, bool) {
@@ -89,7 +91,7 @@ func TestSoak(t *testing.T) {
 		ctrs = append(ctrs, c)
 	}
 	stats := func(c string) (soakStats, bool) {
-		out, err := e.docker(2*time.Minute, "exec", c, "cat", "/data/stats")
+		out, err := e.docker(2*time.Minute, "exec", c, "cat", "/dev/shm/stats")
 		if err != nil {
 			return soakStats{}, false
 		}
@@ -159,13 +161,19 @@ func TestSoak(t *testing.T) {
 
 	// Stop the writers, then verify every file from the device.
 	for _, c := range ctrs {
-		e.mustDocker("exec", c, "sh", "-c", ": > /stop")
+		if out, err := e.docker(2*time.Minute, "exec", c, "sh", "-c", ": > /dev/shm/stop"); err != nil {
+			t.Errorf("telling %s to stop: %v\n%s", c, err, out)
+		}
 	}
 	for _, c := range ctrs {
-		dkEventually(t, 3*time.Minute, c+" to stop writing", func() bool {
-			_, err := e.docker(time.Minute, "exec", c, "cat", "/data/done")
-			return err == nil
-		})
+		stopped := false
+		for deadline := time.Now().Add(3 * time.Minute); !stopped && time.Now().Before(deadline); time.Sleep(time.Second) {
+			_, err := e.docker(time.Minute, "exec", c, "cat", "/dev/shm/done")
+			stopped = err == nil
+		}
+		if !stopped {
+			t.Errorf("%s did not stop writing within 3 minutes (a write stuck?)", c)
+		}
 	}
 	dropCaches(t)
 	var total soakStats
@@ -193,7 +201,7 @@ func TestSoak(t *testing.T) {
 				errLines = append(errLines, c+": "+l)
 			}
 		}
-		if out, err := e.docker(time.Minute, "exec", c, "cat", "/data/errors"); err == nil && strings.TrimSpace(out) != "" {
+		if out, err := e.docker(time.Minute, "exec", c, "cat", "/dev/shm/errors"); err == nil && strings.TrimSpace(out) != "" {
 			errLines = append(errLines, c+": "+strings.TrimSpace(out))
 		}
 	}
