@@ -34,6 +34,11 @@ type Device interface {
 	Path() string
 	// Detach stops serving the device, releases it and closes the image.
 	Detach(ctx context.Context) error
+	// Release stops serving the device and closes the image but leaves
+	// the device attached (and whatever is mounted on it) for the next
+	// process to adopt through Attacher.Stale: a restart or an upgrade
+	// of the driver. The kernel holds the device's IO meanwhile.
+	Release(ctx context.Context) error
 }
 
 // StaleDevice is a device found attached at start-up.

@@ -826,6 +826,44 @@ func (d *Driver) Close(ctx context.Context) error {
 	return d.releaseAll(ctx)
 }
 
+// Release is for a restart or an upgrade of the driver: it stops
+// background work and stops serving every layer, leaving mounts and
+// devices in place for the next Driver on the same home to adopt
+// (recoverDevices), so containers keep running through it. ctx bounds
+// the wait for requests in flight.
+func (d *Driver) Release(ctx context.Context) error {
+	d.mu.Lock()
+	if d.closed {
+		d.mu.Unlock()
+		return nil
+	}
+	d.closed = true
+	var mounted []*layer
+	for _, l := range d.layers {
+		if l.mount != nil {
+			mounted = append(mounted, l)
+		}
+	}
+	d.mu.Unlock()
+	if d.flat != nil {
+		d.flat.stop()
+	}
+	var errs []error
+	for _, l := range mounted {
+		unlock := d.locks.Lock(l.id)
+		if m := l.mount; m != nil {
+			if err := m.dev.Release(ctx); err != nil {
+				errs = append(errs, fmt.Errorf("layer %s: release %s: %w", l.id, m.dev.Path(), err))
+			} else {
+				d.log.Info("layer left mounted for the next driver process", "layer", l.id, "device", m.dev.Path())
+			}
+			d.setField(func() { l.mount = nil })
+		}
+		unlock()
+	}
+	return errors.Join(errs...)
+}
+
 func (d *Driver) releaseAll(ctx context.Context) error {
 	d.mu.Lock()
 	var mounted []*layer

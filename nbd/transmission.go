@@ -38,6 +38,17 @@ type TransmissionOptions struct {
 	// flight; a request that would exceed it waits for others to finish
 	// (one request is always admitted). 0 means DefaultMaxInFlightBytes.
 	MaxInFlightBytes int64
+	// RequestTimeout, when positive, answers a request the backend has
+	// not finished in this time with EIO; the connection goes on, and
+	// the backend's late result is dropped when it comes. The slot (and
+	// its buffer, which the backend may still use) is held until then.
+	RequestTimeout time.Duration
+	// ReadDone, when set, is called once, on the reading goroutine, as
+	// soon as the loop stops reading: disc tells whether the client sent
+	// NBD_CMD_DISC. It runs before the requests still in flight are
+	// waited for, so the kernel path can replace a connection the
+	// kernel gave up on without waiting for a slow backend.
+	ReadDone func(disc bool)
 }
 
 // Defaults of TransmissionOptions.
@@ -138,10 +149,20 @@ func ServeTransmission(ctx context.Context, conn net.Conn, b Backend, opts Trans
 		conn.SetReadDeadline(time.Unix(1, 0))
 		conn.SetWriteDeadline(time.Now().Add(drainTimeout))
 	})
+	var stopTimer func()
+	if opts.RequestTimeout > 0 {
+		stopTimer = s.startRequestTimer()
+	}
 	err = s.readLoop()
 	stop()
+	if opts.ReadDone != nil {
+		opts.ReadDone(s.disc)
+	}
 	s.flushDeferred()
 	s.drain()
+	if stopTimer != nil {
+		stopTimer()
+	}
 	if werr := s.writeErr(); werr != nil && (err == nil || errors.Is(err, os.ErrDeadlineExceeded)) {
 		// The reader was stopped because a reply could not be written.
 		err = werr
@@ -170,7 +191,21 @@ type request struct {
 	// fua is the stage of an asynchronous FUA write: writing, then
 	// flushing (fuaNone for everything else).
 	fua uint8
+	// With TransmissionOptions.RequestTimeout: state (reqIdle,
+	// reqRunning, reqTimedOut) decides whether the backend's result or
+	// the timer answers, and started is when the backend got r.
+	state   atomic.Uint32
+	started atomic.Int64 // UnixNano
+	// orphan marks a reply that owns no slot: the timer's error reply
+	// for a request whose slot the backend still holds.
+	orphan bool
 }
+
+const (
+	reqIdle = iota
+	reqRunning
+	reqTimedOut
+)
 
 const (
 	fuaNone = iota
@@ -179,9 +214,11 @@ const (
 )
 
 type session struct {
-	conn  net.Conn
-	b     Backend
-	disc  Discarder
+	conn net.Conn
+	b    Backend
+	// disc: the loop ended on NBD_CMD_DISC (set by the reader).
+	disc  bool
+	trim  Discarder
 	zw    ZeroWriter
 	fua   FUAWriter
 	async AsyncBackend
@@ -242,7 +279,7 @@ func newSession(conn net.Conn, b Backend, opts TransmissionOptions) *session {
 	if nb, ok := b.(NonBlocking); ok {
 		s.inline = nb.NonBlocking()
 	}
-	s.disc, _ = b.(Discarder)
+	s.trim, _ = b.(Discarder)
 	s.zw, _ = b.(ZeroWriter)
 	s.fua, _ = b.(FUAWriter)
 	s.async, _ = b.(AsyncBackend)
@@ -274,6 +311,7 @@ func (s *session) readLoop() error {
 		}
 		s.rpos += RequestSize
 		if h.Type == CmdDisc {
+			s.disc = true
 			return nil
 		}
 		errno := s.check(&h)
@@ -329,6 +367,7 @@ func (s *session) readLoop() error {
 			s.finishInline(r)
 			continue
 		}
+		s.running(r)
 		if s.async != nil && s.start(r) {
 			continue
 		}
@@ -362,7 +401,7 @@ func (s *session) check(h *Request) uint32 {
 		if s.opts.ReadOnly {
 			return EPERM
 		}
-		if s.disc == nil {
+		if s.trim == nil {
 			return EINVAL // NBD_FLAG_SEND_TRIM was not advertised
 		}
 	case CmdWriteZeroes:
@@ -519,7 +558,9 @@ func (s *session) worker() {
 	defer s.workerWG.Done()
 	for r := range s.work {
 		s.serve(r, r.buf[SimpleReplySize:])
-		s.finish(r, false)
+		if s.answered(r) {
+			s.finish(r, false)
+		}
 		s.idle.Add(1)
 	}
 }
@@ -576,6 +617,9 @@ func (s *session) Complete(tag uint64, n int, err error) {
 			return
 		}
 	}
+	if !s.answered(r) {
+		return // the timer replied; the slot is free again
+	}
 	r.errno = Errno(err)
 	if err != nil {
 		s.log.Debug("nbd: request failed", "cmd", CommandName(h.Type), "offset", h.Offset, "length", h.Length, "err", err)
@@ -628,7 +672,7 @@ func (s *session) serve(r *request, data []byte) {
 	case CmdFlush:
 		err = s.b.Flush()
 	case CmdTrim:
-		err = s.disc.Discard(off, int64(h.Length))
+		err = s.trim.Discard(off, int64(h.Length))
 	case CmdWriteZeroes:
 		if s.zw != nil {
 			err = s.zw.WriteZeroes(off, int64(h.Length), h.Flags&CmdFlagNoHole == 0)
@@ -727,7 +771,9 @@ func (s *session) writeBatch() {
 	}
 	for i, r := range s.batch {
 		s.batch[i] = nil
-		s.release(r)
+		if !r.orphan {
+			s.release(r)
+		}
 	}
 }
 
@@ -760,4 +806,78 @@ func (s *session) drain() {
 	s.slotMu.Unlock()
 	close(s.work)
 	s.workerWG.Wait()
+}
+
+// running marks r as handed to the backend, for the request timer.
+func (s *session) running(r *request) {
+	if s.opts.RequestTimeout > 0 {
+		r.started.Store(time.Now().UnixNano())
+		r.state.Store(reqRunning)
+	}
+}
+
+// answered reports whether the backend's outcome for r is to be
+// replied; false when the timer already answered r, in which case r's
+// slot is released here, the backend being done with its buffer.
+func (s *session) answered(r *request) bool {
+	if s.opts.RequestTimeout <= 0 || r.state.CompareAndSwap(reqRunning, reqIdle) {
+		return true
+	}
+	r.state.Store(reqIdle)
+	s.release(r)
+	return false
+}
+
+// startRequestTimer answers requests older than RequestTimeout with EIO
+// until the returned function is called.
+func (s *session) startRequestTimer() (stop func()) {
+	timeout := s.opts.RequestTimeout
+	tick := max(timeout/4, 10*time.Millisecond)
+	done := make(chan struct{})
+	exited := make(chan struct{})
+	go func() {
+		defer close(exited)
+		t := time.NewTicker(tick)
+		defer t.Stop()
+		for {
+			select {
+			case <-done:
+				return
+			case now := <-t.C:
+				for _, r := range s.slots {
+					st := r.started.Load()
+					age := now.Sub(time.Unix(0, st))
+					if r.state.Load() != reqRunning || age < timeout || !r.state.CompareAndSwap(reqRunning, reqTimedOut) {
+						continue
+					}
+					// The slot may have been recycled between the loads
+					// and the swap: then this is a fresh request, which
+					// gets its state back unless its result came
+					// meanwhile (and was dropped): that one is answered.
+					if r.started.Load() != st && r.state.CompareAndSwap(reqTimedOut, reqRunning) {
+						continue
+					}
+					s.timeOut(r, age)
+				}
+			}
+		}
+	}()
+	return func() { close(done); <-exited }
+}
+
+// timeOut sends EIO for r, whose backend call is still running; r's slot
+// stays taken until the backend returns (answered releases it).
+func (s *session) timeOut(r *request, age time.Duration) {
+	h := r.hdr
+	s.log.Warn("nbd: request timed out; answering EIO", "cmd", CommandName(h.Type), "offset", h.Offset,
+		"length", h.Length, "age", age.Round(time.Millisecond), "timeout", s.opts.RequestTimeout)
+	reply := &request{hdr: h, errno: EIO, buf: make([]byte, SimpleReplySize), orphan: true}
+	s.encodeReply(reply)
+	s.wMu.Lock()
+	s.queue = append(s.queue, reply)
+	if s.writing {
+		s.wMu.Unlock()
+		return
+	}
+	s.writeQueue()
 }

@@ -74,6 +74,18 @@ func (a *nbdAttacher) Attach(ctx context.Context, req graph.AttachRequest) (grap
 
 func (a *nbdAttacher) track(dev *nbd.Device, ref graph.ImageRef, closeImage func() error) *nbdDevice {
 	d := &nbdDevice{dev: dev, closeImage: closeImage}
+	// The kernel's sysfs pid names the process that sent CONNECT, dead
+	// after an adoption: record who serves the device now, and its
+	// connections, for `list`.
+	if err := writeServerPID(dev.Index()); err != nil {
+		a.log.Warn("cannot record the serving pid", "device", dev.Path(), "err", err)
+	}
+	stopState := followConnections(dev, a.log)
+	go func() {
+		<-dev.Done()
+		stopState()
+		removeServerPID(dev.Index())
+	}()
 	go func() {
 		// Someone else disconnecting our device (rbd-nbd-graph unmap)
 		// breaks the mount on it: say so loudly.
@@ -114,9 +126,33 @@ func (d *nbdDevice) Detach(ctx context.Context) error {
 		d.mu.Unlock()
 		dctx, cancel := context.WithTimeout(ctx, time.Minute)
 		defer cancel()
-		d.err = errors.Join(d.dev.Detach(dctx), d.closeImage())
+		d.err = d.finish(d.dev.Detach(dctx))
 	})
 	return d.err
+}
+
+// Release stops serving the device and closes the image, leaving the
+// device (and its mount) to the kernel for the next driver process to
+// adopt. ctx bounds the wait for requests in flight.
+func (d *nbdDevice) Release(ctx context.Context) error {
+	d.once.Do(func() {
+		d.mu.Lock()
+		d.off = true
+		d.mu.Unlock()
+		d.err = d.finish(d.dev.Release(ctx))
+	})
+	return d.err
+}
+
+// finish closes the image after the device stopped serving it, unless
+// requests are still in flight in librbd: closing would wait for them,
+// and a hung cluster would hang the caller. The image is then left for
+// the process's exit to release.
+func (d *nbdDevice) finish(err error) error {
+	if errors.Is(err, nbd.ErrInFlight) {
+		return err
+	}
+	return errors.Join(err, d.closeImage())
 }
 
 // Stale finds this pool's layer devices that the kernel still has
