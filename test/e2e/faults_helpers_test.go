@@ -24,19 +24,19 @@ import (
 // pauses, the connection counts `list` reports, a paced O_DIRECT writer
 // that verifies what it wrote, and the flags of a process's threads.
 
-// kmsgMark writes a unique line into the kernel log; since returns the
+// kernelLogMark writes a unique line into the kernel log; since returns the
 // kernel log lines logged after it, so a test looks only at what happened
 // while it ran (earlier tests may have logged IO errors on purpose).
-type kmsgMark struct {
+type kernelLogMark struct {
 	t    testing.TB
 	text string
 }
 
-func markKernelLog(t testing.TB) *kmsgMark {
+func markKernelLog(t testing.TB) *kernelLogMark {
 	t.Helper()
 	var b [6]byte
 	rand.Read(b[:])
-	m := &kmsgMark{t: t, text: "rbd-nbd-graph-e2e mark " + hex.EncodeToString(b[:]) + " " + t.Name()}
+	m := &kernelLogMark{t: t, text: "rbd-nbd-graph-e2e mark " + hex.EncodeToString(b[:]) + " " + t.Name()}
 	if err := os.WriteFile("/dev/kmsg", []byte(m.text+"\n"), 0o200); err != nil {
 		t.Fatalf("writing a marker to /dev/kmsg: %v", err)
 	}
@@ -46,7 +46,7 @@ func markKernelLog(t testing.TB) *kmsgMark {
 // since returns the kernel log lines after the marker. The marker must
 // still be in the ring buffer: a test that logs so much that it scrolled
 // out fails here rather than checking nothing.
-func (m *kmsgMark) since() []string {
+func (m *kernelLogMark) since() []string {
 	m.t.Helper()
 	out, err := exec.Command("dmesg").CombinedOutput()
 	if err != nil {
