@@ -208,7 +208,15 @@ func intp(p *int) string {
 // connections live.
 func checkAllConnections(t testing.TB, dev string, want int) {
 	t.Helper()
+	// The serving process records its counts about once a second: give a
+	// replacement that just happened a moment to show.
 	e, raw := listConns(t, dev)
+	for deadline := time.Now().Add(15 * time.Second); time.Now().Before(deadline); time.Sleep(time.Second) {
+		if e.Connections != nil && e.ConnectionsLive != nil && *e.Connections == want && *e.ConnectionsLive == want {
+			break
+		}
+		e, raw = listConns(t, dev)
+	}
 	t.Logf("%s: connections %s, live %s, replaced %s", dev, intp(e.Connections), intp(e.ConnectionsLive), intp(e.ConnectionsReplaced))
 	if e.Connections == nil || e.ConnectionsLive == nil {
 		t.Errorf("list --format json has no connections/connections_live for %s:\n%s", dev, raw)
