@@ -406,15 +406,15 @@ func asyncDirectIO(t testing.TB, path string, write bool, off int64, bs int, pat
 }
 
 // timedDirectIO does one O_DIRECT IO (see asyncDirectIO) and returns its
-// error and duration; it gives up waiting after limit (the IO may still
+// duration and error; it gives up waiting after limit (the IO may still
 // be stuck in the kernel then: the error is errStillBlocked).
-func timedDirectIO(t testing.TB, path string, write bool, off int64, bs int, pattern string, limit time.Duration) (error, time.Duration) {
+func timedDirectIO(t testing.TB, path string, write bool, off int64, bs int, pattern string, limit time.Duration) (time.Duration, error) {
 	t.Helper()
 	select {
 	case r := <-asyncDirectIO(t, path, write, off, bs, pattern):
-		return r.err, r.d
+		return r.d, r.err
 	case <-time.After(limit):
-		return errStillBlocked, limit
+		return limit, errStillBlocked
 	}
 }
 

@@ -55,7 +55,7 @@ func TestReattachSafety(t *testing.T) {
 		if got := sysBlock(t, dev, "queue/logical_block_size"); got != "512" {
 			t.Fatalf("map --block-size 512: logical_block_size %s", got)
 		}
-		if err, _ := timedDirectIO(t, dev, true, 512, 512, "mapped", time.Minute); err != nil {
+		if _, err := timedDirectIO(t, dev, true, 512, 512, "mapped", time.Minute); err != nil {
 			t.Fatalf("a 512-byte write before the reattach: %v", err)
 		}
 		killServer(t, dev)
@@ -69,7 +69,7 @@ func TestReattachSafety(t *testing.T) {
 		}
 		// The kernel still sends 512-byte requests; the new server must
 		// serve them.
-		if err, _ := timedDirectIO(t, dev, true, 1536, 512, "reattached", time.Minute); err != nil {
+		if _, err := timedDirectIO(t, dev, true, 1536, 512, "reattached", time.Minute); err != nil {
 			t.Fatalf("a 512-byte O_DIRECT write after the reattach: %v", err)
 		}
 		for _, c := range []struct {
@@ -106,7 +106,7 @@ func TestReattachSafety(t *testing.T) {
 		if got := strings.TrimSpace(must(t, 3*time.Minute, bin(t), "attach", image)); got != dev {
 			t.Fatalf("attach printed %q, want %s", got, dev)
 		}
-		if err, _ := timedDirectIO(t, dev, true, 0, 4096, "rw", time.Minute); err != nil {
+		if _, err := timedDirectIO(t, dev, true, 0, 4096, "rw", time.Minute); err != nil {
 			t.Errorf("a write after the same-mode reattach: %v", err)
 		}
 		unmap(t, dev)
@@ -128,7 +128,7 @@ func TestReattachSafety(t *testing.T) {
 		if got := strings.TrimSpace(must(t, 3*time.Minute, bin(t), "attach", "--force", image)); got != dev {
 			t.Fatalf("attach --force printed %q, want %s", got, dev)
 		}
-		if err, _ := timedDirectIO(t, dev, false, 0, 4096, "", time.Minute); err != nil {
+		if _, err := timedDirectIO(t, dev, false, 0, 4096, "", time.Minute); err != nil {
 			t.Errorf("a read after attach --force: %v", err)
 		}
 		unmap(t, dev)

@@ -143,7 +143,7 @@ func TestIOTimeout(t *testing.T) {
 	needTools(t, "ceph")
 	image := newImage(t, 64, "")
 	dev := mapDevice(t, image, "--io-timeout", "10s")
-	if err, _ := timedDirectIO(t, dev, true, 0, 4096, "before", time.Minute); err != nil {
+	if _, err := timedDirectIO(t, dev, true, 0, 4096, "before", time.Minute); err != nil {
 		t.Fatalf("a write before the pause: %v", err)
 	}
 	mark := markKernelLog(t)
@@ -198,7 +198,7 @@ func TestIOTimeout(t *testing.T) {
 	}
 	p.unpause()
 
-	if err, d := timedDirectIO(t, dev, true, 3<<20, 4096, "after", 3*time.Minute); err != nil {
+	if d, err := timedDirectIO(t, dev, true, 3<<20, 4096, "after", 3*time.Minute); err != nil {
 		t.Fatalf("a write after the unpause: %v (after %.1fs)", err, d.Seconds())
 	}
 	f, err := os.OpenFile(dev, os.O_RDONLY|syscall.O_DIRECT, 0)
