@@ -85,6 +85,7 @@ type Driver struct {
 	mnt      string
 	root     Identity
 	owner    string // recorded on base images: this host and home
+	ident    string // Identity: recorded with every device this driver attaches
 
 	locks keyLocker
 
@@ -171,6 +172,7 @@ func New(ctx context.Context, cfg Config) (*Driver, error) {
 		home:     filepath.Clean(cfg.Home),
 		root:     cfg.Root,
 		owner:    owner(cfg.HostID, cfg.Home),
+		ident:    identity(cfg.HostID, cfg.Home),
 		layers:   make(map[string]*layer),
 		byImage:  make(map[string]*layer),
 	}
@@ -215,6 +217,10 @@ func New(ctx context.Context, cfg Config) (*Driver, error) {
 
 // Prefix is the image name prefix in use.
 func (d *Driver) Prefix() string { return d.names.prefix }
+
+// Identity is the driver instance's AttachRequest.Owner: 12 hex digits
+// of a digest of its host and home.
+func (d *Driver) Identity() string { return d.ident }
 
 // load reads every image of this prefix into the tables.
 func (d *Driver) load(ctx context.Context) error {
@@ -325,7 +331,7 @@ func (d *Driver) makeBase(ctx context.Context, b *layer) (err error) {
 	if err := d.transition(ctx, b, StateCreating); err != nil {
 		return err
 	}
-	dev, err := d.attacher.Attach(ctx, AttachRequest{Image: b.image})
+	dev, err := d.attacher.Attach(ctx, AttachRequest{Owner: d.ident, Image: b.image})
 	if err != nil {
 		return err
 	}
@@ -512,7 +518,7 @@ func (d *Driver) grow(ctx context.Context, l *layer, size int64) (err error) {
 		return err
 	}
 	d.setField(func() { l.size = size })
-	dev, err := d.attacher.Attach(ctx, AttachRequest{Image: l.image})
+	dev, err := d.attacher.Attach(ctx, AttachRequest{Owner: d.ident, Image: l.image})
 	if err != nil {
 		return err
 	}
@@ -676,7 +682,7 @@ func (d *Driver) attachAndMount(ctx context.Context, l *layer, readOnly bool) (m
 	defer undo.onError(&err)
 
 	ph := newPhases()
-	req := AttachRequest{Image: l.image, ReadOnly: readOnly}
+	req := AttachRequest{Owner: d.ident, Image: l.image, ReadOnly: readOnly}
 	if readOnly && l.snapshot {
 		req.Snapshot = snapName
 	}

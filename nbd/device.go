@@ -16,7 +16,7 @@ import (
 
 // AttachOptions configure a kernel NBD device served by this process.
 type AttachOptions struct {
-	Index           int           // -1: any free device (the zero value means /dev/nbd0; use -1 for "any")
+	Index           int           // IndexAny: any free device (the zero value means /dev/nbd0)
 	Connections     int           // sockets per device (>1 sets CAN_MULTI_CONN); 0 means 1
 	QueueDepth      int           // requests in flight per connection (0: the engine's default)
 	BlockSize       uint32        // logical block size: 512..4096, power of two (0: 4096)
@@ -30,6 +30,9 @@ type AttachOptions struct {
 	// differs from ReadOnly: it sets the device's state to ReadOnly.
 	ForceMode bool
 }
+
+// IndexAny as AttachOptions.Index lets the kernel pick a free device.
+const IndexAny = -1
 
 // kernelTimeout is NBD_ATTR_TIMEOUT for an IOTimeout. The server answers
 // late requests itself (TransmissionOptions.RequestTimeout), so the
@@ -55,8 +58,8 @@ func (o AttachOptions) normalized() (AttachOptions, error) {
 	if o.BlockSize < 512 || o.BlockSize > 4096 || o.BlockSize&(o.BlockSize-1) != 0 {
 		return o, fmt.Errorf("nbd: block size %d is not a power of two between 512 and 4096", o.BlockSize)
 	}
-	if o.Index < -1 {
-		return o, fmt.Errorf("nbd: device index %d is negative (use -1 for any free device)", o.Index)
+	if o.Index < IndexAny {
+		return o, fmt.Errorf("nbd: device index %d is negative (use IndexAny for any free device)", o.Index)
 	}
 	if o.IOTimeout < 0 || o.DeadConnTimeout < 0 {
 		return o, errors.New("nbd: timeouts must not be negative")
@@ -107,6 +110,11 @@ type Device struct {
 
 	connMu sync.Mutex
 	conns  map[*devConn]struct{} // servers still running (live or draining)
+	// young counts, per connection slot, the replacements in a row that
+	// the kernel dropped within a second: it does so when it has no dead
+	// connection to swap (a reattach offered more sockets than the
+	// device has), and retrying forever would churn.
+	young map[int]int
 
 	errMu    sync.Mutex
 	serveErr error // first unexpected error of a connection server
@@ -331,6 +339,7 @@ func startDevice(b Backend, opts AttachOptions, kernel *genl) (*Device, []int, e
 		kernel:  kernel,
 		log:     opts.Logger,
 		conns:   make(map[*devConn]struct{}),
+		young:   make(map[int]int),
 		done:    make(chan struct{}),
 	}
 	// The servers outlive the caller's context on purpose: cancelling it
@@ -451,12 +460,27 @@ func (d *Device) readDone(dc *devConn, disc bool) {
 	}
 	d.log.Warn("the kernel dropped a connection; replacing it", "connection", dc.slot, "live", d.live.Load())
 	delay := time.Duration(0)
+	d.connMu.Lock()
 	if time.Since(since) < time.Second {
+		d.young[dc.slot]++
 		delay = time.Second // it died young: do not spin
+	} else {
+		d.young[dc.slot] = 0
+	}
+	young := d.young[dc.slot]
+	d.connMu.Unlock()
+	if young > maxYoungReplacements {
+		d.log.Error("the kernel keeps dropping this connection at once; not replacing it again", "connection", dc.slot,
+			"times", young, "live", d.live.Load())
+		return
 	}
 	d.servers.Add(1)
 	go d.replace(dc.slot, delay)
 }
+
+// maxYoungReplacements is how many times in a row a connection is
+// replaced after the kernel dropped it within a second.
+const maxYoungReplacements = 5
 
 // replace hands the kernel a new socket for connection slot, retrying
 // with backoff until it is taken, the device stops, or it is gone.

@@ -49,6 +49,9 @@ type TransmissionOptions struct {
 	// waited for, so the kernel path can replace a connection the
 	// kernel gave up on without waiting for a slow backend.
 	ReadDone func(disc bool)
+
+	// budget, set by Server, is shared by every connection it serves.
+	budget *byteBudget
 }
 
 // Defaults of TransmissionOptions.
@@ -498,7 +501,8 @@ func (s *session) skip(n int64) error {
 }
 
 // acquire takes a free slot with room for n payload bytes, waiting while
-// QueueDepth requests or MaxInFlightBytes are in flight.
+// QueueDepth requests or MaxInFlightBytes are in flight, and then for
+// the server's budget of bytes across connections.
 func (s *session) acquire(n int) *request {
 	s.slotMu.Lock()
 	for len(s.free) == 0 || (s.outBytes > 0 && s.outBytes+int64(n) > s.opts.MaxInFlightBytes) {
@@ -514,9 +518,15 @@ func (s *session) acquire(n int) *request {
 	r := s.free[len(s.free)-1]
 	s.free = s.free[:len(s.free)-1]
 	s.out++
+	floor := s.outBytes == 0 && n <= slotKeepPayload
 	s.outBytes += int64(n)
 	s.slotMu.Unlock()
 	r.bytes = int64(n)
+	if b := s.opts.budget; b != nil && n > 0 && !b.tryTake(int64(n), floor) {
+		// Our own deferred replies may hold part of the budget.
+		s.flushDeferred()
+		b.take(int64(n), floor)
+	}
 	if cap(r.buf) < SimpleReplySize+n {
 		if r.bufp != nil {
 			payloadBuffers.put(r.bufp)
@@ -533,6 +543,9 @@ func (s *session) release(r *request) {
 	if cap(r.buf) > SimpleReplySize+slotKeepPayload {
 		payloadBuffers.put(r.bufp)
 		r.buf, r.bufp = nil, nil
+	}
+	if b := s.opts.budget; b != nil && r.bytes > 0 {
+		b.give(r.bytes)
 	}
 	s.slotMu.Lock()
 	s.free = append(s.free, r)
@@ -632,13 +645,60 @@ func (s *session) Complete(tag uint64, n int, err error) {
 
 // FlushCompletions implements Completer: it writes the replies queued
 // by a run of Complete calls, unless another goroutine is writing (that
-// one takes them along).
+// one takes them along). It never waits for the socket: it is called on
+// the backend's completion goroutine, which every connection of the
+// backend shares, so a client that stops reading would stall them all.
+// What the socket does not take at once is left to a goroutine of this
+// connection (finishWriting).
 func (s *session) FlushCompletions() {
 	s.wMu.Lock()
 	if s.writing || len(s.queue) == 0 {
 		s.wMu.Unlock()
 		return
 	}
+	s.writing = true
+	for len(s.queue) > 0 {
+		s.queue, s.batch = s.batch[:0], s.queue
+		s.wMu.Unlock()
+		if !s.tryWriteBatch() {
+			go s.finishWriting()
+			return
+		}
+		s.wMu.Lock()
+	}
+	s.writing = false
+	s.wMu.Unlock()
+}
+
+// tryWriteBatch writes s.batch without waiting for the socket. It
+// returns true when the batch is done with (its slots released), false
+// when part of it is still to write.
+func (s *session) tryWriteBatch() bool {
+	if s.werr.Load() == nil {
+		for _, r := range s.batch {
+			s.vw.add(r.buf[:r.send])
+		}
+		done, err := s.vw.tryFlush()
+		if !done {
+			return false
+		}
+		if err != nil {
+			s.writeFailed(err)
+		}
+	}
+	s.releaseBatch()
+	return true
+}
+
+// finishWriting writes the rest of the batch tryWriteBatch began,
+// waiting for the socket as long as needed (or until a write deadline),
+// and then stays the writer while replies are queued.
+func (s *session) finishWriting() {
+	if err := s.vw.flush(); err != nil {
+		s.writeFailed(err)
+	}
+	s.releaseBatch()
+	s.wMu.Lock()
 	s.writeQueue()
 }
 
@@ -769,12 +829,18 @@ func (s *session) writeBatch() {
 			s.writeFailed(err)
 		}
 	}
+	s.releaseBatch()
+}
+
+// releaseBatch releases the slots of the replies in s.batch.
+func (s *session) releaseBatch() {
 	for i, r := range s.batch {
 		s.batch[i] = nil
 		if !r.orphan {
 			s.release(r)
 		}
 	}
+	s.batch = s.batch[:0]
 }
 
 // writeFailed records the first reply write error and stops the reader:

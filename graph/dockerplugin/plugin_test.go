@@ -13,6 +13,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -341,9 +342,16 @@ func TestSocketIsPrivateAndStaleOnesAreReplaced(t *testing.T) {
 	}
 	ln.(*net.UnixListener).SetUnlinkOnClose(false)
 	ln.Close()
+	// Under umask 000 a bind alone makes the socket 0777; Listen binds it
+	// with its final mode (the umask is process-wide: no t.Parallel here).
+	old := syscall.Umask(0)
 	ln, err = dockerplugin.Listen(stale)
+	syscall.Umask(old)
 	if err != nil {
 		t.Fatalf("Listen over a stale socket: %v", err)
+	}
+	if st, err := os.Lstat(stale); err != nil || st.Mode().Perm() != 0o600 {
+		t.Fatalf("socket made under umask 000: %v, %v; want 0600", st.Mode(), err)
 	}
 	ln.Close()
 }

@@ -164,6 +164,9 @@ func (s *staleLoop) Adopt(ctx context.Context) (graph.Device, error) {
 	return s.a.track(s.path, s.req.Ref()), nil
 }
 
+// Served is false: a loop device has no serving process.
+func (s *staleLoop) Served() bool { return false }
+
 func (s *staleLoop) Detach(ctx context.Context) error {
 	return detachLoop(ctx, s.path)
 }

@@ -104,7 +104,7 @@ func TestLostConnectionsAreReplaced(t *testing.T) {
 	since := kmsgMark(t)
 	b := newStuckBackend(64<<20, 8<<20)
 	defer b.release()
-	dev, err := nbd.Attach(context.Background(), b, nbd.AttachOptions{Index: -1, Connections: 2, DeadConnTimeout: 2 * time.Minute})
+	dev, err := nbd.Attach(context.Background(), b, nbd.AttachOptions{Index: nbd.IndexAny, Connections: 2, DeadConnTimeout: 2 * time.Minute})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -154,7 +154,7 @@ func TestIOTimeoutFailsTheRequestNotTheDevice(t *testing.T) {
 	needKernelNBD(t)
 	b := newStuckBackend(64<<20, 8<<20)
 	defer b.release()
-	dev, err := nbd.Attach(context.Background(), b, nbd.AttachOptions{Index: -1, IOTimeout: 2 * time.Second})
+	dev, err := nbd.Attach(context.Background(), b, nbd.AttachOptions{Index: nbd.IndexAny, IOTimeout: 2 * time.Second})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -187,7 +187,7 @@ func TestIOTimeoutFailsTheRequestNotTheDevice(t *testing.T) {
 func TestReleaseThenReattach(t *testing.T) {
 	needKernelNBD(t)
 	mem := nbd.NewMemory(16 << 20)
-	dev, err := nbd.Attach(context.Background(), mem, nbd.AttachOptions{Index: -1, DeadConnTimeout: time.Minute, BlockSize: 512})
+	dev, err := nbd.Attach(context.Background(), mem, nbd.AttachOptions{Index: nbd.IndexAny, DeadConnTimeout: time.Minute, BlockSize: 512})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -237,7 +237,7 @@ func TestReleaseIsBoundedWhenTheBackendHangs(t *testing.T) {
 	needKernelNBD(t)
 	b := newStuckBackend(64<<20, 8<<20)
 	defer b.release()
-	dev, err := nbd.Attach(context.Background(), b, nbd.AttachOptions{Index: -1, DeadConnTimeout: time.Minute})
+	dev, err := nbd.Attach(context.Background(), b, nbd.AttachOptions{Index: nbd.IndexAny, DeadConnTimeout: time.Minute})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -255,4 +255,40 @@ func TestReleaseIsBoundedWhenTheBackendHangs(t *testing.T) {
 	}
 	b.release()
 	nbd.Disconnect(context.Background(), dev.Index())
+}
+
+// A reattach that offers more sockets than the device has connections:
+// the kernel drops the extra socket at once (RECONFIGURE succeeds
+// anyway). The device must settle with what the kernel took instead of
+// handing it a new socket every second forever, and serve IO.
+func TestReattachWithMoreSocketsSettles(t *testing.T) {
+	needKernelNBD(t)
+	mem := nbd.NewMemory(16 << 20)
+	dev, err := nbd.Attach(context.Background(), mem, nbd.AttachOptions{Index: nbd.IndexAny, DeadConnTimeout: time.Minute})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := dev.Release(ctx); err != nil {
+		t.Fatal(err)
+	}
+	again, err := nbd.Reattach(context.Background(), dev.Index(), mem, nbd.AttachOptions{Connections: 3, DeadConnTimeout: time.Minute})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer again.Detach(context.Background())
+	time.Sleep(12 * time.Second)
+	_, _, settled := again.Connections()
+	time.Sleep(5 * time.Second)
+	live, _, replaced := again.Connections()
+	if replaced != settled {
+		t.Fatalf("still replacing connections the kernel drops at once: %d replacements, then %d 5s later", settled, replaced)
+	}
+	if live != 1 {
+		t.Fatalf("%d connections live; the device has 1", live)
+	}
+	if got := directIO(t, again.Path(), 0, []byte(strings.Repeat("x", 4096))); string(got) != strings.Repeat("x", 4096) {
+		t.Fatal("IO after the reattach returned other data")
+	}
 }
