@@ -20,7 +20,7 @@ DEBS := gcc pkg-config librbd-dev librados-dev \
 	docker.io iproute2 e2fsprogs xfsprogs util-linux procps jq librsvg2-bin \
 	python3-libnbd
 
-.PHONY: all build deps test test-unit test-fuzz test-clients test-integration check bench demo cluster cluster-stop vmtest bench-vm bench-vm-crosscheck clean
+.PHONY: all build deps test test-unit test-fuzz test-clients test-integration check bench demo cluster cluster-stop vmtest soak bench-vm bench-vm-crosscheck clean
 
 all: build
 
@@ -121,6 +121,33 @@ vmtest: deps build
 		--env RUN='$(RUN)' --env E2E_TIMEOUT=$$(( $(VM_TIMEOUT) - 120 ))s \
 		test/vm/e2e.sh || rc=$$?; \
 	test/vm/summary $(VM_OUT); exit $$rc
+
+# The soak (not part of `make test`): in one VM boot, three containers on
+# the graph driver write and verify checksummed files while the plugin is
+# restarted (SIGTERM, SIGKILL) and the OSDs are paused (40-100 s) over and
+# over for SOAK_DURATION (Ns, Nm or Nh); prints containers, IOs, faults by
+# kind, IO errors and data verified (.build/vm/soak/soak-summary.txt) and
+# fails on any IO error or verify failure (test/e2e/soak_test.go).
+SOAK_DURATION ?= 10m
+SOAK_OUT      := $(BUILD)/vm/soak
+soak: export RBD_NBD_GRAPH_REQUIRE := 1
+soak: deps build
+	@mkdir -p $(BUILD)
+	$(GO) test -c -tags '$(TAGS) vmtest' -o $(E2E_BIN) ./test/e2e
+	$(GO) build -o $(BUILD)/test2json cmd/test2json
+	@set -o pipefail; d='$(SOAK_DURATION)'; \
+	case $$d in \
+	*h) secs=$$(( $${d%h} * 3600 )) ;; *m) secs=$$(( $${d%m} * 60 )) ;; *s) secs=$${d%s} ;; \
+	*) echo "soak: SOAK_DURATION=$$d: want a whole number of seconds, minutes or hours (600s, 10m, 1h)"; exit 2 ;; \
+	esac; rc=0; \
+	test/vm/run --out $(SOAK_OUT) --timeout $$(( secs + 2700 )) --verbose \
+		--env E2E_TEST_BIN=$(E2E_BIN) --env RBD_NBD_GRAPH_BIN=$(BIN) \
+		--env TEST2JSON=$(BUILD)/test2json --env RBD_NBD_GRAPH_REQUIRE=1 \
+		--env RUN='^TestSoak$$' --env E2E_SOAK_DURATION=$${secs}s --env E2E_TIMEOUT=$$(( secs + 2500 ))s \
+		test/vm/e2e.sh || rc=$$?; \
+	test/vm/summary $(SOAK_OUT); \
+	cat $(SOAK_OUT)/soak-summary.txt 2>/dev/null || echo "soak: no summary (the run ended before it; see $(SOAK_OUT)/console.log)"; \
+	exit $$rc
 
 # Benchmarks, leaving their results under results/: our NBD server
 # against nbdkit and qemu-nbd under fio (ratios, bars), a short `bench

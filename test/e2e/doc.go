@@ -18,5 +18,10 @@
 // detach, leaks; cli_test.go: module loading, map/list/unmap; fs_test.go,
 // fio_test.go, discard_test.go, resize_test.go, reattach_test.go,
 // readonly_test.go, journaling_test.go). docker_*_test.go files belong to
-// the graph driver.
+// the graph driver. Faults (restarts, slow clusters): restart_test.go
+// (plugin SIGTERM/SIGKILL under a container, map's SIGTERM handover),
+// slowcluster_test.go (OSDs paused under writers, io-timeout),
+// reattach_safety_test.go (attach refusals, PR_SET_IO_FLUSHER), with
+// faults_helpers_test.go (kernel log marker, OSD pause, O_DIRECT
+// writers); soak_test.go is `make soak` only (E2E_SOAK_DURATION).
 package e2e
