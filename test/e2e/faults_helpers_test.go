@@ -20,7 +20,7 @@ import (
 	"time"
 )
 
-// Helpers of the fault tests (issue 11): kernel log since a marker, OSD
+// Helpers of the fault tests (restarts, slow clusters): kernel log since a marker, OSD
 // pauses, the connection counts `list` reports, a paced O_DIRECT writer
 // that verifies what it wrote, and the flags of a process's threads.
 
@@ -173,7 +173,7 @@ func (p *osdPause) cleanup() {
 }
 
 // connEntry is the connection part of a `list --format json` entry
-// (issue 11): pointers, so that a missing field is told from a zero.
+// (the fault tests): pointers, so that a missing field is told from a zero.
 type connEntry struct {
 	Device              string `json:"device"`
 	Connections         *int   `json:"connections"`

@@ -15,8 +15,8 @@ import (
 
 // osdPauseLength is how long TestOSDPause100s keeps the cluster from
 // serving IO: well past the kernel's 30 s request timer (which, before
-// issue 11, cost a multi-connection device its sockets one by one and
-// then its IO) and past its 60 s dead-connection timeout.
+// connections were replaced, cost a multi-connection device its sockets
+// one by one and then its IO) and past its 60 s dead-connection timeout.
 const osdPauseLength = 100 * time.Second
 
 // A slow cluster: three devices (1, 2 and 4 connections, the default
