@@ -27,6 +27,10 @@ type Options struct {
 	// them, so a driver restarted under mounted layers loses nothing;
 	// writeback or writearound acknowledge from librbd's cache.
 	CachePolicy string
+	// OSDTimeout (rbd.osdtimeout) fails a Ceph request the OSDs do not
+	// complete in time with ETIMEDOUT (EIO on the layer's device)
+	// instead of waiting; 0 (default) waits for ever, as krbd.
+	OSDTimeout time.Duration
 
 	// ImagePrefix starts every image name this driver makes
 	// (rbd.imageprefix). Empty means a prefix derived from this host's
@@ -108,6 +112,7 @@ var optionKeys = map[string]optionSetter{
 		}
 		return fmt.Errorf("use none, writethrough, writeback or writearound")
 	},
+	"rbd.osdtimeout": durationOpt(func(o *Options) *time.Duration { return &o.OSDTimeout }),
 	"rbd.client": func(o *Options, v string) error {
 		o.Client = strings.TrimPrefix(v, "client.")
 		return nil

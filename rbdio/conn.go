@@ -37,6 +37,13 @@ type Config struct {
 	// ConnectTimeout bounds connecting and every monitor request
 	// (default 30s). Data IO is not bounded by it.
 	ConnectTimeout time.Duration
+	// OSDTimeout bounds every OSD request, data IO included
+	// (rados_osd_op_timeout): a request the cluster does not complete in
+	// time fails with ETIMEDOUT instead of waiting, for example while the
+	// OSDs are paused or down. 0 (the default, as librados' and krbd's
+	// osd_request_timeout) waits for ever, which never fails a write
+	// that would have succeeded later.
+	OSDTimeout time.Duration
 	// CachePolicy is librbd's cache and when a write is acknowledged
 	// (default CacheNone). See doc.go, "librbd settings".
 	CachePolicy CachePolicy
@@ -139,6 +146,9 @@ func Connect(ctx context.Context, cfg Config) (*Conn, error) {
 	if _, err := ParseCachePolicy(string(cfg.CachePolicy)); err != nil {
 		return nil, err
 	}
+	if cfg.OSDTimeout < 0 {
+		return nil, &Error{Op: "connect", Kind: ErrInvalid, Hint: fmt.Sprintf("OSD timeout %v is negative: use 0 to wait for ever", cfg.OSDTimeout)}
+	}
 	for _, f := range []struct{ what, path, how string }{
 		{"ceph.conf", cfg.ConfFile, "--ceph-conf, Config.ConfFile"},
 		{"keyring", cfg.Keyring, "--keyring, Config.Keyring"},
@@ -230,6 +240,12 @@ func connect(cfg Config) (*Conn, error) {
 	}
 	if cfg.CachePolicy != CacheNone {
 		opts = append(opts, [2]string{"rbd_cache_policy", string(cfg.CachePolicy)})
+	}
+	if cfg.OSDTimeout > 0 {
+		// librados rounds to whole seconds; never round a short
+		// timeout down to 0, which would mean "wait for ever".
+		osd := max(int64((cfg.OSDTimeout+time.Second-1)/time.Second), 1)
+		opts = append(opts, [2]string{"rados_osd_op_timeout", strconv.FormatInt(osd, 10)})
 	}
 	if cfg.Keyring != "" {
 		opts = append(opts, [2]string{"keyring", cfg.Keyring})

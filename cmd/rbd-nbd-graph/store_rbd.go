@@ -32,6 +32,9 @@ func openRBDBackend(ctx context.Context, o graph.Options, log *slog.Logger) (doc
 		// Layers are remounted under a restarted driver: writes it
 		// acknowledged must be in the cluster, not in a dead cache.
 		CachePolicy: rbdio.CachePolicy(o.CachePolicy),
+		// A stuck cluster fails IO after this instead of hanging the
+		// layers' devices, Remove and Cleanup (0 waits, as krbd).
+		OSDTimeout: o.OSDTimeout,
 	})
 	if err != nil {
 		return dockerplugin.Backend{}, fmt.Errorf("connect to the cluster (rbd.pool=%s rbd.client=%s rbd.configfile=%q): %w", o.Pool, o.Client, o.ConfigFile, err)

@@ -5,6 +5,7 @@ import (
 	"flag"
 	"fmt"
 	"strings"
+	"time"
 
 	"github.com/rbd-nbd-graph/rbd-nbd-graph/nbd"
 	"github.com/rbd-nbd-graph/rbd-nbd-graph/rbdio"
@@ -13,12 +14,14 @@ import (
 // cephFlags are the connection flags of every subcommand that can open an
 // rbd: target. Each reaches rbdio.Config; serve passes them on as the
 // driver options rbd.configfile, rbd.keyring, rbd.client and
-// rbd.cachepolicy, so a flag added here must be added there too.
+// rbd.cachepolicy and rbd.osdtimeout, so a flag added here must be added
+// there too.
 type cephFlags struct {
 	conf        string
 	keyring     string
 	id          string
 	cachePolicy rbdio.CachePolicy
+	osdTimeout  time.Duration
 }
 
 func (c *cephFlags) register(fs *flag.FlagSet) {
@@ -32,12 +35,22 @@ func (c *cephFlags) register(fs *flag.FlagSet) {
 			c.cachePolicy, err = rbdio.ParseCachePolicy(v)
 			return err
 		})
+	fs.Func("osd-timeout",
+		"fail a Ceph request the OSDs do not complete within this duration (e.g. 30s) with ETIMEDOUT (EIO to NBD clients and the kernel) instead of waiting; 0 (default) waits for ever, as krbd's osd_request_timeout",
+		func(v string) error {
+			d, err := time.ParseDuration(v)
+			if err != nil || d < 0 {
+				return fmt.Errorf("want a duration such as 30s (0 waits for ever), not %q", v)
+			}
+			c.osdTimeout = d
+			return nil
+		})
 }
 
 // config is the rbdio configuration for pool and namespace.
 func (c cephFlags) config(pool, namespace string) rbdio.Config {
 	return rbdio.Config{ConfFile: c.conf, Keyring: c.keyring, ID: c.id, Pool: pool, Namespace: namespace,
-		CachePolicy: c.cachePolicy}
+		CachePolicy: c.cachePolicy, OSDTimeout: c.osdTimeout}
 }
 
 // rbdTarget is a parsed POOL[/NAMESPACE]/IMAGE[@SNAP].
