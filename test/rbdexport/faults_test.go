@@ -2,9 +2,12 @@ package rbdexport
 
 import (
 	"context"
+	"errors"
+	"fmt"
 	"os"
 	"os/exec"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -111,4 +114,88 @@ print(h.pread(512, 0)[:1].decode(), h.pread(512, 4096 * 20)[:1].decode())
 	if strings.TrimSpace(got) != "a c" {
 		t.Fatalf("after unpause read %q, want \"a c\"", got)
 	}
+}
+
+// SIGTERM ends the export within --shutdown-timeout even while the
+// paused cluster holds writes in flight and no OSD timeout is set: the
+// export stops reading, waits for the requests up to the deadline, then
+// exits 1 without calling into librbd again.
+func TestSIGTERMWithPausedOSDsIsBounded(t *testing.T) {
+	requireTool(t, "nbdsh")
+	c := cluster(t)
+	img := newImage(t, c, 8<<20)
+	// The killed export's watch outlives it by about 30 s, and the image
+	// cannot be removed meanwhile: wait for it before newImage's cleanup.
+	t.Cleanup(func() { waitNoWatchers(t, img, 90*time.Second) })
+	const deadline = 5 * time.Second
+	p, err := startExport(t, "--shutdown-timeout", deadline.String(), "rbd:rbd/"+img)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() {
+		if p.exited != nil {
+			p.cmd.Process.Kill()
+		}
+	}()
+	nbdsh(t, p.uri, "h.pwrite(b'a' * 4096, 0); h.flush()")
+
+	pauseOSDs(t)
+	writer := make(chan string, 1)
+	go func() {
+		// Writes until one hangs; it ends when the export goes away.
+		out, err := nbdPython(t, p.uri, `
+for i in range(1000):
+    h.pwrite(b'b' * 65536, 65536 * (i % 100))
+`, 120*time.Second)
+		writer <- fmt.Sprintf("%s (%v)", strings.TrimSpace(out), err)
+	}()
+	time.Sleep(3 * time.Second) // the writer is now stuck on the pause
+
+	start := time.Now()
+	if err := p.cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	margin := 30 * time.Second
+	select {
+	case err := <-p.exited:
+		p.exited = nil
+		took := time.Since(start)
+		t.Logf("export exited %v after SIGTERM (%v); stderr:\n%s", took.Round(100*time.Millisecond), err, p.stderr.String())
+		var exit *exec.ExitError
+		if !errors.As(err, &exit) || exit.ExitCode() != 1 {
+			t.Errorf("exit: %v, want status 1 (requests abandoned)", err)
+		}
+		if took < deadline-time.Second {
+			t.Errorf("exited after %v, before the %v deadline, with writes in flight", took, deadline)
+		}
+		if !strings.Contains(p.stderr.String(), "shutdown deadline passed") {
+			t.Errorf("stderr does not say the shutdown deadline passed")
+		}
+	case <-time.After(deadline + margin):
+		t.Fatalf("export still running %v after SIGTERM with --shutdown-timeout %v; stderr:\n%s", deadline+margin, deadline, p.stderr.String())
+	}
+	select {
+	case out := <-writer:
+		t.Logf("writer: %s", out)
+	case <-time.After(30 * time.Second):
+		t.Errorf("the writer did not notice the export was gone")
+	}
+}
+
+// waitNoWatchers waits until image has no watchers (`rbd status`), so
+// it can be removed, for at most limit.
+func waitNoWatchers(t *testing.T, image string, limit time.Duration) {
+	t.Helper()
+	rbd := requireTool(t, "rbd")
+	end := time.Now().Add(limit)
+	for time.Now().Before(end) {
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		out, err := exec.CommandContext(ctx, rbd, "--conf", cephConf(t), "status", "rbd/"+image).CombinedOutput()
+		cancel()
+		if err == nil && strings.Contains(string(out), "Watchers: none") {
+			return
+		}
+		time.Sleep(2 * time.Second)
+	}
+	t.Logf("image %s still has watchers after %v", image, limit)
 }
