@@ -120,8 +120,8 @@ type layer struct {
 	// unprotected one (made, not yet protected; or unprotected, not yet
 	// removed): the next child protects it first.
 	snapshotProtected bool
-	mount    *mount
-	flatten  *flattenJob
+	mount             *mount
+	flatten           *flattenJob
 }
 
 func (l *layer) name() string {
