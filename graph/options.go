@@ -31,6 +31,9 @@ type Options struct {
 	// complete in time with ETIMEDOUT (EIO on the layer's device)
 	// instead of waiting; 0 (default) waits for ever, as krbd.
 	OSDTimeout time.Duration
+	// ConnectTimeout (rbd.connecttimeout) bounds connecting to the
+	// monitors at start and every monitor request (0: rbdio's 30s).
+	ConnectTimeout time.Duration
 
 	// ImagePrefix starts every image name this driver makes
 	// (rbd.imageprefix). Empty means a prefix derived from this host's
@@ -112,7 +115,8 @@ var optionKeys = map[string]optionSetter{
 		}
 		return fmt.Errorf("use none, writethrough, writeback or writearound")
 	},
-	"rbd.osdtimeout": durationOpt(func(o *Options) *time.Duration { return &o.OSDTimeout }),
+	"rbd.osdtimeout":     durationOpt(func(o *Options) *time.Duration { return &o.OSDTimeout }),
+	"rbd.connecttimeout": durationOpt(func(o *Options) *time.Duration { return &o.ConnectTimeout }),
 	"rbd.client": func(o *Options, v string) error {
 		o.Client = strings.TrimPrefix(v, "client.")
 		return nil

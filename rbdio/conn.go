@@ -260,8 +260,10 @@ func connect(cfg Config) (*Conn, error) {
 		mons, _ := rc.GetConfigOption("mon_host")
 		switch e.Errno {
 		case syscall.ETIMEDOUT:
+			conf := confInUse(cfg)
 			return nil, e.with(ErrUnreachable, fmt.Sprintf(
-				"no monitor answered at %q within %v: is the cluster running (test/ceph/cluster status DIR, make cluster)?", mons, cfg.ConnectTimeout))
+				"no monitor answered at %q (mon host in ceph.conf %s) within %v: is the cluster running and reachable from here? Check with 'ceph -s --conf %s', and fix mon host there (or pass another --ceph-conf) if the monitors moved",
+				mons, conf, cfg.ConnectTimeout, conf))
 		case syscall.EACCES, syscall.EPERM:
 			keyring, _ := rc.GetConfigOption("keyring")
 			return nil, e.with(ErrPermission, fmt.Sprintf(
@@ -296,6 +298,17 @@ func connect(cfg Config) (*Conn, error) {
 	}
 	ok = true
 	return &Conn{cfg: cfg, rados: rc, ioctx: ioctx, images: make(map[*Image]struct{})}, nil
+}
+
+// confInUse names the ceph.conf librados read, for messages.
+func confInUse(cfg Config) string {
+	if cfg.ConfFile != "" {
+		return cfg.ConfFile
+	}
+	if env := os.Getenv("CEPH_CONF"); env != "" {
+		return env
+	}
+	return "/etc/ceph/" + cfg.Cluster + ".conf"
 }
 
 // Config returns the configuration the connection was made with,

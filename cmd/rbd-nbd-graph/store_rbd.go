@@ -34,7 +34,8 @@ func openRBDBackend(ctx context.Context, o graph.Options, log *slog.Logger) (doc
 		CachePolicy: rbdio.CachePolicy(o.CachePolicy),
 		// A stuck cluster fails IO after this instead of hanging the
 		// layers' devices, Remove and Cleanup (0 waits, as krbd).
-		OSDTimeout: o.OSDTimeout,
+		OSDTimeout:     o.OSDTimeout,
+		ConnectTimeout: o.ConnectTimeout,
 	})
 	if err != nil {
 		return dockerplugin.Backend{}, fmt.Errorf("connect to the cluster (rbd.pool=%s rbd.client=%s rbd.configfile=%q): %w", o.Pool, o.Client, o.ConfigFile, err)

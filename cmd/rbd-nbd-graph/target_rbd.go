@@ -14,14 +14,15 @@ import (
 // cephFlags are the connection flags of every subcommand that can open an
 // rbd: target. Each reaches rbdio.Config; serve passes them on as the
 // driver options rbd.configfile, rbd.keyring, rbd.client and
-// rbd.cachepolicy and rbd.osdtimeout, so a flag added here must be added
-// there too.
+// rbd.cachepolicy, rbd.osdtimeout and rbd.connecttimeout, so a flag
+// added here must be added there too.
 type cephFlags struct {
 	conf        string
 	keyring     string
 	id          string
 	cachePolicy rbdio.CachePolicy
 	osdTimeout  time.Duration
+	connTimeout time.Duration
 }
 
 func (c *cephFlags) register(fs *flag.FlagSet) {
@@ -35,6 +36,8 @@ func (c *cephFlags) register(fs *flag.FlagSet) {
 			c.cachePolicy, err = rbdio.ParseCachePolicy(v)
 			return err
 		})
+	fs.DurationVar(&c.connTimeout, "connect-timeout", rbdio.DefaultConnectTimeout,
+		"give up connecting when no monitor answers within this duration (also bounds every monitor request)")
 	fs.Func("osd-timeout",
 		"fail a Ceph request the OSDs do not complete within this duration (e.g. 30s) with ETIMEDOUT (EIO to NBD clients and the kernel) instead of waiting; 0 (default) waits for ever, as krbd's osd_request_timeout",
 		func(v string) error {
@@ -50,7 +53,7 @@ func (c *cephFlags) register(fs *flag.FlagSet) {
 // config is the rbdio configuration for pool and namespace.
 func (c cephFlags) config(pool, namespace string) rbdio.Config {
 	return rbdio.Config{ConfFile: c.conf, Keyring: c.keyring, ID: c.id, Pool: pool, Namespace: namespace,
-		CachePolicy: c.cachePolicy, OSDTimeout: c.osdTimeout}
+		CachePolicy: c.cachePolicy, OSDTimeout: c.osdTimeout, ConnectTimeout: c.connTimeout}
 }
 
 // rbdTarget is a parsed POOL[/NAMESPACE]/IMAGE[@SNAP].
