@@ -34,6 +34,10 @@ type Options struct {
 	// ConnectTimeout (rbd.connecttimeout) bounds connecting to the
 	// monitors at start and every monitor request (0: rbdio's 30s).
 	ConnectTimeout time.Duration
+	// AbortOnFull (rbd.abortonfull) fails writes to a full pool (quota
+	// or cluster full) with ENOSPC at once, as krbd's abort_on_full;
+	// false (default, as krbd) makes them wait until space is freed.
+	AbortOnFull bool
 
 	// ImagePrefix starts every image name this driver makes
 	// (rbd.imageprefix). Empty means a prefix derived from this host's
@@ -117,6 +121,14 @@ var optionKeys = map[string]optionSetter{
 	},
 	"rbd.osdtimeout":     durationOpt(func(o *Options) *time.Duration { return &o.OSDTimeout }),
 	"rbd.connecttimeout": durationOpt(func(o *Options) *time.Duration { return &o.ConnectTimeout }),
+	"rbd.abortonfull": func(o *Options, v string) error {
+		b, err := strconv.ParseBool(v)
+		if err != nil {
+			return fmt.Errorf("want true or false")
+		}
+		o.AbortOnFull = b
+		return nil
+	},
 	"rbd.client": func(o *Options, v string) error {
 		o.Client = strings.TrimPrefix(v, "client.")
 		return nil

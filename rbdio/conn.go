@@ -44,6 +44,13 @@ type Config struct {
 	// osd_request_timeout) waits for ever, which never fails a write
 	// that would have succeeded later.
 	OSDTimeout time.Duration
+	// AbortOnFull makes writes to a full pool (its quota reached, or the
+	// cluster full) fail with ENOSPC or EDQUOT at once, as krbd's
+	// abort_on_full, instead of waiting until space is freed
+	// (rados_set_pool_full_try on the pool's context: librados then
+	// sends the writes and the OSD refuses them). Default false, as
+	// krbd.
+	AbortOnFull bool
 	// CachePolicy is librbd's cache and when a write is acknowledged
 	// (default CacheNone). See doc.go, "librbd settings".
 	CachePolicy CachePolicy
@@ -282,6 +289,14 @@ func connect(cfg Config) (*Conn, error) {
 			e.Hint = fmt.Sprintf("create it with 'ceph osd pool create %s && rbd pool init %s', or pass another pool", cfg.Pool, cfg.Pool)
 		}
 		return nil, e
+	}
+	if cfg.AbortOnFull {
+		// Images opened from this context inherit it (librbd copies the
+		// context for its data path).
+		if err := ioctx.SetPoolFullTry(); err != nil {
+			ioctx.Destroy()
+			return nil, wrap(err, "set pool full try", cfg.Pool, "rados_set_pool_full_try")
+		}
 	}
 	if cfg.Namespace != "" {
 		ioctx.SetNamespace(cfg.Namespace)

@@ -36,6 +36,7 @@ func openRBDBackend(ctx context.Context, o graph.Options, log *slog.Logger) (doc
 		// layers' devices, Remove and Cleanup (0 waits, as krbd).
 		OSDTimeout:     o.OSDTimeout,
 		ConnectTimeout: o.ConnectTimeout,
+		AbortOnFull:    o.AbortOnFull,
 	})
 	if err != nil {
 		return dockerplugin.Backend{}, fmt.Errorf("connect to the cluster (rbd.pool=%s rbd.client=%s rbd.configfile=%q): %w", o.Pool, o.Client, o.ConfigFile, err)

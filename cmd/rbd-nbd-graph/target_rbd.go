@@ -14,8 +14,8 @@ import (
 // cephFlags are the connection flags of every subcommand that can open an
 // rbd: target. Each reaches rbdio.Config; serve passes them on as the
 // driver options rbd.configfile, rbd.keyring, rbd.client and
-// rbd.cachepolicy, rbd.osdtimeout and rbd.connecttimeout, so a flag
-// added here must be added there too.
+// rbd.cachepolicy, rbd.osdtimeout, rbd.connecttimeout and
+// rbd.abortonfull, so a flag added here must be added there too.
 type cephFlags struct {
 	conf        string
 	keyring     string
@@ -23,6 +23,7 @@ type cephFlags struct {
 	cachePolicy rbdio.CachePolicy
 	osdTimeout  time.Duration
 	connTimeout time.Duration
+	abortOnFull bool
 }
 
 func (c *cephFlags) register(fs *flag.FlagSet) {
@@ -38,6 +39,8 @@ func (c *cephFlags) register(fs *flag.FlagSet) {
 		})
 	fs.DurationVar(&c.connTimeout, "connect-timeout", rbdio.DefaultConnectTimeout,
 		"give up connecting when no monitor answers within this duration (also bounds every monitor request)")
+	fs.BoolVar(&c.abortOnFull, "abort-on-full", false,
+		"fail writes to a full pool (quota reached or cluster full) with ENOSPC at once, as krbd's abort_on_full; by default they wait until space is freed")
 	fs.Func("osd-timeout",
 		"fail a Ceph request the OSDs do not complete within this duration (e.g. 30s) with ETIMEDOUT (EIO to NBD clients and the kernel) instead of waiting; 0 (default) waits for ever, as krbd's osd_request_timeout",
 		func(v string) error {
@@ -53,7 +56,8 @@ func (c *cephFlags) register(fs *flag.FlagSet) {
 // config is the rbdio configuration for pool and namespace.
 func (c cephFlags) config(pool, namespace string) rbdio.Config {
 	return rbdio.Config{ConfFile: c.conf, Keyring: c.keyring, ID: c.id, Pool: pool, Namespace: namespace,
-		CachePolicy: c.cachePolicy, OSDTimeout: c.osdTimeout, ConnectTimeout: c.connTimeout}
+		CachePolicy: c.cachePolicy, OSDTimeout: c.osdTimeout, ConnectTimeout: c.connTimeout,
+		AbortOnFull: c.abortOnFull}
 }
 
 // rbdTarget is a parsed POOL[/NAMESPACE]/IMAGE[@SNAP].

@@ -36,7 +36,8 @@ func TestOpenRBDTargetUsage(t *testing.T) {
 	}
 }
 
-// --osd-timeout reaches rbdio.Config; bad values are refused.
+// --osd-timeout, --connect-timeout and --abort-on-full reach
+// rbdio.Config; bad values are refused.
 func TestOSDTimeoutFlag(t *testing.T) {
 	var c cephFlags
 	fs := flag.NewFlagSet("t", flag.ContinueOnError)
@@ -47,6 +48,10 @@ func TestOSDTimeoutFlag(t *testing.T) {
 	}
 	if err := fs.Parse([]string{"--osd-timeout", "45s"}); err != nil || c.config("rbd", "").OSDTimeout != 45*time.Second {
 		t.Errorf("--osd-timeout 45s: %v, %v", err, c.osdTimeout)
+	}
+	if err := fs.Parse([]string{"--abort-on-full", "--connect-timeout", "5s"}); err != nil ||
+		!c.config("rbd", "").AbortOnFull || c.config("rbd", "").ConnectTimeout != 5*time.Second {
+		t.Errorf("--abort-on-full --connect-timeout 5s: %v, %+v", err, c.config("rbd", ""))
 	}
 	for _, bad := range []string{"-1s", "soon"} {
 		if err := fs.Parse([]string{"--osd-timeout", bad}); err == nil {
