@@ -100,6 +100,7 @@ func runExport(ctx context.Context, env *environment, args []string) (err error)
 			return err
 		}
 	}
+	f.ceph.log = env.log
 	b, closeTarget, err := openTarget(ctx, target, f.ceph, f.readOnly)
 	if err != nil {
 		return err

@@ -4,6 +4,7 @@ import (
 	"context"
 	"flag"
 	"fmt"
+	"log/slog"
 	"strings"
 	"time"
 
@@ -24,6 +25,9 @@ type cephFlags struct {
 	osdTimeout  time.Duration
 	connTimeout time.Duration
 	abortOnFull bool
+	// log receives what happens to an open rbd: target later (a
+	// blocklisting and the reopen); nil means slog.Default().
+	log *slog.Logger
 }
 
 func (c *cephFlags) register(fs *flag.FlagSet) {
@@ -96,27 +100,34 @@ func parseRBDTarget(spec string) (rbdTarget, error) {
 // after "rbd:". A snapshot is always opened read-only. A read-write
 // image is held with its exclusive lock, so a second writer is refused
 // instead of interleaving. The returned close function releases the
-// image and the cluster connection.
+// image and the cluster connection. A blocklisted client is replaced by
+// a new connection (reopener).
 func openRBDTarget(ctx context.Context, spec string, c cephFlags, readOnly bool) (nbd.Backend, func() error, error) {
 	t, err := parseRBDTarget(spec)
 	if err != nil {
 		return nil, nil, fmt.Errorf("%w: target rbd:%s: %v", errUsage, spec, err)
 	}
-	conn, err := rbdio.Connect(ctx, c.config(t.pool, t.namespace))
-	if err != nil {
-		return nil, nil, err
-	}
-	im, err := conn.OpenImage(ctx, t.image, rbdio.OpenOptions{ReadOnly: readOnly, Snapshot: t.snap})
-	if err != nil {
-		conn.Close()
-		return nil, nil, err
-	}
-	closeAll := func() error {
-		err := im.Close()
-		if cerr := conn.Close(); err == nil {
-			err = cerr
+	open := func(ctx context.Context) (*rbdio.Conn, *rbdio.Image, error) {
+		conn, err := rbdio.Connect(ctx, c.config(t.pool, t.namespace))
+		if err != nil {
+			return nil, nil, err
 		}
-		return err
+		im, err := conn.OpenImage(ctx, t.image, rbdio.OpenOptions{ReadOnly: readOnly, Snapshot: t.snap})
+		if err != nil {
+			conn.Close()
+			return nil, nil, err
+		}
+		return conn, im, nil
 	}
-	return im, closeAll, nil
+	conn, im, err := open(ctx)
+	if err != nil {
+		return nil, nil, err
+	}
+	// After a blocklisting, a new connection serves the image again.
+	log := c.log
+	if log == nil {
+		log = slog.Default()
+	}
+	r := newReopener(conn, im, open, log)
+	return r, r.Close, nil
 }
