@@ -20,7 +20,7 @@ DEBS := gcc pkg-config librbd-dev librados-dev \
 	docker.io iproute2 e2fsprogs xfsprogs util-linux procps jq librsvg2-bin \
 	python3-libnbd
 
-.PHONY: all build deps test test-unit test-clients test-integration check bench demo cluster cluster-stop vmtest bench-vm bench-vm-crosscheck clean
+.PHONY: all build deps test test-unit test-fuzz test-clients test-integration check bench demo cluster cluster-stop vmtest bench-vm bench-vm-crosscheck clean
 
 all: build
 
@@ -45,6 +45,22 @@ deps:
 # (the tests that need one skip; test-integration runs them).
 test-unit: deps
 	RBD_NBD_GRAPH_NO_CEPH=1 $(GO) test $(GOFLAGS_BUILD) -count=1 ./nbd/... ./graph/... ./bench/... ./cmd/...
+
+# The protocol parsers under the fuzzer, FUZZTIME each: the handshake
+# and the transmission loop against a server, and the request and
+# NBD_OPT_INFO decoders. One instrumented test binary runs them in turn
+# (go test -fuzz would relink it per target); the corpus it grows stays
+# in .build/fuzz, and a crasher lands in nbd/testdata/fuzz and fails the run.
+FUZZTIME     ?= 10s
+FUZZ_TARGETS := FuzzHandshake FuzzTransmission FuzzDecodeRequest FuzzParseInfoRequest
+test-fuzz: deps
+	@mkdir -p $(BUILD)/fuzz
+	$(GO) test $(GOFLAGS_BUILD) -c -fuzz=. -o $(BUILD)/nbd-fuzz.test ./nbd
+	@set -eo pipefail; cd nbd; for f in $(FUZZ_TARGETS); do \
+		echo "== $$f ($(FUZZTIME))"; \
+		RBD_NBD_GRAPH_NO_CEPH=1 $(BUILD)/nbd-fuzz.test -test.run '^$$' -test.fuzz "^$$f\$$" \
+			-test.fuzztime $(FUZZTIME) -test.fuzzcachedir $(BUILD)/fuzz 2>&1 | { grep -v '^fuzz: elapsed' || true; }; \
+	done
 
 # Real NBD clients (nbdinfo, nbdcopy, qemu-img, fio) against the built
 # binary's `export` command.
@@ -84,7 +100,7 @@ check:
 	GOBIN=$(BUILD)/bin $(GO) install honnef.co/go/tools/cmd/staticcheck@$(STATICCHECK_VERSION)
 	$(BUILD)/bin/staticcheck -tags $(TAGS) ./...
 
-test: deps check build test-unit test-clients test-integration vmtest
+test: deps check build test-unit test-fuzz test-clients test-integration vmtest
 
 # The kernel path, for real: Debian's kernel under qemu (TCG), the host's
 # root shared read-only, a Ceph cluster and the end-to-end tests (test/e2e,
@@ -132,7 +148,7 @@ bench-vm: deps build
 bench-vm-crosscheck: deps build
 	RBD_NBD_GRAPH_BIN=$(BIN) bench/scripts/crosscheck-vm.sh --out results/crosscheck-vm
 
-# The seed driver's closing demo on this path (test/demo/run.sh): Ceph,
+# The krbd graph driver's closing demo on this path (test/demo/run.sh): Ceph,
 # `rbd-nbd-graph serve`, dockerd on it, docker info | grep -i rbd, busybox
 # imported and run, each step timed; in the VM when this kernel lacks NBD.
 demo: deps build

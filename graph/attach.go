@@ -19,6 +19,12 @@ type Attacher interface {
 
 // AttachRequest says what to attach.
 type AttachRequest struct {
+	// Owner identifies the driver instance (a digest of its host and
+	// home, Driver.Identity): the attacher records it with the device so
+	// that a restarted driver adopts its own devices and never another's
+	// on the same host. Stale devices recorded without one (an older
+	// version) have it empty.
+	Owner string
 	Image string
 	// Snapshot attaches image@Snapshot (always read-only) when set.
 	Snapshot string
@@ -34,6 +40,11 @@ type Device interface {
 	Path() string
 	// Detach stops serving the device, releases it and closes the image.
 	Detach(ctx context.Context) error
+	// Release stops serving the device and closes the image but leaves
+	// the device attached (and whatever is mounted on it) for the next
+	// process to adopt through Attacher.Stale: a restart or an upgrade
+	// of the driver. The kernel holds the device's IO meanwhile.
+	Release(ctx context.Context) error
 }
 
 // StaleDevice is a device found attached at start-up.
@@ -47,6 +58,9 @@ type StaleDevice interface {
 	Adopt(ctx context.Context) (Device, error)
 	// Detach releases the device without serving it.
 	Detach(ctx context.Context) error
+	// Served reports whether a live process (not this one) serves the
+	// device: then it is not stale at all, and must be left alone.
+	Served() bool
 }
 
 // DeviceDescriber is an optional ability of an Attacher: a line for

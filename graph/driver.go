@@ -43,32 +43,6 @@ type Config struct {
 	CrashHook CrashHook
 }
 
-// CreateOptions are the per-layer options of Create.
-type CreateOptions struct {
-	// Size, when larger than the parent layer's, grows the new layer's
-	// image and filesystem to it (docker's --storage-opt size=).
-	Size int64
-}
-
-// ParseStorageOpts reads docker's per-container storage options; only
-// "size" is known.
-func ParseStorageOpts(opts map[string]string) (CreateOptions, error) {
-	var co CreateOptions
-	for k, v := range opts {
-		switch strings.ToLower(k) {
-		case "size":
-			n, err := units.RAMInBytes(v)
-			if err != nil || n <= 0 {
-				return co, fmt.Errorf("%w: storage-opt size=%q: want a size such as 20G", ErrInvalidOption, v)
-			}
-			co.Size = n
-		default:
-			return co, fmt.Errorf("%w: unknown storage-opt %q: this driver knows only size", ErrInvalidOption, k)
-		}
-	}
-	return co, nil
-}
-
 // Driver keeps layers as images: the base image is formatted once, every
 // layer is a clone of its parent's snapshot, and Get attaches and mounts
 // a layer while Put releases it on the last reference.
@@ -89,6 +63,7 @@ type Driver struct {
 	mnt      string
 	root     Identity
 	owner    string // recorded on base images: this host and home
+	ident    string // Identity: recorded with every device this driver attaches
 	crash    CrashHook
 
 	locks keyLocker
@@ -181,6 +156,7 @@ func New(ctx context.Context, cfg Config) (*Driver, error) {
 		home:     filepath.Clean(cfg.Home),
 		root:     cfg.Root,
 		owner:    owner(cfg.HostID, cfg.Home),
+		ident:    identity(cfg.HostID, cfg.Home),
 		layers:   make(map[string]*layer),
 		byImage:  make(map[string]*layer),
 		crash:    cfg.CrashHook,
@@ -229,6 +205,10 @@ func New(ctx context.Context, cfg Config) (*Driver, error) {
 
 // Prefix is the image name prefix in use.
 func (d *Driver) Prefix() string { return d.names.prefix }
+
+// Identity is the driver instance's AttachRequest.Owner: 12 hex digits
+// of a digest of its host and home.
+func (d *Driver) Identity() string { return d.ident }
 
 // load reads every image of this prefix into the tables.
 func (d *Driver) load(ctx context.Context) error {
@@ -339,7 +319,7 @@ func (d *Driver) makeBase(ctx context.Context, b *layer) (err error) {
 	if err := d.transition(ctx, b, StateCreating); err != nil {
 		return err
 	}
-	dev, err := d.attacher.Attach(ctx, AttachRequest{Image: b.image})
+	dev, err := d.attacher.Attach(ctx, AttachRequest{Owner: d.ident, Image: b.image})
 	if err != nil {
 		return err
 	}
@@ -534,7 +514,7 @@ func (d *Driver) grow(ctx context.Context, l *layer, size int64) (err error) {
 		return err
 	}
 	d.setField(func() { l.size = size })
-	dev, err := d.attacher.Attach(ctx, AttachRequest{Image: l.image})
+	dev, err := d.attacher.Attach(ctx, AttachRequest{Owner: d.ident, Image: l.image})
 	if err != nil {
 		return err
 	}
@@ -701,7 +681,7 @@ func (d *Driver) attachAndMount(ctx context.Context, l *layer, readOnly bool) (m
 	defer undo.onError(&err)
 
 	ph := newPhases()
-	req := AttachRequest{Image: l.image, ReadOnly: readOnly}
+	req := AttachRequest{Owner: d.ident, Image: l.image, ReadOnly: readOnly}
 	if readOnly && l.snapshot {
 		req.Snapshot = snapName
 	}
@@ -849,6 +829,44 @@ func (d *Driver) Close(ctx context.Context) error {
 		d.flat.stop()
 	}
 	return d.releaseAll(ctx)
+}
+
+// Release is for a restart or an upgrade of the driver: it stops
+// background work and stops serving every layer, leaving mounts and
+// devices in place for the next Driver on the same home to adopt
+// (recoverDevices), so containers keep running through it. ctx bounds
+// the wait for requests in flight.
+func (d *Driver) Release(ctx context.Context) error {
+	d.mu.Lock()
+	if d.closed {
+		d.mu.Unlock()
+		return nil
+	}
+	d.closed = true
+	var mounted []*layer
+	for _, l := range d.layers {
+		if l.mount != nil {
+			mounted = append(mounted, l)
+		}
+	}
+	d.mu.Unlock()
+	if d.flat != nil {
+		d.flat.stop()
+	}
+	var errs []error
+	for _, l := range mounted {
+		unlock := d.locks.Lock(l.id)
+		if m := l.mount; m != nil {
+			if err := m.dev.Release(ctx); err != nil {
+				errs = append(errs, fmt.Errorf("layer %s: release %s: %w", l.id, m.dev.Path(), err))
+			} else {
+				d.log.Info("layer left mounted for the next driver process", "layer", l.id, "device", m.dev.Path())
+			}
+			d.setField(func() { l.mount = nil })
+		}
+		unlock()
+	}
+	return errors.Join(errs...)
 }
 
 func (d *Driver) releaseAll(ctx context.Context) error {

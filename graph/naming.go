@@ -116,8 +116,13 @@ func HostID() string {
 // two hosts sharing a pool, and two dockerds on one host (each has its own
 // data root), never share a prefix.
 func DefaultPrefix(hostID, home string) string {
+	return "docker-" + identity(hostID, home) + "-"
+}
+
+// identity names a driver instance, its host and home, in 12 hex digits.
+func identity(hostID, home string) string {
 	sum := sha256.Sum256([]byte(hostID + "\x00" + filepath.Clean(home)))
-	return "docker-" + hex.EncodeToString(sum[:6]) + "-"
+	return hex.EncodeToString(sum[:6])
 }
 
 // owner is what the base image records as its owner: the host and the

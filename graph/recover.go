@@ -5,10 +5,8 @@ import (
 	"errors"
 	"fmt"
 	"path/filepath"
-	"strings"
 
 	"github.com/moby/sys/mountinfo"
-	"golang.org/x/sys/unix"
 )
 
 // recoverDevices deals with what an earlier run of the driver left in the
@@ -39,8 +37,15 @@ func (d *Driver) recoverDevices(ctx context.Context) error {
 	var errs []error
 	for _, s := range stale {
 		req := s.Request()
-		if !strings.HasPrefix(req.Image, d.names.prefix) {
-			continue // another driver's (another prefix on this host)
+		if !d.isOurs(req) {
+			continue // another driver's on this host
+		}
+		if s.Served() {
+			// A live process serves it: not left by a dead run of ours
+			// (a second instance on this home?). Never pull a device
+			// out from under its server.
+			d.log.Warn("a device of ours is served by another live process; leaving it", "device", s.Path(), "image", req.Image)
+			continue
 		}
 		l := d.byImage[req.Image]
 		m := bySource[s.Path()]
@@ -58,8 +63,8 @@ func (d *Driver) recoverDevices(ctx context.Context) error {
 			d.log.Warn("could not serve a device left attached again; releasing it", "device", s.Path(), "image", req.Image, "err", err)
 		}
 		if m != nil {
-			if err := unix.Unmount(m.Mountpoint, unix.MNT_DETACH); err != nil && !errors.Is(err, unix.EINVAL) {
-				errs = append(errs, fmt.Errorf("unmount %s: %w", m.Mountpoint, err))
+			if err := d.fs.Abandon(m.Mountpoint); err != nil {
+				errs = append(errs, err)
 			}
 			adopted[m.Mountpoint] = true // handled
 		}
@@ -75,9 +80,21 @@ func (d *Driver) recoverDevices(ctx context.Context) error {
 			continue
 		}
 		d.log.Warn("unmounting a mount left by an earlier run", "mountpoint", m.Mountpoint, "source", m.Source)
-		if err := unix.Unmount(m.Mountpoint, unix.MNT_DETACH); err != nil && !errors.Is(err, unix.EINVAL) {
-			errs = append(errs, fmt.Errorf("unmount %s: %w", m.Mountpoint, err))
+		if err := d.fs.Abandon(m.Mountpoint); err != nil {
+			errs = append(errs, err)
 		}
 	}
 	return errors.Join(errs...)
+}
+
+// isOurs tells this driver's devices from other drivers' on the host:
+// by the owner recorded with the device, or, for devices recorded
+// without one (an older version), by the image being one of this
+// driver's (a prefix match is not enough: rbd.imageprefix=d- is a
+// prefix of another driver's d-b-).
+func (d *Driver) isOurs(req AttachRequest) bool {
+	if req.Owner != "" {
+		return req.Owner == d.ident
+	}
+	return d.byImage[req.Image] != nil || d.names.isBase(req.Image)
 }

@@ -198,3 +198,33 @@ func TestTwoHostsShareAStore(t *testing.T) {
 		t.Fatalf("a second host on the same prefix: %v, want ErrOwnedElsewhere", err)
 	}
 }
+
+// Two drivers on one host and one pool, one's prefix a prefix of the
+// other's (rbd.imageprefix=d- beside d-b-): a restart of the first must
+// leave the second's mounted layer alone, device and filesystem.
+func TestRestartLeavesAnotherDriversDevices(t *testing.T) {
+	a := newEnv(t, func(c *graph.Config) { c.Options.ImagePrefix = "d-" })
+	b := &env{t: t, store: a.store, att: a.att}
+	b.cfg = a.cfg
+	b.cfg.Home = filepath.Join(t.TempDir(), "home-b")
+	b.cfg.Options.ImagePrefix = "d-b-"
+	b.d = b.open()
+	b.create("x", "")
+	b.write("x", "f", "before")
+	mnt := b.get("x")
+
+	// a restarts (a crash and a new process on the same home).
+	a2 := *a
+	a2.d = a.open()
+	if !isMounted(t, filepath.Dir(mnt)) {
+		t.Fatalf("another driver's restart unmounted %s", mnt)
+	}
+	if got := b.read("x", "f"); got != "before" {
+		t.Fatalf("another driver's layer reads %q after the restart", got)
+	}
+	b.write("x", "f", "after")
+	if got := b.read("x", "f"); got != "after" {
+		t.Fatalf("another driver's layer reads %q after a write", got)
+	}
+	b.put("x")
+}

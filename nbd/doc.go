@@ -14,7 +14,10 @@
 //     net.Listener, runs the fixed-newstyle option haggling for each
 //     (NBD_OPT_GO, INFO, EXPORT_NAME, LIST, ABORT; NBD_INFO_EXPORT and
 //     BLOCK_SIZE; NBD_REP_ERR_UNSUP for everything else) and then hands
-//     the connection to ServeTransmission.
+//     the connection to ServeTransmission. It closes clients past
+//     ServerOptions.MaxConnections, backs off on EMFILE/ENFILE instead of
+//     stopping, and shares one budget of payload bytes in flight
+//     (ServerOptions.MaxInFlightBytes, budget.go) among its connections.
 //   - transmission.go: ServeTransmission, the IO loop of one connection,
 //     used by Server and, without a handshake, by the kernel path. The
 //     calling goroutine reads requests through a 128 KiB buffer and
@@ -72,10 +75,16 @@
 //   - device.go, device_status.go: the kernel device API. Attach makes a
 //     socketpair per connection, serves our ends with ServeTransmission,
 //     hands the kernel the other ends in CONNECT and returns a Device
-//     (/dev/nbdN) that lives until Detach, the caller's context ends, or
-//     the kernel disconnects it; Reattach gives a live device whose server
-//     died new sockets through RECONFIGURE; a Resizer backend's size
-//     changes become RECONFIGURE with the new size. List, Status,
+//     (/dev/nbdN) that lives until Detach, the caller's context ends, the
+//     kernel disconnects it, or Release hands it over (the device stays
+//     configured and the kernel holds its IO for the next server);
+//     Reattach gives a live device whose server died or handed it over
+//     new sockets through RECONFIGURE, keeping its block size and mode; a
+//     connection the kernel drops (its request timer during a slow
+//     backend) is replaced at once the same way; IOTimeout answers late
+//     requests with EIO and keeps the device; a Resizer backend's size
+//     changes become RECONFIGURE with the new size. What the kernel does
+//     at each step is recorded in docs/2026-12-04-kernel-nbd-faults.md. List, Status,
 //     FindByBackend, Disconnect and WaitFree look at and release devices
 //     served by other processes.
 //
@@ -96,7 +105,11 @@
 // its own completion goroutine (rbdio's reads a ring that librbd's
 // threads fill) and ends each run of completions with FlushCompletions,
 // where the session writes all the replies the run completed with one
-// writev, or leaves them to a writer already at work. Compared with a
+// writev, or leaves them to a writer already at work. That goroutine is
+// shared by every connection of the backend, so it never waits on a
+// socket: what a full socket does not take at once is finished by a
+// goroutine of that connection, and a client that stops reading delays
+// only itself. Compared with a
 // worker goroutine parked per request, measured end to end with fio's
 // nbd engine against `rbd-nbd-graph export rbd:` (4k, queue depth 16,
 // five alternated rounds on the loaded 2-core build machine; rbdio's

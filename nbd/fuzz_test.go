@@ -3,6 +3,7 @@ package nbd
 import (
 	"bytes"
 	"context"
+	"crypto/tls"
 	"encoding/binary"
 	"errors"
 	"io"
@@ -78,25 +79,31 @@ func FuzzHandshake(f *testing.F) {
 	f.Add(seed(optionBytes(OptStructuredReply, nil), optionBytes(99, []byte("x")), optionBytes(OptGo, []byte{0, 0, 0, 9})))
 	f.Add(seed(optionBytes(OptGo, encodeInfoRequest("nope", nil))))
 	f.Add([]byte{0, 0, 0, 0x10})
+	f.Add(seed(optionBytes(OptList, nil), optionBytes(OptStartTLS, nil), []byte{0x16, 3, 1, 0, 5, 1, 0, 0, 1, 0}))
+	// Each input also goes to a server requiring TLS, whose option gating
+	// and TLS handshake then see it.
+	tlsConf := &tls.Config{Certificates: []tls.Certificate{selfSigned(f)}}
 	f.Fuzz(func(t *testing.T, in []byte) {
-		s, err := NewServer([]Export{{Name: "m", Backend: NewMemory(64 << 10)}},
-			ServerOptions{Logger: slog.New(slog.DiscardHandler), HandshakeTimeout: 5 * time.Second})
-		if err != nil {
-			t.Fatal(err)
-		}
-		cli, srv := net.Pipe()
-		done := make(chan struct{})
-		go func() {
-			s.ServeConn(context.Background(), srv)
-			close(done)
-		}()
-		go io.Copy(io.Discard, cli)
-		cli.Write(in)
-		cli.Close()
-		select {
-		case <-done:
-		case <-time.After(10 * time.Second):
-			t.Fatalf("server still running 10s after the client sent %d bytes and closed", len(in))
+		for _, tc := range []*tls.Config{nil, tlsConf} {
+			s, err := NewServer([]Export{{Name: "m", Backend: NewMemory(64 << 10)}},
+				ServerOptions{Logger: slog.New(slog.DiscardHandler), HandshakeTimeout: 5 * time.Second, TLS: tc, TLSRequired: tc != nil})
+			if err != nil {
+				t.Fatal(err)
+			}
+			cli, srv := net.Pipe()
+			done := make(chan struct{})
+			go func() {
+				s.ServeConn(context.Background(), srv)
+				close(done)
+			}()
+			go io.Copy(io.Discard, cli)
+			cli.Write(in)
+			cli.Close()
+			select {
+			case <-done:
+			case <-time.After(10 * time.Second):
+				t.Fatalf("tls=%v: server still running 10s after the client sent %d bytes and closed", tc != nil, len(in))
+			}
 		}
 	})
 }

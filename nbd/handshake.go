@@ -1,6 +1,7 @@
 package nbd
 
 import (
+	"crypto/tls"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -152,6 +153,12 @@ type negotiator struct {
 	lookup   func(name string) (*exportInfo, bool)
 	list     func() []*exportInfo
 	noZeroes bool
+	// tls, when set, offers NBD_OPT_STARTTLS; with tlsRequired every
+	// option but STARTTLS and ABORT is refused until TLS is up. conn is
+	// the TLS connection once it is.
+	tls         *tls.Config
+	tlsRequired bool
+	tlsUp       bool
 }
 
 // run performs the handshake. It returns the export the client chose
@@ -199,7 +206,31 @@ func (n *negotiator) handle(o option) (e *exportInfo, done bool, err error) {
 	if o.data == nil && o.length > 0 {
 		return nil, false, reply(RepErrTooBig, fmt.Appendf(nil, "option %s data of %d bytes exceeds %d", OptionName(o.code), o.length, maxOptionLen))
 	}
+	if n.tlsRequired && !n.tlsUp && o.code != OptStartTLS && o.code != OptAbort {
+		if o.code == OptExportName {
+			// It has no error reply: the session ends.
+			return nil, false, fmt.Errorf("NBD_OPT_EXPORT_NAME before NBD_OPT_STARTTLS on a server requiring TLS")
+		}
+		return nil, false, reply(RepErrTLSReqd, []byte("this server requires TLS: send NBD_OPT_STARTTLS first"))
+	}
 	switch o.code {
+	case OptStartTLS:
+		if n.tls == nil {
+			break // unsupported, below
+		}
+		if n.tlsUp || len(o.data) != 0 {
+			return nil, false, reply(RepErrInvalid, []byte("NBD_OPT_STARTTLS takes no data and only once"))
+		}
+		if err := reply(RepAck, nil); err != nil {
+			return nil, false, err
+		}
+		tc := tls.Server(n.conn, n.tls)
+		if err := tc.Handshake(); err != nil {
+			return nil, false, fmt.Errorf("TLS handshake: %w", err)
+		}
+		n.conn, n.or.r, n.tlsUp = tc, tc, true
+		return nil, false, nil
+
 	case OptExportName:
 		// No error reply is possible: an unknown export closes the session.
 		e, ok := n.lookup(string(o.data))
@@ -270,9 +301,9 @@ func (n *negotiator) handle(o option) (e *exportInfo, done bool, err error) {
 		}
 		return nil, false, nil
 
-	default:
-		// STARTTLS, STRUCTURED_REPLY, the meta contexts and anything
-		// unknown: not supported, and the client may carry on.
-		return nil, false, reply(RepErrUnsup, fmt.Appendf(nil, "option %s (%d) is not supported by this server", OptionName(o.code), o.code))
 	}
+	// STARTTLS without TLS configured, STRUCTURED_REPLY, the meta
+	// contexts and anything unknown: not supported, and the client may
+	// carry on.
+	return nil, false, reply(RepErrUnsup, fmt.Appendf(nil, "option %s (%d) is not supported by this server", OptionName(o.code), o.code))
 }

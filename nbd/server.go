@@ -2,6 +2,7 @@ package nbd
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"io"
@@ -34,7 +35,33 @@ type ServerOptions struct {
 	// Logger receives connection events; nil means slog.Default(). It is
 	// also each export's Options.Logger unless that is set.
 	Logger *slog.Logger
+	// MaxConnections bounds the connections served at once; a client
+	// past it is logged and closed before the handshake. 0 means
+	// DefaultMaxConnections.
+	MaxConnections int
+	// MaxInFlightBytes bounds the payload bytes held by requests in
+	// flight across every connection, on top of each export's
+	// per-connection TransmissionOptions.MaxInFlightBytes; requests past
+	// it wait. A connection with nothing in flight may always start one
+	// request of up to 256 KiB, so clients holding the whole budget
+	// without reading cannot starve the others. 0 means
+	// DefaultServerMaxInFlightBytes.
+	MaxInFlightBytes int64
+	// TLS, when set, offers NBD_OPT_STARTTLS with this configuration
+	// (certificates; ClientAuth and ClientCAs to require client
+	// certificates). With TLSRequired, clients must start TLS before any
+	// other option.
+	TLS         *tls.Config
+	TLSRequired bool
 }
+
+// Defaults of ServerOptions.
+const (
+	DefaultMaxConnections = 128
+	// DefaultServerMaxInFlightBytes: four connections at their own
+	// default bound, or eight 32 MiB requests.
+	DefaultServerMaxInFlightBytes = 4 * DefaultMaxInFlightBytes
+)
 
 // Server serves exports with the fixed-newstyle handshake over any
 // listener (a unix socket or a TCP address), one goroutine per
@@ -57,7 +84,20 @@ func NewServer(exports []Export, opts ServerOptions) (*Server, error) {
 	if opts.Logger == nil {
 		opts.Logger = slog.Default()
 	}
+	if opts.MaxConnections < 0 || opts.MaxInFlightBytes < 0 {
+		return nil, errors.New("nbd: MaxConnections and MaxInFlightBytes must not be negative")
+	}
+	if opts.TLSRequired && opts.TLS == nil {
+		return nil, errors.New("nbd: TLSRequired without a TLS configuration")
+	}
+	if opts.MaxConnections == 0 {
+		opts.MaxConnections = DefaultMaxConnections
+	}
+	if opts.MaxInFlightBytes == 0 {
+		opts.MaxInFlightBytes = DefaultServerMaxInFlightBytes
+	}
 	s := &Server{opts: opts, log: opts.Logger}
+	budget := newByteBudget(opts.MaxInFlightBytes)
 	seen := map[string]bool{}
 	for _, e := range exports {
 		if e.Backend == nil {
@@ -77,6 +117,7 @@ func NewServer(exports []Export, opts ServerOptions) (*Server, error) {
 		if err != nil {
 			return nil, fmt.Errorf("nbd: export %q: %w", e.Name, err)
 		}
+		o.budget = budget
 		e.Options = o
 		s.exports = append(s.exports, e)
 		s.infos = append(s.infos, &exportInfo{
@@ -105,8 +146,13 @@ func (s *Server) lookup(name string) (int, *exportInfo, bool) {
 }
 
 // Serve accepts connections on ln until ctx is cancelled or Accept
-// fails. Cancellation closes ln, lets every connection drain its
-// requests in flight and returns nil once all are closed.
+// fails for good. Cancellation closes ln, lets every connection drain
+// its requests in flight and returns nil once all are closed.
+//
+// Running out of descriptors (EMFILE, ENFILE) or kernel memory does not
+// stop the server: it waits, 5 ms doubling up to 1 s as net/http does,
+// and accepts again once clients leave. Clients past MaxConnections are
+// closed at once with a log line.
 func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
@@ -115,25 +161,62 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 	var wg sync.WaitGroup
 	defer wg.Wait()
 	var delay time.Duration
+	active := 0
+	var mu sync.Mutex // guards active
 	for {
 		conn, err := ln.Accept()
 		if err != nil {
 			if ctx.Err() != nil {
 				return nil
 			}
-			var ne net.Error
-			if errors.As(err, &ne) && ne.Timeout() {
-				// Out of descriptors and the like: back off, as net/http does.
+			if retryableAccept(err) {
 				delay = min(max(2*delay, 5*time.Millisecond), time.Second)
 				s.log.Warn("nbd: accept failed, retrying", "err", err, "delay", delay)
-				time.Sleep(delay)
+				select {
+				case <-time.After(delay):
+				case <-ctx.Done():
+				}
 				continue
 			}
 			return fmt.Errorf("nbd: accept: %w", err)
 		}
 		delay = 0
-		wg.Go(func() { s.ServeConn(ctx, conn) })
+		mu.Lock()
+		full := active >= s.opts.MaxConnections
+		if !full {
+			active++
+		}
+		mu.Unlock()
+		if full {
+			s.log.Warn("nbd: refusing a client: too many connections", "remote", conn.RemoteAddr().String(), "max_connections", s.opts.MaxConnections)
+			conn.Close()
+			continue
+		}
+		wg.Go(func() {
+			defer func() {
+				mu.Lock()
+				active--
+				mu.Unlock()
+			}()
+			s.ServeConn(ctx, conn)
+		})
 	}
+}
+
+// retryableAccept reports whether an Accept error is a shortage that
+// passes (descriptors, kernel memory, a client gone before accept) rather
+// than a broken listener.
+func retryableAccept(err error) bool {
+	var ne net.Error
+	if errors.As(err, &ne) && ne.Timeout() {
+		return true
+	}
+	for _, e := range []syscall.Errno{syscall.EMFILE, syscall.ENFILE, syscall.ENOBUFS, syscall.ENOMEM, syscall.ECONNABORTED, syscall.EINTR} {
+		if errors.Is(err, e) {
+			return true
+		}
+	}
+	return false
 }
 
 // ServeConn runs the handshake and then the transmission phase on one
@@ -151,12 +234,16 @@ func (s *Server) ServeConn(ctx context.Context, conn net.Conn) error {
 			chosen = i
 			return info, ok
 		},
-		list: func() []*exportInfo { return s.infos },
+		list:        func() []*exportInfo { return s.infos },
+		tls:         s.opts.TLS,
+		tlsRequired: s.opts.TLSRequired,
 	}
 	info, err := n.run()
+	// After STARTTLS the session goes on over TLS.
+	tconn := n.conn
 	// From here on, cancellation drains instead of cutting the connection.
 	if !stop() || err != nil {
-		conn.Close()
+		tconn.Close()
 		if errors.Is(err, errAbort) || ctx.Err() != nil {
 			return nil
 		}
@@ -168,10 +255,10 @@ func (s *Server) ServeConn(ctx context.Context, conn net.Conn) error {
 		log.Warn("nbd: handshake failed", "err", err)
 		return err
 	}
-	conn.SetDeadline(time.Time{})
+	tconn.SetDeadline(time.Time{})
 	e := &s.exports[chosen]
 	log.Info("nbd: client connected", "export", e.Name, "size", info.size, "flags", fmt.Sprintf("%#x", info.flags))
-	err = ServeTransmission(ctx, conn, e.Backend, e.Options)
+	err = ServeTransmission(ctx, tconn, e.Backend, e.Options)
 	log.Info("nbd: client disconnected", "export", e.Name, "err", err)
 	return err
 }

@@ -38,6 +38,20 @@ type TransmissionOptions struct {
 	// flight; a request that would exceed it waits for others to finish
 	// (one request is always admitted). 0 means DefaultMaxInFlightBytes.
 	MaxInFlightBytes int64
+	// RequestTimeout, when positive, answers a request the backend has
+	// not finished in this time with EIO; the connection goes on, and
+	// the backend's late result is dropped when it comes. The slot (and
+	// its buffer, which the backend may still use) is held until then.
+	RequestTimeout time.Duration
+	// ReadDone, when set, is called once, on the reading goroutine, as
+	// soon as the loop stops reading: disc tells whether the client sent
+	// NBD_CMD_DISC. It runs before the requests still in flight are
+	// waited for, so the kernel path can replace a connection the
+	// kernel gave up on without waiting for a slow backend.
+	ReadDone func(disc bool)
+
+	// budget, set by Server, is shared by every connection it serves.
+	budget *byteBudget
 }
 
 // Defaults of TransmissionOptions.
@@ -138,10 +152,20 @@ func ServeTransmission(ctx context.Context, conn net.Conn, b Backend, opts Trans
 		conn.SetReadDeadline(time.Unix(1, 0))
 		conn.SetWriteDeadline(time.Now().Add(drainTimeout))
 	})
+	var stopTimer func()
+	if opts.RequestTimeout > 0 {
+		stopTimer = s.startRequestTimer()
+	}
 	err = s.readLoop()
 	stop()
+	if opts.ReadDone != nil {
+		opts.ReadDone(s.disc)
+	}
 	s.flushDeferred()
 	s.drain()
+	if stopTimer != nil {
+		stopTimer()
+	}
 	if werr := s.writeErr(); werr != nil && (err == nil || errors.Is(err, os.ErrDeadlineExceeded)) {
 		// The reader was stopped because a reply could not be written.
 		err = werr
@@ -170,7 +194,21 @@ type request struct {
 	// fua is the stage of an asynchronous FUA write: writing, then
 	// flushing (fuaNone for everything else).
 	fua uint8
+	// With TransmissionOptions.RequestTimeout: state (reqIdle,
+	// reqRunning, reqTimedOut) decides whether the backend's result or
+	// the timer answers, and started is when the backend got r.
+	state   atomic.Uint32
+	started atomic.Int64 // UnixNano
+	// orphan marks a reply that owns no slot: the timer's error reply
+	// for a request whose slot the backend still holds.
+	orphan bool
 }
+
+const (
+	reqIdle = iota
+	reqRunning
+	reqTimedOut
+)
 
 const (
 	fuaNone = iota
@@ -179,9 +217,11 @@ const (
 )
 
 type session struct {
-	conn  net.Conn
-	b     Backend
-	disc  Discarder
+	conn net.Conn
+	b    Backend
+	// disc: the loop ended on NBD_CMD_DISC (set by the reader).
+	disc  bool
+	trim  Discarder
 	zw    ZeroWriter
 	fua   FUAWriter
 	async AsyncBackend
@@ -242,7 +282,7 @@ func newSession(conn net.Conn, b Backend, opts TransmissionOptions) *session {
 	if nb, ok := b.(NonBlocking); ok {
 		s.inline = nb.NonBlocking()
 	}
-	s.disc, _ = b.(Discarder)
+	s.trim, _ = b.(Discarder)
 	s.zw, _ = b.(ZeroWriter)
 	s.fua, _ = b.(FUAWriter)
 	s.async, _ = b.(AsyncBackend)
@@ -274,6 +314,7 @@ func (s *session) readLoop() error {
 		}
 		s.rpos += RequestSize
 		if h.Type == CmdDisc {
+			s.disc = true
 			return nil
 		}
 		errno := s.check(&h)
@@ -329,6 +370,7 @@ func (s *session) readLoop() error {
 			s.finishInline(r)
 			continue
 		}
+		s.running(r)
 		if s.async != nil && s.start(r) {
 			continue
 		}
@@ -362,7 +404,7 @@ func (s *session) check(h *Request) uint32 {
 		if s.opts.ReadOnly {
 			return EPERM
 		}
-		if s.disc == nil {
+		if s.trim == nil {
 			return EINVAL // NBD_FLAG_SEND_TRIM was not advertised
 		}
 	case CmdWriteZeroes:
@@ -459,7 +501,8 @@ func (s *session) skip(n int64) error {
 }
 
 // acquire takes a free slot with room for n payload bytes, waiting while
-// QueueDepth requests or MaxInFlightBytes are in flight.
+// QueueDepth requests or MaxInFlightBytes are in flight, and then for
+// the server's budget of bytes across connections.
 func (s *session) acquire(n int) *request {
 	s.slotMu.Lock()
 	for len(s.free) == 0 || (s.outBytes > 0 && s.outBytes+int64(n) > s.opts.MaxInFlightBytes) {
@@ -475,9 +518,15 @@ func (s *session) acquire(n int) *request {
 	r := s.free[len(s.free)-1]
 	s.free = s.free[:len(s.free)-1]
 	s.out++
+	floor := s.outBytes == 0 && n <= slotKeepPayload
 	s.outBytes += int64(n)
 	s.slotMu.Unlock()
 	r.bytes = int64(n)
+	if b := s.opts.budget; b != nil && n > 0 && !b.tryTake(int64(n), floor) {
+		// Our own deferred replies may hold part of the budget.
+		s.flushDeferred()
+		b.take(int64(n), floor)
+	}
 	if cap(r.buf) < SimpleReplySize+n {
 		if r.bufp != nil {
 			payloadBuffers.put(r.bufp)
@@ -494,6 +543,9 @@ func (s *session) release(r *request) {
 	if cap(r.buf) > SimpleReplySize+slotKeepPayload {
 		payloadBuffers.put(r.bufp)
 		r.buf, r.bufp = nil, nil
+	}
+	if b := s.opts.budget; b != nil && r.bytes > 0 {
+		b.give(r.bytes)
 	}
 	s.slotMu.Lock()
 	s.free = append(s.free, r)
@@ -519,7 +571,9 @@ func (s *session) worker() {
 	defer s.workerWG.Done()
 	for r := range s.work {
 		s.serve(r, r.buf[SimpleReplySize:])
-		s.finish(r, false)
+		if s.answered(r) {
+			s.finish(r, false)
+		}
 		s.idle.Add(1)
 	}
 }
@@ -576,6 +630,9 @@ func (s *session) Complete(tag uint64, n int, err error) {
 			return
 		}
 	}
+	if !s.answered(r) {
+		return // the timer replied; the slot is free again
+	}
 	r.errno = Errno(err)
 	if err != nil {
 		s.log.Debug("nbd: request failed", "cmd", CommandName(h.Type), "offset", h.Offset, "length", h.Length, "err", err)
@@ -588,13 +645,60 @@ func (s *session) Complete(tag uint64, n int, err error) {
 
 // FlushCompletions implements Completer: it writes the replies queued
 // by a run of Complete calls, unless another goroutine is writing (that
-// one takes them along).
+// one takes them along). It never waits for the socket: it is called on
+// the backend's completion goroutine, which every connection of the
+// backend shares, so a client that stops reading would stall them all.
+// What the socket does not take at once is left to a goroutine of this
+// connection (finishWriting).
 func (s *session) FlushCompletions() {
 	s.wMu.Lock()
 	if s.writing || len(s.queue) == 0 {
 		s.wMu.Unlock()
 		return
 	}
+	s.writing = true
+	for len(s.queue) > 0 {
+		s.queue, s.batch = s.batch[:0], s.queue
+		s.wMu.Unlock()
+		if !s.tryWriteBatch() {
+			go s.finishWriting()
+			return
+		}
+		s.wMu.Lock()
+	}
+	s.writing = false
+	s.wMu.Unlock()
+}
+
+// tryWriteBatch writes s.batch without waiting for the socket. It
+// returns true when the batch is done with (its slots released), false
+// when part of it is still to write.
+func (s *session) tryWriteBatch() bool {
+	if s.werr.Load() == nil {
+		for _, r := range s.batch {
+			s.vw.add(r.buf[:r.send])
+		}
+		done, err := s.vw.tryFlush()
+		if !done {
+			return false
+		}
+		if err != nil {
+			s.writeFailed(err)
+		}
+	}
+	s.releaseBatch()
+	return true
+}
+
+// finishWriting writes the rest of the batch tryWriteBatch began,
+// waiting for the socket as long as needed (or until a write deadline),
+// and then stays the writer while replies are queued.
+func (s *session) finishWriting() {
+	if err := s.vw.flush(); err != nil {
+		s.writeFailed(err)
+	}
+	s.releaseBatch()
+	s.wMu.Lock()
 	s.writeQueue()
 }
 
@@ -628,7 +732,7 @@ func (s *session) serve(r *request, data []byte) {
 	case CmdFlush:
 		err = s.b.Flush()
 	case CmdTrim:
-		err = s.disc.Discard(off, int64(h.Length))
+		err = s.trim.Discard(off, int64(h.Length))
 	case CmdWriteZeroes:
 		if s.zw != nil {
 			err = s.zw.WriteZeroes(off, int64(h.Length), h.Flags&CmdFlagNoHole == 0)
@@ -725,10 +829,18 @@ func (s *session) writeBatch() {
 			s.writeFailed(err)
 		}
 	}
+	s.releaseBatch()
+}
+
+// releaseBatch releases the slots of the replies in s.batch.
+func (s *session) releaseBatch() {
 	for i, r := range s.batch {
 		s.batch[i] = nil
-		s.release(r)
+		if !r.orphan {
+			s.release(r)
+		}
 	}
+	s.batch = s.batch[:0]
 }
 
 // writeFailed records the first reply write error and stops the reader:
@@ -760,4 +872,78 @@ func (s *session) drain() {
 	s.slotMu.Unlock()
 	close(s.work)
 	s.workerWG.Wait()
+}
+
+// running marks r as handed to the backend, for the request timer.
+func (s *session) running(r *request) {
+	if s.opts.RequestTimeout > 0 {
+		r.started.Store(time.Now().UnixNano())
+		r.state.Store(reqRunning)
+	}
+}
+
+// answered reports whether the backend's outcome for r is to be
+// replied; false when the timer already answered r, in which case r's
+// slot is released here, the backend being done with its buffer.
+func (s *session) answered(r *request) bool {
+	if s.opts.RequestTimeout <= 0 || r.state.CompareAndSwap(reqRunning, reqIdle) {
+		return true
+	}
+	r.state.Store(reqIdle)
+	s.release(r)
+	return false
+}
+
+// startRequestTimer answers requests older than RequestTimeout with EIO
+// until the returned function is called.
+func (s *session) startRequestTimer() (stop func()) {
+	timeout := s.opts.RequestTimeout
+	tick := max(timeout/4, 10*time.Millisecond)
+	done := make(chan struct{})
+	exited := make(chan struct{})
+	go func() {
+		defer close(exited)
+		t := time.NewTicker(tick)
+		defer t.Stop()
+		for {
+			select {
+			case <-done:
+				return
+			case now := <-t.C:
+				for _, r := range s.slots {
+					st := r.started.Load()
+					age := now.Sub(time.Unix(0, st))
+					if r.state.Load() != reqRunning || age < timeout || !r.state.CompareAndSwap(reqRunning, reqTimedOut) {
+						continue
+					}
+					// The slot may have been recycled between the loads
+					// and the swap: then this is a fresh request, which
+					// gets its state back unless its result came
+					// meanwhile (and was dropped): that one is answered.
+					if r.started.Load() != st && r.state.CompareAndSwap(reqTimedOut, reqRunning) {
+						continue
+					}
+					s.timeOut(r, age)
+				}
+			}
+		}
+	}()
+	return func() { close(done); <-exited }
+}
+
+// timeOut sends EIO for r, whose backend call is still running; r's slot
+// stays taken until the backend returns (answered releases it).
+func (s *session) timeOut(r *request, age time.Duration) {
+	h := r.hdr
+	s.log.Warn("nbd: request timed out; answering EIO", "cmd", CommandName(h.Type), "offset", h.Offset,
+		"length", h.Length, "age", age.Round(time.Millisecond), "timeout", s.opts.RequestTimeout)
+	reply := &request{hdr: h, errno: EIO, buf: make([]byte, SimpleReplySize), orphan: true}
+	s.encodeReply(reply)
+	s.wMu.Lock()
+	s.queue = append(s.queue, reply)
+	if s.writing {
+		s.wMu.Unlock()
+		return
+	}
+	s.writeQueue()
 }

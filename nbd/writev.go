@@ -23,9 +23,13 @@ type vectorWriter struct {
 	conn net.Conn
 	raw  syscall.RawConn
 	iov  []unix.Iovec
-	// State of the call in progress, read by writeFn.
+	// State of the call in progress, read by writeFn. pos survives a
+	// tryFlush that left buffers unwritten, for the flush that ends it.
 	pos   int
 	errno syscall.Errno
+	// noWait makes writeFn give up (setting blocked) where it would wait
+	// for the socket to become writable.
+	noWait, blocked bool
 	// writeFn is w.write bound once, so RawConn.Write gets the same func
 	// value every time instead of a fresh closure.
 	writeFn func(fd uintptr) bool
@@ -54,15 +58,16 @@ func (w *vectorWriter) add(b []byte) {
 	w.iov = append(w.iov, v)
 }
 
-// flush writes every queued buffer in order, completely, or fails. The
-// queue is empty afterwards either way.
+// flush writes every queued buffer in order (the rest of them after a
+// tryFlush that returned false), completely, or fails. The queue is
+// empty afterwards either way.
 func (w *vectorWriter) flush() error {
 	defer w.reset()
 	if len(w.iov) == 0 {
 		return nil
 	}
 	if w.raw == nil {
-		for i := range w.iov {
+		for i := w.pos; i < len(w.iov); i++ {
 			b := unsafe.Slice(w.iov[i].Base, w.iov[i].Len)
 			if _, err := w.conn.Write(b); err != nil {
 				return err
@@ -70,10 +75,39 @@ func (w *vectorWriter) flush() error {
 		}
 		return nil
 	}
-	w.pos, w.errno = 0, 0
+	w.errno, w.noWait = 0, false
 	if err := w.raw.Write(w.writeFn); err != nil {
 		return err
 	}
+	return w.err()
+}
+
+// tryFlush writes what the socket takes now without waiting for it to
+// drain. It returns true when the queue is done with (written, or failed
+// with err; it is empty then), false when buffers remain: the caller
+// must then call flush, on a goroutine that may wait, to write them.
+func (w *vectorWriter) tryFlush() (bool, error) {
+	if len(w.iov) == 0 {
+		return true, nil
+	}
+	if w.raw == nil {
+		// A TLS or in-memory connection cannot say whether a write
+		// would wait: leave it all to flush.
+		return false, nil
+	}
+	w.errno, w.noWait, w.blocked = 0, true, false
+	err := w.raw.Write(w.writeFn)
+	if err == nil && w.errno == 0 && w.blocked {
+		return false, nil
+	}
+	w.reset()
+	if err != nil {
+		return true, err
+	}
+	return true, w.err()
+}
+
+func (w *vectorWriter) err() error {
 	if w.errno != 0 {
 		return &net.OpError{Op: "writev", Net: w.conn.LocalAddr().Network(), Addr: w.conn.RemoteAddr(), Err: w.errno}
 	}
@@ -84,6 +118,7 @@ func (w *vectorWriter) reset() {
 	// Drop the references so the buffers are not kept alive by the array.
 	clear(w.iov)
 	w.iov = w.iov[:0]
+	w.pos = 0
 }
 
 // write is the RawConn callback: it returns false to wait for the socket
@@ -105,6 +140,10 @@ func (w *vectorWriter) write(fd uintptr) bool {
 		case syscall.EINTR:
 			continue
 		case syscall.EAGAIN:
+			if w.noWait {
+				w.blocked = true
+				return true
+			}
 			return false
 		default:
 			w.errno = e

@@ -9,6 +9,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/rbd-nbd-graph/rbd-nbd-graph/nbd"
 )
 
 // requireMgr skips unless the test cluster runs a ceph-mgr: pool quotas
@@ -89,8 +91,11 @@ func TestPoolQuota(t *testing.T) {
 	_, err = aim.WriteAt(chunk, 0)
 	took := time.Since(start)
 	t.Logf("AbortOnFull: write returned after %v: %v", took.Round(time.Millisecond), err)
-	if !errors.Is(err, syscall.ENOSPC) {
-		t.Errorf("AbortOnFull write: %v, want ENOSPC (EDQUOT folded)", err)
+	if !errors.Is(err, syscall.EDQUOT) && !errors.Is(err, syscall.ENOSPC) {
+		t.Errorf("AbortOnFull write: %v, want EDQUOT or ENOSPC (NBD replies ENOSPC for both)", err)
+	}
+	if got := nbd.Errno(err); got != nbd.ENOSPC {
+		t.Errorf("AbortOnFull write: NBD reply errno %d, want ENOSPC", got)
 	}
 	if took > 10*time.Second {
 		t.Errorf("AbortOnFull write took %v", took)

@@ -52,10 +52,14 @@ type Image struct {
 	sub   *submitter
 	compl *completions
 
-	// mu is held shared by every request in flight and exclusively by
-	// Close, which so waits for them.
-	mu     sync.RWMutex
-	closed bool
+	// users counts requests in flight, plus closingBit once Close has
+	// begun: from then on new requests are refused and the last one to
+	// leave closes idle. A counter and not an RWMutex: a request started
+	// from a completion (the flush after a FUA write) must never wait
+	// for Close, which waits for that very completion goroutine.
+	users atomic.Int64
+	idle  chan struct{}
+	idled sync.Once
 
 	size atomic.Int64
 
@@ -109,7 +113,7 @@ func (c *Conn) OpenImage(ctx context.Context, name string, opts OpenOptions) (*I
 		cSnap = C.CString(opts.Snapshot)
 		defer C.free(unsafe.Pointer(cSnap))
 	}
-	im := &Image{conn: c, name: name, snap: opts.Snapshot, readOnly: readOnly, spec: spec,
+	im := &Image{conn: c, name: name, snap: opts.Snapshot, readOnly: readOnly, spec: spec, idle: make(chan struct{}),
 		blocklisted: make(chan struct{})}
 	ioctx := C.rados_ioctx_t(c.ioctx.Pointer())
 	var ret C.int
@@ -197,13 +201,19 @@ func (im *Image) Size() int64 { return im.size.Load() }
 // image (rbd_close), releasing the exclusive lock. Later calls fail with
 // ErrClosed. Closing twice is harmless.
 func (im *Image) Close() error {
-	im.mu.Lock()
-	if im.closed {
-		im.mu.Unlock()
-		return nil
+	for {
+		n := im.users.Load()
+		if n&closingBit != 0 {
+			return nil
+		}
+		if im.users.CompareAndSwap(n, n|closingBit) {
+			if n == 0 {
+				im.idled.Do(func() { close(im.idle) })
+			}
+			break
+		}
 	}
-	im.closed = true
-	im.mu.Unlock()
+	<-im.idle
 
 	im.stopWatch()
 	// No request is in flight (mu was free): the queues can go.
@@ -264,12 +274,18 @@ func (im *Image) lockOwners() string {
 
 // enter admits a request unless the image is closed; leave ends it.
 func (im *Image) enter(op string) error {
-	im.mu.RLock()
-	if im.closed {
-		im.mu.RUnlock()
-		return &Error{Op: op, Object: im.spec, Kind: ErrClosed, Errno: syscall.ESHUTDOWN, io: true}
+	if im.users.Add(1)&closingBit != 0 {
+		im.leave()
+		return &Error{Op: op, Object: im.spec, Kind: ErrClosed, Errno: syscall.ESHUTDOWN}
 	}
 	return nil
 }
 
-func (im *Image) leave() { im.mu.RUnlock() }
+func (im *Image) leave() {
+	if im.users.Add(-1) == closingBit {
+		im.idled.Do(func() { close(im.idle) })
+	}
+}
+
+// closingBit marks Image.users once Close has begun.
+const closingBit = 1 << 62

@@ -16,10 +16,41 @@ import (
 )
 
 // layerBackendPrefix starts the NBD backend identifier of every device
-// the graph driver attaches: "rbd-nbd-graph:layer:POOL[/NAMESPACE]/IMAGE[@SNAP]".
-// `rbd-nbd-graph list` shows them (target "layer:..."), and a restarted
-// driver finds its devices by it.
-const layerBackendPrefix = backendPrefix + "layer:"
+// the graph driver attaches:
+// "rbd-nbd-graph:layer@OWNER:POOL[/NAMESPACE]/IMAGE[@SNAP]", OWNER being
+// the driver's identity (graph.Driver.Identity). `rbd-nbd-graph list`
+// shows them (target "layer@..."), and a restarted driver finds its
+// devices by it. oldLayerBackendPrefix ("rbd-nbd-graph:layer:POOL/...",
+// no owner) is what earlier versions recorded: still adopted.
+const (
+	layerBackendPrefix    = backendPrefix + "layer@"
+	oldLayerBackendPrefix = backendPrefix + "layer:"
+)
+
+// layerBackendID encodes a layer device's identifier.
+func layerBackendID(owner, where string, ref graph.ImageRef) string {
+	return layerBackendPrefix + owner + ":" + where + "/" + ref.String()
+}
+
+// parseLayerBackendID decodes one for the pool (and namespace) where;
+// ok is false for any other device's.
+func parseLayerBackendID(id, where string) (req graph.AttachRequest, ok bool) {
+	var spec string
+	if rest, found := strings.CutPrefix(id, layerBackendPrefix); found {
+		owner, tail, found := strings.Cut(rest, ":")
+		if !found || owner == "" {
+			return req, false
+		}
+		if spec, found = strings.CutPrefix(tail, where+"/"); !found {
+			return req, false
+		}
+		req.Owner = owner
+	} else if spec, found = strings.CutPrefix(id, oldLayerBackendPrefix+where+"/"); !found {
+		return req, false
+	}
+	req.Image, req.Snapshot, _ = strings.Cut(spec, "@")
+	return req, req.Image != ""
+}
 
 // imageOpener opens a layer image (or a snapshot, read-only) as an NBD
 // backend; close releases it.
@@ -40,19 +71,15 @@ var (
 	_ graph.DeviceDescriber = (*nbdAttacher)(nil)
 )
 
-func (a *nbdAttacher) backendID(ref graph.ImageRef) string {
-	return layerBackendPrefix + a.where + "/" + ref.String()
-}
-
-func (a *nbdAttacher) attachOptions(ref graph.ImageRef, readOnly bool) nbd.AttachOptions {
+func (a *nbdAttacher) attachOptions(req graph.AttachRequest, readOnly bool) nbd.AttachOptions {
 	return nbd.AttachOptions{
-		Index:           -1,
+		Index:           nbd.IndexAny,
 		Connections:     a.opts.Connections,
 		QueueDepth:      a.opts.QueueDepth,
 		ReadOnly:        readOnly,
 		IOTimeout:       a.opts.IOTimeout,
 		DeadConnTimeout: a.opts.DeadConnTimeout,
-		BackendID:       a.backendID(ref),
+		BackendID:       layerBackendID(req.Owner, a.where, req.Ref()),
 		Logger:          a.log,
 	}
 }
@@ -65,7 +92,7 @@ func (a *nbdAttacher) Attach(ctx context.Context, req graph.AttachRequest) (grap
 	}
 	// The device outlives the request that attached it: it ends by
 	// Detach only, so it gets a context of its own.
-	dev, err := nbd.Attach(context.WithoutCancel(ctx), b, a.attachOptions(req.Ref(), ro))
+	dev, err := nbd.Attach(context.WithoutCancel(ctx), b, a.attachOptions(req, ro))
 	if err != nil {
 		return nil, errors.Join(err, closeImage())
 	}
@@ -74,6 +101,18 @@ func (a *nbdAttacher) Attach(ctx context.Context, req graph.AttachRequest) (grap
 
 func (a *nbdAttacher) track(dev *nbd.Device, ref graph.ImageRef, closeImage func() error) *nbdDevice {
 	d := &nbdDevice{dev: dev, closeImage: closeImage}
+	// The kernel's sysfs pid names the process that sent CONNECT, dead
+	// after an adoption: record who serves the device now, and its
+	// connections, for `list`.
+	if err := writeServerPID(dev.Index()); err != nil {
+		a.log.Warn("cannot record the serving pid", "device", dev.Path(), "err", err)
+	}
+	stopState := followConnections(dev, a.log)
+	go func() {
+		<-dev.Done()
+		stopState()
+		removeServerPID(dev.Index())
+	}()
 	go func() {
 		// Someone else disconnecting our device (rbd-nbd-graph unmap)
 		// breaks the mount on it: say so loudly.
@@ -114,9 +153,33 @@ func (d *nbdDevice) Detach(ctx context.Context) error {
 		d.mu.Unlock()
 		dctx, cancel := context.WithTimeout(ctx, time.Minute)
 		defer cancel()
-		d.err = errors.Join(d.dev.Detach(dctx), d.closeImage())
+		d.err = d.finish(d.dev.Detach(dctx))
 	})
 	return d.err
+}
+
+// Release stops serving the device and closes the image, leaving the
+// device (and its mount) to the kernel for the next driver process to
+// adopt. ctx bounds the wait for requests in flight.
+func (d *nbdDevice) Release(ctx context.Context) error {
+	d.once.Do(func() {
+		d.mu.Lock()
+		d.off = true
+		d.mu.Unlock()
+		d.err = d.finish(d.dev.Release(ctx))
+	})
+	return d.err
+}
+
+// finish closes the image after the device stopped serving it, unless
+// requests are still in flight in librbd: closing would wait for them,
+// and a hung cluster would hang the caller. The image is then left for
+// the process's exit to release.
+func (d *nbdDevice) finish(err error) error {
+	if errors.Is(err, nbd.ErrInFlight) {
+		return err
+	}
+	return errors.Join(err, d.closeImage())
 }
 
 // Stale finds this pool's layer devices that the kernel still has
@@ -127,16 +190,14 @@ func (a *nbdAttacher) Stale(ctx context.Context) ([]graph.StaleDevice, error) {
 	if err != nil {
 		return nil, err
 	}
-	prefix := layerBackendPrefix + a.where + "/"
 	var out []graph.StaleDevice
 	for _, st := range all {
-		spec, ok := strings.CutPrefix(st.BackendID, prefix)
+		req, ok := parseLayerBackendID(st.BackendID, a.where)
 		if !ok || !st.Connected || st.PID == os.Getpid() {
 			continue
 		}
-		image, snap, _ := strings.Cut(spec, "@")
-		out = append(out, &staleNBD{a: a, st: st,
-			req: graph.AttachRequest{Image: image, Snapshot: snap, ReadOnly: st.ReadOnly || snap != ""}})
+		req.ReadOnly = st.ReadOnly || req.Snapshot != ""
+		out = append(out, &staleNBD{a: a, st: st, req: req})
 	}
 	return out, nil
 }
@@ -158,11 +219,23 @@ func (s *staleNBD) Adopt(ctx context.Context) (graph.Device, error) {
 	if err != nil {
 		return nil, err
 	}
-	dev, err := nbd.Reattach(context.WithoutCancel(ctx), s.st.Index, b, s.a.attachOptions(ref, s.req.ReadOnly))
+	opts := s.a.attachOptions(s.req, s.req.ReadOnly)
+	opts.BlockSize = 0 // keep the device's
+	if s.req.Owner == "" {
+		opts.BackendID = s.st.BackendID // recorded by an older version: the kernel wants it as it is
+	}
+	dev, err := nbd.Reattach(context.WithoutCancel(ctx), s.st.Index, b, opts)
 	if err != nil {
 		return nil, errors.Join(err, closeImage())
 	}
 	return s.a.track(dev, ref, closeImage), nil
+}
+
+// Served reports whether a live process other than this one serves the
+// device (by its recorded server or the kernel's pid).
+func (s *staleNBD) Served() bool {
+	pid := serverPID(s.st)
+	return pid > 0 && pid != os.Getpid()
 }
 
 func (s *staleNBD) Detach(ctx context.Context) error {
@@ -188,7 +261,7 @@ func (a *nbdAttacher) DescribeDevices() [][2]string {
 		conns = 1
 	}
 	return [][2]string{
-		{"Block Devices", fmt.Sprintf("kernel NBD, served in process (backend %s%s/...)", layerBackendPrefix, a.where)},
+		{"Block Devices", fmt.Sprintf("kernel NBD, served in process (backend %sOWNER:%s/...)", layerBackendPrefix, a.where)},
 		{"NBD Connections Per Device", strconv.Itoa(conns)},
 		{"NBD Queue Depth", orDefault(a.opts.QueueDepth)},
 		{"NBD IO Timeout", timeout(a.opts.IOTimeout)},

@@ -2,14 +2,19 @@ package main
 
 import (
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"flag"
 	"fmt"
 	"net"
 	"net/url"
 	"os"
+	"os/user"
+	"strconv"
 	"time"
 
+	"github.com/rbd-nbd-graph/rbd-nbd-graph/internal/unixsock"
 	"github.com/rbd-nbd-graph/rbd-nbd-graph/nbd"
 )
 
@@ -28,6 +33,16 @@ type exportFlags struct {
 	queueDepth  int
 	multiConn   bool
 	blockSize   uint
+	// The socket's permissions, parsed from --socket-mode and
+	// --socket-group.
+	socketMode os.FileMode
+	socketGID  int
+	maxConns   int
+	maxInLimit int64
+	tlsMode    string
+	tlsCert    string
+	tlsKey     string
+	tlsCA      string
 	// shutdownTimeout bounds the drain after SIGTERM: see runExport.
 	shutdownTimeout time.Duration
 }
@@ -56,6 +71,15 @@ func parseExportFlags(env *environment, args []string) (*exportFlags, string, er
 	fs.DurationVar(&f.shutdownTimeout, "shutdown-timeout", defaultShutdownTimeout,
 		"after SIGINT/SIGTERM, wait this long for requests in flight and for closing TARGET, then exit anyway (status 1)")
 	fs.UintVar(&f.blockSize, "block-size", 0, "minimum block size clients must align to (0: 512, or 1 if the size is not a multiple of 512)")
+	mode := fs.String("socket-mode", "0600", "permissions of the --socket file, in octal: whoever may connect can read and write the export")
+	group := fs.String("socket-group", "", "group (name or id) of the --socket file, e.g. with --socket-mode 0660")
+	fs.StringVar(&f.tlsMode, "tls", "off", "NBD STARTTLS: off, on (offered) or require (no export without it)")
+	fs.StringVar(&f.tlsCert, "tls-cert", "", "server certificate (PEM) for --tls on|require")
+	fs.StringVar(&f.tlsKey, "tls-key", "", "server private key (PEM) for --tls on|require")
+	fs.StringVar(&f.tlsCA, "tls-ca", "", "CA certificates (PEM): clients must present a certificate they signed")
+	fs.IntVar(&f.maxConns, "max-connections", nbd.DefaultMaxConnections, "clients served at once; more are closed at once with a log line")
+	inflight := fs.String("max-inflight-bytes", fmt.Sprintf("%dM", nbd.DefaultServerMaxInFlightBytes>>20),
+		fmt.Sprintf("payload bytes held by requests in flight across all clients (each client also at most %dM); more requests wait", nbd.DefaultMaxInFlightBytes>>20))
 	fs.Usage = func() {
 		fmt.Fprintf(env.stderr, "usage: rbd-nbd-graph export [--socket PATH | --listen ADDR] [flags] TARGET\n\n"+
 			"Serves TARGET to NBD clients (nbdinfo, nbdcopy, qemu, fio, nbd-client) until SIGINT or SIGTERM,\n"+
@@ -86,6 +110,38 @@ func parseExportFlags(env *environment, args []string) (*exportFlags, string, er
 	if b := f.blockSize; b != 0 && (b&(b-1) != 0 || b > 65536) {
 		return nil, "", fmt.Errorf("%w: --block-size %d is not a power of two up to 65536", errUsage, b)
 	}
+	m, err := strconv.ParseUint(*mode, 8, 32)
+	if err != nil || m > 0o777 {
+		return nil, "", fmt.Errorf("%w: --socket-mode %q: want octal permissions such as 0600 or 0660", errUsage, *mode)
+	}
+	f.socketMode = os.FileMode(m)
+	f.socketGID = unixsock.NoGroup
+	if *group != "" {
+		if f.socketGID, err = lookupGroup(*group); err != nil {
+			return nil, "", fmt.Errorf("%w: --socket-group: %v", errUsage, err)
+		}
+	}
+	if f.socket == "" && (*mode != "0600" || *group != "") {
+		return nil, "", fmt.Errorf("%w: --socket-mode and --socket-group apply to --socket only", errUsage)
+	}
+	switch f.tlsMode {
+	case "off":
+		if f.tlsCert != "" || f.tlsKey != "" || f.tlsCA != "" {
+			return nil, "", fmt.Errorf("%w: --tls-cert, --tls-key and --tls-ca need --tls on or --tls require", errUsage)
+		}
+	case "on", "require":
+		if f.tlsCert == "" || f.tlsKey == "" {
+			return nil, "", fmt.Errorf("%w: --tls %s needs --tls-cert and --tls-key", errUsage, f.tlsMode)
+		}
+	default:
+		return nil, "", fmt.Errorf("%w: --tls %q: want off, on or require", errUsage, f.tlsMode)
+	}
+	if f.maxConns < 1 {
+		return nil, "", fmt.Errorf("%w: --max-connections %d: want at least 1", errUsage, f.maxConns)
+	}
+	if f.maxInLimit, err = parseSize(*inflight); err != nil || f.maxInLimit < 1<<20 {
+		return nil, "", fmt.Errorf("%w: --max-inflight-bytes %q: want a size of at least 1M, e.g. 256M", errUsage, *inflight)
+	}
 	return f, fs.Arg(0), nil
 }
 
@@ -96,9 +152,18 @@ func runExport(ctx context.Context, env *environment, args []string) (err error)
 	}
 	// Check the address before opening the target, which may be slow.
 	if f.listen != "" {
-		if err := checkListenAddr(f.listen, f.allowRemote); err != nil {
+		exposure, err := checkListenAddr(f.listen, f.allowRemote)
+		if err != nil {
 			return err
 		}
+		if exposure != "" {
+			env.log.Warn("export: NBD has no authentication: anyone who can reach this address can read and write the export",
+				"listen", f.listen, "exposure", exposure)
+		}
+	}
+	tlsConf, err := loadTLS(f)
+	if err != nil {
+		return err
 	}
 	f.ceph.log = env.log
 	b, closeTarget, err := openTarget(ctx, target, f.ceph, f.readOnly)
@@ -138,7 +203,8 @@ func runExport(ctx context.Context, env *environment, args []string) (err error)
 		Backend:     b,
 		Options:     nbd.TransmissionOptions{ReadOnly: f.readOnly, QueueDepth: f.queueDepth, BlockSize: bs, Logger: env.log},
 		MultiConn:   f.multiConn,
-	}}, nbd.ServerOptions{Logger: env.log})
+	}}, nbd.ServerOptions{Logger: env.log, MaxConnections: f.maxConns, MaxInFlightBytes: f.maxInLimit,
+		TLS: tlsConf, TLSRequired: f.tlsMode == "require"})
 	if err != nil {
 		return fmt.Errorf("%w: %v", errUsage, err)
 	}
@@ -147,7 +213,7 @@ func runExport(ctx context.Context, env *environment, args []string) (err error)
 	if err != nil {
 		return err
 	}
-	env.log.Info("export: serving", "target", target, "size", b.Size(), "uri", uri, "read_only", f.readOnly)
+	env.log.Info("export: serving", "target", target, "size", b.Size(), "uri", uri, "read_only", f.readOnly, "tls", f.tlsMode)
 	// The URI on stdout tells scripts (and tests) the export is ready.
 	fmt.Fprintln(env.stdout, uri)
 	served := make(chan error, 1)
@@ -198,51 +264,99 @@ func boundedWait(f func() error, deadline time.Time) error {
 }
 
 // checkListenAddr refuses addresses that are not loopback unless
-// allowRemote: the NBD protocol has no authentication here.
-func checkListenAddr(addr string, allowRemote bool) error {
+// allowRemote: the NBD protocol has no authentication here. With
+// allowRemote it returns what the address exposes the export to, for a
+// warning, or "" for a loopback address.
+func checkListenAddr(addr string, allowRemote bool) (exposure string, err error) {
 	host, _, err := net.SplitHostPort(addr)
 	if err != nil {
-		return fmt.Errorf("%w: --listen %q: %v (want HOST:PORT, e.g. %s)", errUsage, addr, err, defaultListen)
+		return "", fmt.Errorf("%w: --listen %q: %v (want HOST:PORT, e.g. %s)", errUsage, addr, err, defaultListen)
 	}
-	if allowRemote {
-		return nil
+	if host == "" && !allowRemote {
+		return "", fmt.Errorf("%w: --listen %q listens on every interface; NBD has no authentication, so use a loopback address (e.g. %s) or add --allow-remote", errUsage, addr, defaultListen)
 	}
-	if host == "" {
-		return fmt.Errorf("%w: --listen %q listens on every interface; NBD has no authentication, so use a loopback address (e.g. %s) or add --allow-remote", errUsage, addr, defaultListen)
+	if ip := net.ParseIP(host); allowRemote && (host == "" || (ip != nil && ip.IsUnspecified())) {
+		return "every interface of this machine", nil
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
 	ips, err := net.DefaultResolver.LookupIPAddr(ctx, host)
 	if err != nil {
-		return fmt.Errorf("%w: --listen %q: %v", errUsage, addr, err)
+		return "", fmt.Errorf("%w: --listen %q: %v", errUsage, addr, err)
 	}
 	for _, ip := range ips {
 		if !ip.IP.IsLoopback() {
-			return fmt.Errorf("%w: --listen %q is not a loopback address (%s); NBD has no authentication, so anyone who can reach it could read and write the export: use 127.0.0.1 or [::1], or add --allow-remote", errUsage, addr, ip.IP)
+			if !allowRemote {
+				return "", fmt.Errorf("%w: --listen %q is not a loopback address (%s); NBD has no authentication, so anyone who can reach it could read and write the export: use 127.0.0.1 or [::1], or add --allow-remote", errUsage, addr, ip.IP)
+			}
+			return fmt.Sprintf("the network of non-loopback address %s", ip.IP), nil
 		}
 	}
-	return nil
+	return "", nil
+}
+
+// lookupGroup resolves a group name or numeric id.
+func lookupGroup(name string) (int, error) {
+	if id, err := strconv.Atoi(name); err == nil && id >= 0 {
+		return id, nil
+	}
+	g, err := user.LookupGroup(name)
+	if err != nil {
+		return 0, err
+	}
+	return strconv.Atoi(g.Gid)
 }
 
 // listen opens the listener and returns it with the export's NBD URI.
 func listen(f *exportFlags) (net.Listener, string, error) {
 	path := "/" + url.PathEscape(f.name)
+	// nbds: clients must start TLS (with --tls on they may; the plain
+	// URI then still works).
+	scheme := "nbd"
+	if f.tlsMode == "require" {
+		scheme = "nbds"
+	}
 	if f.socket != "" {
 		if err := removeStaleSocket(f.socket); err != nil {
 			return nil, "", err
 		}
-		ln, err := net.Listen("unix", f.socket)
+		ln, err := unixsock.Listen(f.socket, f.socketMode, f.socketGID)
 		if err != nil {
 			return nil, "", fmt.Errorf("listen on unix socket: %w", err)
 		}
 		q := url.Values{"socket": {f.socket}}
-		return ln, "nbd+unix://" + path + "?" + q.Encode(), nil
+		return ln, scheme + "+unix://" + path + "?" + q.Encode(), nil
 	}
 	ln, err := net.Listen("tcp", f.listen)
 	if err != nil {
 		return nil, "", fmt.Errorf("listen on %s: %w", f.listen, err)
 	}
-	return ln, "nbd://" + ln.Addr().String() + path, nil
+	return ln, scheme + "://" + ln.Addr().String() + path, nil
+}
+
+// loadTLS builds the server's TLS configuration from --tls-cert,
+// --tls-key and --tls-ca, or returns nil for --tls off.
+func loadTLS(f *exportFlags) (*tls.Config, error) {
+	if f.tlsMode == "off" {
+		return nil, nil
+	}
+	cert, err := tls.LoadX509KeyPair(f.tlsCert, f.tlsKey)
+	if err != nil {
+		return nil, fmt.Errorf("%w: --tls-cert/--tls-key: %v", errUsage, err)
+	}
+	c := &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}
+	if f.tlsCA != "" {
+		pem, err := os.ReadFile(f.tlsCA)
+		if err != nil {
+			return nil, fmt.Errorf("%w: --tls-ca: %v", errUsage, err)
+		}
+		pool := x509.NewCertPool()
+		if !pool.AppendCertsFromPEM(pem) {
+			return nil, fmt.Errorf("%w: --tls-ca %s holds no PEM certificate", errUsage, f.tlsCA)
+		}
+		c.ClientCAs, c.ClientAuth = pool, tls.RequireAndVerifyClientCert
+	}
+	return c, nil
 }
 
 // removeStaleSocket removes a unix socket left by a process that died,

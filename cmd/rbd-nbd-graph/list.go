@@ -21,6 +21,12 @@ type mapping struct {
 	ReadOnly  bool   `json:"read_only"`
 	Connected bool   `json:"connected"`
 	BackendID string `json:"backend_id"`
+	// From the serving process (0 when none records them): the
+	// connections it was configured with, those the kernel uses now,
+	// and how many it replaced after the kernel dropped them.
+	Connections         int   `json:"connections,omitempty"`
+	ConnectionsLive     int   `json:"connections_live"`
+	ConnectionsReplaced int64 `json:"connections_replaced"`
 }
 
 // runList: list [--format plain|json] [--all].
@@ -50,6 +56,9 @@ func runList(ctx context.Context, env *environment, args []string) error {
 		}
 		m := mapping{Device: d.Path, Index: d.Index, PID: serverPID(d), Size: d.Size, ReadOnly: d.ReadOnly,
 			Connected: d.Connected, BackendID: d.BackendID}
+		if st, ok := readConnState(d.Index); ok {
+			m.Connections, m.ConnectionsLive, m.ConnectionsReplaced = st.Configured, st.Live, st.Replaced
+		}
 		if ours {
 			m.Target = strings.TrimPrefix(d.BackendID, backendPrefix)
 		}

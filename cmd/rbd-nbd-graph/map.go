@@ -32,6 +32,10 @@ type mapFlags struct {
 	blockSize       uint
 	ioTimeout       time.Duration
 	deadConnTimeout time.Duration
+	shutdownTimeout time.Duration
+	detachOnExit    bool
+	force           bool
+	blockSizeSet    bool
 	foreground      bool
 	reattach        bool
 	device          string
@@ -50,9 +54,14 @@ func parseMapFlags(name string, env *environment, args []string) (*mapFlags, str
 	fs.IntVar(&f.connections, "connections", 1, "sockets between the kernel and this process (>1: multi-connection)")
 	fs.IntVar(&f.queueDepth, "queue-depth", 0, "requests served at once per connection (0: default)")
 	fs.UintVar(&f.blockSize, "block-size", 4096, "logical block size of the device: 512, 1024, 2048 or 4096")
-	fs.DurationVar(&f.ioTimeout, "io-timeout", 0, "fail a request the backend has not answered in this time (0: never; the kernel only warns)")
+	fs.DurationVar(&f.ioTimeout, "io-timeout", 0, "fail (EIO) a request the backend has not answered in this time; the device stays up (0: wait as long as the cluster needs)")
 	fs.DurationVar(&f.deadConnTimeout, "dead-conn-timeout", 60*time.Second,
-		"after the serving process dies, how long the kernel holds IO waiting for 'map --reattach' (0: fail IO at once)")
+		"after the serving process exits or dies, how long the kernel holds IO waiting for 'attach' (0: fail IO at once)")
+	fs.DurationVar(&f.shutdownTimeout, "shutdown-timeout", 30*time.Second,
+		"on SIGTERM/SIGINT, how long to wait for requests in flight before exiting anyway")
+	fs.BoolVar(&f.detachOnExit, "detach-on-exit", false,
+		"on SIGTERM/SIGINT detach the device (default: leave it to the kernel for 'attach', as a restart or upgrade needs)")
+	fs.BoolVar(&f.force, "force", false, "attach: serve the device even if that changes it between read-only and read-write")
 	fs.BoolVar(&f.foreground, "foreground", false, "serve in this process until SIGINT/SIGTERM or unmap (default: in a background process)")
 	fs.BoolVar(&f.reattach, "reattach", false, "re-serve a device still mapped to TARGET whose serving process died")
 	fs.StringVar(&f.device, "device", "", "use this device (/dev/nbdN); default: any free one, or for --reattach the one mapped to TARGET")
@@ -69,6 +78,7 @@ func parseMapFlags(name string, env *environment, args []string) (*mapFlags, str
 	if err := parseFlags(fs, args); err != nil {
 		return nil, "", err
 	}
+	fs.Visit(func(fl *flag.Flag) { f.blockSizeSet = f.blockSizeSet || fl.Name == "block-size" })
 	if fs.NArg() != 1 {
 		fs.Usage()
 		return nil, "", fmt.Errorf("%w: want exactly one TARGET, got %d arguments", errUsage, fs.NArg())
@@ -76,7 +86,7 @@ func parseMapFlags(name string, env *environment, args []string) (*mapFlags, str
 	if f.connections < 1 || f.connections > 64 {
 		return nil, "", fmt.Errorf("%w: --connections %d out of range 1..64", errUsage, f.connections)
 	}
-	if f.ioTimeout < 0 || f.deadConnTimeout < 0 {
+	if f.ioTimeout < 0 || f.deadConnTimeout < 0 || f.shutdownTimeout < 0 {
 		return nil, "", fmt.Errorf("%w: timeouts must not be negative", errUsage)
 	}
 	if f.device != "" {
@@ -180,6 +190,7 @@ func daemonize(ctx context.Context, env *environment, name string, args []string
 // serveMapped opens the target, attaches (or reattaches) it and serves
 // until the device goes away or a signal arrives.
 func serveMapped(ctx context.Context, env *environment, f *mapFlags, target string) (err error) {
+	logIOFlusher(env.log)
 	var ready *os.File
 	if f.readyFD >= 0 {
 		ready = os.NewFile(uintptr(f.readyFD), "ready")
@@ -197,17 +208,26 @@ func serveMapped(ctx context.Context, env *environment, f *mapFlags, target stri
 	if err != nil {
 		return err
 	}
+	if f.reattach && strings.HasPrefix(target, "mem:") {
+		// A new mem: backend is a blank disk: serving it under a live
+		// filesystem would replace its data with zeros.
+		return fmt.Errorf("%w: cannot reattach a mem: target: its data died with the process that served it; unmap the device and map it again", errUsage)
+	}
 	b, closeTarget, err := openTarget(ctx, target, f.ceph, f.readOnly)
 	if err != nil {
 		return err
 	}
+	keepOpen := false // requests still in flight in the backend: exit without closing it
 	defer func() {
+		if keepOpen {
+			return
+		}
 		if cerr := closeTarget(); cerr != nil && err == nil {
 			err = fmt.Errorf("closing %s: %w", target, cerr)
 		}
 	}()
 	opts := nbd.AttachOptions{
-		Index:           -1,
+		Index:           nbd.IndexAny,
 		Connections:     f.connections,
 		QueueDepth:      f.queueDepth,
 		BlockSize:       uint32(f.blockSize),
@@ -217,10 +237,14 @@ func serveMapped(ctx context.Context, env *environment, f *mapFlags, target stri
 		BackendID:       id,
 		Module:          nbd.ModuleOptions{NBDsMax: f.nbdsMax, MaxPart: f.maxPart},
 		Logger:          env.log,
+		ForceMode:       f.force,
 	}
 	if f.device != "" {
 		opts.Index, _ = deviceIndex(f.device)
 	}
+	// The device ends by our decision below, not by the signal context
+	// (which would detach it).
+	serveCtx := context.WithoutCancel(ctx)
 	var dev *nbd.Device
 	if f.reattach {
 		index := opts.Index
@@ -230,14 +254,17 @@ func serveMapped(ctx context.Context, env *environment, f *mapFlags, target stri
 				return err
 			}
 		}
-		dev, err = nbd.Reattach(ctx, index, b, opts)
+		if !f.blockSizeSet {
+			opts.BlockSize = 0 // keep the device's
+		}
+		dev, err = nbd.Reattach(serveCtx, index, b, opts)
 	} else {
-		if opts.Index < 0 && !f.readOnly {
+		if opts.Index == nbd.IndexAny && !f.readOnly {
 			if err := refuseDoubleMap(ctx, id); err != nil {
 				return err
 			}
 		}
-		dev, err = nbd.Attach(ctx, b, opts)
+		dev, err = nbd.Attach(serveCtx, b, opts)
 	}
 	if err != nil {
 		return err
@@ -257,9 +284,32 @@ func serveMapped(ctx context.Context, env *environment, f *mapFlags, target stri
 	} else {
 		fmt.Fprintln(env.stdout, dev.Path())
 	}
-	// Serve until the device ends: ctx (SIGINT/SIGTERM) detaches it, an
-	// unmap from another process disconnects it.
-	return dev.Wait()
+	stopState := followConnections(dev, env.log)
+	defer stopState()
+	// Serve until the device ends (an unmap from another process
+	// disconnects it) or a signal comes: then hand the device over to
+	// the kernel for the next server, or detach it if asked to.
+	select {
+	case <-dev.Done():
+		return dev.Wait()
+	case <-ctx.Done():
+	}
+	sctx, cancel := context.WithTimeout(context.Background(), f.shutdownTimeout)
+	defer cancel()
+	if f.detachOnExit {
+		env.log.Info("signal: detaching the device", "device", dev.Path())
+		err = dev.Detach(sctx)
+	} else {
+		env.log.Info("signal: handing the device over; 'attach' serves it again", "device", dev.Path(),
+			"dead_conn_timeout", f.deadConnTimeout)
+		err = dev.Release(sctx)
+	}
+	if errors.Is(err, nbd.ErrInFlight) {
+		keepOpen = true
+		env.log.Error("exiting with requests still in flight in the backend; the kernel re-sends them to the next server", "err", err)
+		return nil
+	}
+	return err
 }
 
 // backendID is the identifier recorded in the kernel for target.

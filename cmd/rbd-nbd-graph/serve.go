@@ -43,7 +43,11 @@ func runServe(ctx context.Context, env *environment, args []string) error {
 	var ceph cephFlags
 	ceph.register(fs)
 	state := fs.String("state", "", "where to record dockerd's Init so a restarted plugin resumes at once (default /run/rbd-nbd-graph/NAME.init.json; keep it on a tmpfs)")
-	grace := fs.Duration("grace", 30*time.Second, "on SIGTERM, how long to wait for requests in flight before cleaning up")
+	grace := fs.Duration("grace", 30*time.Second, "on SIGTERM, how long to wait for plugin requests in flight")
+	shutdownTimeout := fs.Duration("shutdown-timeout", 30*time.Second,
+		"on SIGTERM, how long to wait for IO in flight on the devices before exiting anyway")
+	detachOnExit := fs.Bool("detach-on-exit", false,
+		"on SIGTERM unmount and detach every layer (default: leave them mounted for the next plugin process, as a restart or upgrade needs)")
 	fs.Usage = func() {
 		fmt.Fprintf(env.stderr, "usage: rbd-nbd-graph serve [flags]\n\n"+
 			"Serves the Docker graph driver plugin: every image and container layer is\n"+
@@ -61,6 +65,7 @@ func runServe(ctx context.Context, env *environment, args []string) error {
 	if err := graph.ValidateID(*name); err != nil {
 		return fmt.Errorf("%w: --name: %v", errUsage, err)
 	}
+	logIOFlusher(env.log)
 
 	// Precedence, lowest first: defaults, config file, --ceph-conf and
 	// friends, -o.
@@ -108,7 +113,9 @@ func runServe(ctx context.Context, env *environment, args []string) error {
 		Open: func(ctx context.Context, o graph.Options) (dockerplugin.Backend, error) {
 			return openRBDBackend(ctx, o, env.log)
 		},
-		Logger: env.log,
+		Logger:          env.log,
+		DetachOnExit:    *detachOnExit,
+		ShutdownTimeout: *shutdownTimeout,
 	})
 	env.log.Info("serving the graph driver plugin; start dockerd with --experimental -s "+*name, "socket", path)
 	return dockerplugin.Serve(ctx, ln, p, *grace)

@@ -64,16 +64,18 @@ func TestOpenTarget(t *testing.T) {
 
 func TestCheckListenAddr(t *testing.T) {
 	for _, a := range []string{"127.0.0.1:10809", "[::1]:1", "localhost:0"} {
-		if err := checkListenAddr(a, false); err != nil {
-			t.Errorf("checkListenAddr(%q) = %v", a, err)
+		if exp, err := checkListenAddr(a, true); err != nil || exp != "" {
+			t.Errorf("checkListenAddr(%q) = %q, %v; want no exposure", a, exp, err)
 		}
 	}
 	for _, a := range []string{"0.0.0.0:10809", ":10809", "[::]:1", "192.0.2.1:10809", "nohostport"} {
-		if err := checkListenAddr(a, false); !errors.Is(err, errUsage) {
+		if _, err := checkListenAddr(a, false); !errors.Is(err, errUsage) {
 			t.Errorf("checkListenAddr(%q) = %v, want a usage error", a, err)
 		}
 	}
-	if err := checkListenAddr("0.0.0.0:10809", true); err != nil {
-		t.Errorf("--allow-remote: %v", err)
+	for _, a := range []string{"0.0.0.0:10809", ":10809", "[::]:1", "192.0.2.1:10809"} {
+		if exp, err := checkListenAddr(a, true); err != nil || exp == "" {
+			t.Errorf("--allow-remote %q: %q, %v; want an exposure to warn of", a, exp, err)
+		}
 	}
 }

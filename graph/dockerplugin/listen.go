@@ -9,6 +9,8 @@ import (
 	"os"
 	"path/filepath"
 	"time"
+
+	"github.com/rbd-nbd-graph/rbd-nbd-graph/internal/unixsock"
 )
 
 // SocketDir is where dockerd looks for plugin sockets.
@@ -34,17 +36,9 @@ func Listen(path string) (net.Listener, error) {
 			return nil, fmt.Errorf("remove stale socket: %w", err)
 		}
 	}
-	ln, err := net.Listen("unix", path)
-	if err != nil {
-		return nil, err
-	}
-	// The socket was created under the umask (at most 0755, so nobody
-	// else could connect: that needs write permission); now narrow it.
-	if err := os.Chmod(path, 0o600); err != nil {
-		ln.Close()
-		return nil, err
-	}
-	return ln, nil
+	// Bound with its final mode: a bind and then a chmod would leave
+	// the socket open to the umask's mode meanwhile.
+	return unixsock.Listen(path, 0o600, unixsock.NoGroup)
 }
 
 // Serve answers plugin requests on ln until ctx ends, then stops taking

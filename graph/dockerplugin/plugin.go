@@ -11,6 +11,7 @@ import (
 	"os"
 	"path/filepath"
 	"sync"
+	"time"
 
 	dgraph "github.com/docker/docker/daemon/graphdriver"
 	"github.com/docker/docker/pkg/archive"
@@ -48,6 +49,15 @@ type Config struct {
 	// Cleanup removes it. Put it on a tmpfs such as /run: after a reboot
 	// there is nothing to resume.
 	StateFile string
+	// DetachOnExit makes Shutdown (SIGTERM) unmount and detach every
+	// layer as Cleanup does. By default Shutdown is a handover: mounts
+	// and devices stay for the next plugin process, so containers keep
+	// running through a restart or an upgrade.
+	DetachOnExit bool
+	// ShutdownTimeout bounds how long Shutdown waits for requests in
+	// flight on the devices (0: 30 s). Past it the plugin exits anyway
+	// and the kernel re-sends what was not answered to the next process.
+	ShutdownTimeout time.Duration
 	// Filesystem and HostID are passed to graph.New (tests); zero
 	// values mean the defaults.
 	Filesystem graph.Filesystem
@@ -323,15 +333,42 @@ func (p *Plugin) closeLocked() error {
 	return err
 }
 
-// Shutdown is for SIGTERM: it cancels operations in flight and closes the
-// instance like Cleanup (nothing left mounted, attached or open), but keeps
-// the Init record, because dockerd, still running, will not call Init
-// again: the next plugin process resumes from it.
+// Shutdown is for SIGTERM: it cancels operations in flight and hands the
+// instance over: every layer stops being served but stays mounted and
+// attached, the kernel holds the devices' IO, and the next plugin
+// process resumes from the Init record (dockerd, still running, will not
+// call Init again) and adopts them. With Config.DetachOnExit it closes
+// the instance like Cleanup instead, keeping the record.
 func (p *Plugin) Shutdown() error {
 	p.cancel()
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	return p.closeLocked()
+	if p.cfg.DetachOnExit {
+		return p.closeLocked()
+	}
+	if p.cur == nil {
+		return nil
+	}
+	in := p.cur
+	p.cur = nil
+	timeout := p.cfg.ShutdownTimeout
+	if timeout <= 0 {
+		timeout = 30 * time.Second
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	defer cancel()
+	err := in.drv.Release(ctx)
+	if err != nil {
+		// Requests still in flight in the cluster hold the connection:
+		// closing it would wait for them. Exiting releases it.
+		p.log.Error("handover incomplete; exiting without closing the cluster connection", "err", err)
+		return err
+	}
+	if in.backend.Close != nil {
+		err = in.backend.Close()
+	}
+	p.log.Info("handed over: layers stay mounted for the next plugin process")
+	return err
 }
 
 // DiffStream is Diff with its error: the tar stream of the changes of id

@@ -13,6 +13,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -22,6 +23,7 @@ import (
 	"github.com/docker/docker/pkg/plugingetter"
 	"github.com/docker/docker/pkg/plugins"
 	"github.com/docker/docker/pkg/reexec"
+	"github.com/moby/sys/mountinfo"
 	"github.com/rbd-nbd-graph/rbd-nbd-graph/graph"
 	"github.com/rbd-nbd-graph/rbd-nbd-graph/graph/dockerplugin"
 	gt "github.com/rbd-nbd-graph/rbd-nbd-graph/graph/graphtest"
@@ -56,14 +58,15 @@ type server struct {
 	done   chan error
 }
 
-// startServer runs a plugin on FileStore and loop devices under dir.
-func startServer(dir string, log *slog.Logger) (*server, error) {
+// startServer runs a plugin on FileStore and loop devices under dir;
+// opts adjust its Config.
+func startServer(dir string, log *slog.Logger, opts ...func(*dockerplugin.Config)) (*server, error) {
 	store, err := gt.OpenFileStore(filepath.Join(dir, "store"))
 	if err != nil {
 		return nil, err
 	}
 	s := &server{sock: filepath.Join(dir, "plugin.sock"), store: store, att: gt.NewLoopAttacher(store), done: make(chan error, 1)}
-	s.plugin = dockerplugin.New(dockerplugin.Config{
+	cfg := dockerplugin.Config{
 		Name:      "rbd-nbd-test",
 		StateFile: filepath.Join(dir, "state", "init.json"),
 		Defaults:  graph.DefaultOptions(),
@@ -72,7 +75,11 @@ func startServer(dir string, log *slog.Logger) (*server, error) {
 		},
 		HostID: "test-host",
 		Logger: log,
-	})
+	}
+	for _, o := range opts {
+		o(&cfg)
+	}
+	s.plugin = dockerplugin.New(cfg)
 	ln, err := dockerplugin.Listen(s.sock)
 	if err != nil {
 		return nil, err
@@ -335,9 +342,16 @@ func TestSocketIsPrivateAndStaleOnesAreReplaced(t *testing.T) {
 	}
 	ln.(*net.UnixListener).SetUnlinkOnClose(false)
 	ln.Close()
+	// Under umask 000 a bind alone makes the socket 0777; Listen binds it
+	// with its final mode (the umask is process-wide: no t.Parallel here).
+	old := syscall.Umask(0)
 	ln, err = dockerplugin.Listen(stale)
+	syscall.Umask(old)
 	if err != nil {
 		t.Fatalf("Listen over a stale socket: %v", err)
+	}
+	if st, err := os.Lstat(stale); err != nil || st.Mode().Perm() != 0o600 {
+		t.Fatalf("socket made under umask 000: %v, %v; want 0600", st.Mode(), err)
 	}
 	ln.Close()
 }
@@ -500,8 +514,11 @@ func TestUserNamespaceRemap(t *testing.T) {
 	}
 }
 
-// The plugin restarts while dockerd keeps running: dockerd does not call
-// Init again, so the new process resumes the recorded instance.
+// The plugin restarts (SIGTERM, as systemctl restart or an upgrade
+// does) while dockerd and a container keep running: the layer stays
+// mounted through the gap (the container keeps its files), and the new
+// process resumes the recorded instance, since dockerd does not call
+// Init again, and adopts the mount with the container's reference.
 func TestPluginRestartResumes(t *testing.T) {
 	requireLoop(t)
 	dir := t.TempDir()
@@ -517,18 +534,27 @@ func TestPluginRestartResumes(t *testing.T) {
 	if err := d.Create("l", "", nil); err != nil {
 		t.Fatal(err)
 	}
-	fs, err := d.Get("l", "")
+	fs, err := d.Get("l", "") // the running container's reference
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := os.WriteFile(filepath.Join(fs.Path(), "f"), []byte("v"), 0o644); err != nil {
+	dirL := fs.Path()
+	mnt := filepath.Dir(dirL) // Get returns the rootfs folder inside the mount
+	if err := os.WriteFile(filepath.Join(dirL, "f"), []byte("v"), 0o644); err != nil {
 		t.Fatal(err)
 	}
 	if err := srv.stop(); err != nil { // SIGTERM
 		t.Fatal(err)
 	}
-	if n := len(srv.att.Attached()); n != 0 {
-		t.Fatalf("%d devices attached after SIGTERM", n)
+	// Between the two processes the container goes on.
+	if ok, err := mountinfo.Mounted(mnt); err != nil || !ok {
+		t.Fatalf("%s is not mounted after SIGTERM (%v): the container lost its root", mnt, err)
+	}
+	if b, err := os.ReadFile(filepath.Join(dirL, "f")); err != nil || string(b) != "v" {
+		t.Fatalf("during the restart: %q, %v", b, err)
+	}
+	if err := os.WriteFile(filepath.Join(dirL, "g"), []byte("w"), 0o644); err != nil {
+		t.Fatalf("write during the restart: %v", err)
 	}
 	srv, err = startServer(dir, log)
 	if err != nil {
@@ -542,11 +568,23 @@ func TestPluginRestartResumes(t *testing.T) {
 	if err != nil {
 		t.Fatalf("Get after a plugin restart: %v", err)
 	}
-	if b, err := os.ReadFile(filepath.Join(fs.Path(), "f")); err != nil || string(b) != "v" {
-		t.Fatalf("after restart: %q, %v", b, err)
+	if fs.Path() != dirL {
+		t.Fatalf("after restart the layer is at %s, was %s", fs.Path(), dirL)
 	}
-	if err := d.Put("l"); err != nil {
-		t.Fatal(err)
+	for name, want := range map[string]string{"f": "v", "g": "w"} {
+		if b, err := os.ReadFile(filepath.Join(dirL, name)); err != nil || string(b) != want {
+			t.Fatalf("after restart %s: %q, %v", name, b, err)
+		}
+	}
+	// Two references now: ours and the container's, adopted.
+	for i := range 2 {
+		if err := d.Put("l"); err != nil {
+			t.Fatal(err)
+		}
+		mounted, _ := mountinfo.Mounted(mnt)
+		if want := i == 0; mounted != want {
+			t.Fatalf("after Put %d: mounted %v, want %v", i+1, mounted, want)
+		}
 	}
 	// dockerd's Cleanup ends the instance for good: nothing to resume.
 	if err := d.Cleanup(); err != nil {
@@ -554,6 +592,9 @@ func TestPluginRestartResumes(t *testing.T) {
 	}
 	if err := srv.stop(); err != nil {
 		t.Fatal(err)
+	}
+	if n := len(srv.att.Attached()); n != 0 {
+		t.Fatalf("%d devices attached after Cleanup", n)
 	}
 	srv, err = startServer(dir, log)
 	if err != nil {
@@ -565,12 +606,13 @@ func TestPluginRestartResumes(t *testing.T) {
 	}
 }
 
-// SIGTERM with layers in use: Serve returns after Cleanup, nothing stays
-// mounted or attached (newServer's cleanup checks the devices).
-func TestShutdownCleansUp(t *testing.T) {
+// SIGTERM with --detach-on-exit and layers in use: Serve returns after
+// unmounting and detaching everything, as Cleanup does.
+func TestShutdownWithDetachOnExitCleansUp(t *testing.T) {
 	requireLoop(t)
 	dir := t.TempDir()
-	srv, err := startServer(dir, slog.New(slog.NewTextHandler(testWriter{t}, nil)))
+	srv, err := startServer(dir, slog.New(slog.NewTextHandler(testWriter{t}, nil)),
+		func(c *dockerplugin.Config) { c.DetachOnExit = true })
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -578,19 +620,27 @@ func TestShutdownCleansUp(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	var dirs []string
 	for _, id := range []string{"a", "b"} {
 		if err := d.Create(id, "", nil); err != nil {
 			t.Fatal(err)
 		}
-		if _, err := d.Get(id, ""); err != nil {
+		fs, err := d.Get(id, "")
+		if err != nil {
 			t.Fatal(err)
 		}
+		dirs = append(dirs, filepath.Dir(fs.Path()))
 	}
 	if err := srv.stop(); err != nil {
 		t.Fatal(err)
 	}
 	if n := len(srv.att.Attached()); n != 0 {
 		t.Fatalf("%d devices attached after shutdown", n)
+	}
+	for _, p := range dirs {
+		if ok, _ := mountinfo.Mounted(p); ok {
+			t.Fatalf("%s still mounted after shutdown with DetachOnExit", p)
+		}
 	}
 	if _, err := os.Stat(srv.sock); !errors.Is(err, os.ErrNotExist) {
 		t.Fatalf("socket left behind: %v", err)

@@ -104,6 +104,18 @@ func (d *loopDevice) Detach(ctx context.Context) error {
 	return d.err
 }
 
+// Release leaves the loop device attached for a later LoopAttacher's
+// Stale to find; it closes the store's handle of the file.
+func (d *loopDevice) Release(ctx context.Context) error {
+	d.once.Do(func() {
+		d.a.mu.Lock()
+		delete(d.a.attached, d.path)
+		d.a.mu.Unlock()
+		d.a.store.close(d.ref)
+	})
+	return nil
+}
+
 // Stale lists loop devices backed by files of this store.
 func (a *LoopAttacher) Stale(ctx context.Context) ([]graph.StaleDevice, error) {
 	out, err := losetup(ctx, "--list", "--json", "--output", "NAME,BACK-FILE,RO")
@@ -151,6 +163,9 @@ func (s *staleLoop) Adopt(ctx context.Context) (graph.Device, error) {
 	}
 	return s.a.track(s.path, s.req.Ref()), nil
 }
+
+// Served is false: a loop device has no serving process.
+func (s *staleLoop) Served() bool { return false }
 
 func (s *staleLoop) Detach(ctx context.Context) error {
 	return detachLoop(ctx, s.path)

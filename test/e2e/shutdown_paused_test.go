@@ -1,0 +1,80 @@
+//go:build vmtest
+
+package e2e
+
+import (
+	"bytes"
+	"context"
+	"os/exec"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// SIGTERM to a map server while the cluster is hung (OSDs paused) with
+// writes in flight: the server gives up its drain at --shutdown-timeout
+// and exits, leaving the device to the kernel; once the OSDs are back,
+// `attach` serves it again and the writer finishes with no IO error and
+// its data verified.
+func TestMapSIGTERMBoundedWhileOSDsPaused(t *testing.T) {
+	needTools(t, "fio")
+	image := newImage(t, 256, "")
+	dev := mapDevice(t, image, "--dead-conn-timeout", "300s", "--shutdown-timeout", "5s")
+	pid := servingPID(t, dev)
+
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
+	defer cancel()
+	fio := exec.CommandContext(ctx, "fio", "--name=paused", "--filename="+dev, "--ioengine=libaio",
+		"--direct=1", "--rw=randwrite", "--bs=4k", "--iodepth=8", "--size=16M",
+		"--verify=crc32c", "--do_verify=1", "--verify_fatal=1", "--randrepeat=0")
+	var out bytes.Buffer
+	fio.Stdout, fio.Stderr = &out, &out
+	if err := fio.Start(); err != nil {
+		t.Fatal(err)
+	}
+	fioDone := make(chan error, 1)
+	go func() { fioDone <- fio.Wait() }()
+	time.Sleep(3 * time.Second)
+
+	unpaused := false
+	unpause := func() {
+		if !unpaused {
+			must(t, 3*time.Minute, "ceph", "osd", "unpause")
+			unpaused = true
+		}
+	}
+	must(t, 3*time.Minute, "ceph", "osd", "pause")
+	t.Cleanup(unpause)
+	time.Sleep(3 * time.Second) // writes pile up in librbd
+
+	start := time.Now()
+	if err := syscall.Kill(pid, syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, 60*time.Second, "the server to exit after SIGTERM with the OSDs paused", func() bool { return !processAlive(pid) })
+	took := time.Since(start)
+	t.Logf("server exited %v after SIGTERM with the OSDs paused (--shutdown-timeout 5s)", took.Round(100*time.Millisecond))
+	if took > 30*time.Second {
+		t.Fatalf("the server took %v to exit; --shutdown-timeout is 5s", took)
+	}
+	if !isConnected(t, dev) {
+		t.Fatalf("%s was detached by SIGTERM; it should be left to the kernel for attach", dev)
+	}
+
+	unpause()
+	got := strings.TrimSpace(must(t, 3*time.Minute, bin(t), "attach", "--dead-conn-timeout", "300s", image))
+	if got != dev {
+		t.Fatalf("attach printed %q, want %s", got, dev)
+	}
+	select {
+	case err := <-fioDone:
+		if err != nil || !strings.Contains(out.String(), "err= 0") {
+			t.Fatalf("fio across the hung shutdown and the reattach: %v\n%s", err, out.String())
+		}
+	case <-ctx.Done():
+		t.Fatalf("fio did not finish after the reattach\n%s", out.String())
+	}
+	t.Logf("fio finished, verify passed:\n%s", lastLines(out.String(), 8))
+	unmap(t, dev)
+}
