@@ -37,6 +37,10 @@ type Config struct {
 	// the prefix.
 	HostID string
 	Logger *slog.Logger
+	// CrashHook, for tests, is called after every durable step of
+	// Create, Remove and flattening (crash.go); nil means
+	// CrashAtFromEnv().
+	CrashHook CrashHook
 }
 
 // Driver keeps layers as images: the base image is formatted once, every
@@ -60,6 +64,7 @@ type Driver struct {
 	root     Identity
 	owner    string // recorded on base images: this host and home
 	ident    string // Identity: recorded with every device this driver attaches
+	crash    CrashHook
 
 	locks keyLocker
 
@@ -85,8 +90,13 @@ type layer struct {
 	// snapshot: image@snapName exists (the layer has had children), so
 	// the layer is attached read-only from the snapshot.
 	snapshot bool
-	mount    *mount
-	flatten  *flattenJob
+	// snapshotProtected: this run made or protected the snapshot, so it
+	// can be cloned. A snapshot found at start-up may be a crash's
+	// unprotected one (made, not yet protected; or unprotected, not yet
+	// removed): the next child protects it first.
+	snapshotProtected bool
+	mount             *mount
+	flatten           *flattenJob
 }
 
 func (l *layer) name() string {
@@ -149,6 +159,10 @@ func New(ctx context.Context, cfg Config) (*Driver, error) {
 		ident:    identity(cfg.HostID, cfg.Home),
 		layers:   make(map[string]*layer),
 		byImage:  make(map[string]*layer),
+		crash:    cfg.CrashHook,
+	}
+	if d.crash == nil {
+		d.crash = CrashAtFromEnv()
 	}
 	d.opts.ImagePrefix = prefix
 	d.mnt = filepath.Join(d.home, "mnt")
@@ -418,6 +432,7 @@ func (d *Driver) Create(ctx context.Context, id, parent string, co CreateOptions
 		return err
 	}
 	ph.done("snapshot_parent")
+	d.step(StepCreateSnapshotParent)
 	l := &layer{id: id, image: d.names.layerImage(id), parentID: parent, size: p.size,
 		cloneOf: ImageRef{Image: p.image, Snapshot: snapName}, state: StateCreating}
 
@@ -428,6 +443,7 @@ func (d *Driver) Create(ctx context.Context, id, parent string, co CreateOptions
 	}
 	undo.push(func() error { return d.store.RemoveImage(context.WithoutCancel(ctx), l.image) })
 	ph.done("clone")
+	d.step(StepCreateClone)
 	d.mu.Lock()
 	d.layers[id] = l
 	d.byImage[l.image] = l
@@ -441,6 +457,7 @@ func (d *Driver) Create(ctx context.Context, id, parent string, co CreateOptions
 			return fmt.Errorf("create layer %s: grow to %d bytes: %w", id, size, err)
 		}
 		ph.done("grow")
+		d.step(StepCreateGrow)
 	}
 	flattenLater := false
 	if d.depth(l) > d.opts.MaxCloneDepth {
@@ -450,6 +467,7 @@ func (d *Driver) Create(ctx context.Context, id, parent string, co CreateOptions
 			}
 			d.setField(func() { l.cloneOf = ImageRef{} })
 			ph.done("flatten")
+			d.step(StepCreateFlatten)
 		} else {
 			flattenLater = true
 		}
@@ -458,6 +476,7 @@ func (d *Driver) Create(ctx context.Context, id, parent string, co CreateOptions
 		return err
 	}
 	ph.done("state_ready")
+	d.step(StepCreateReady)
 	if flattenLater {
 		d.flat.enqueue(id)
 	}
@@ -469,10 +488,13 @@ func (d *Driver) Create(ctx context.Context, id, parent string, co CreateOptions
 // layer that is mounted read-write is frozen meanwhile so the snapshot
 // holds a clean filesystem.
 func (d *Driver) ensureSnapshot(ctx context.Context, p *layer) (err error) {
-	if p.snapshot {
+	if p.snapshot && p.snapshotProtected {
 		return nil
 	}
-	if m := p.mount; m != nil && !m.readOnly {
+	// An existing snapshot (found at start-up) only needs protecting;
+	// CreateSnapshot does that. A new one of a writable layer needs a
+	// frozen filesystem.
+	if m := p.mount; m != nil && !m.readOnly && !p.snapshot {
 		thaw, err := d.fs.Freeze(ctx, m.dir)
 		if err != nil {
 			return fmt.Errorf("snapshot layer %s: %w", p.name(), err)
@@ -482,7 +504,7 @@ func (d *Driver) ensureSnapshot(ctx context.Context, p *layer) (err error) {
 	if err := d.store.CreateSnapshot(ctx, p.image, snapName); err != nil {
 		return fmt.Errorf("snapshot layer %s: %w", p.name(), err)
 	}
-	d.setField(func() { p.snapshot = true })
+	d.setField(func() { p.snapshot, p.snapshotProtected = true, true })
 	return nil
 }
 
@@ -543,6 +565,7 @@ func (d *Driver) removeLayer(ctx context.Context, l *layer, atStart bool) error 
 			return fmt.Errorf("remove layer %s: %w", l.id, err)
 		}
 		ph.done("remove_snapshot")
+		d.step(StepRemoveSnapshot)
 	}
 	if l.state != StateRemoving {
 		if err := d.transition(ctx, l, StateRemoving); err != nil {
@@ -551,11 +574,13 @@ func (d *Driver) removeLayer(ctx context.Context, l *layer, atStart bool) error 
 			}
 		}
 		ph.done("state_removing")
+		d.step(StepRemoveStateRemoving)
 	}
 	if err := d.store.RemoveImage(ctx, l.image); err != nil && !errors.Is(err, ErrImageNotFound) {
 		return fmt.Errorf("remove layer %s: %w", l.id, err)
 	}
 	ph.done("remove_image")
+	d.step(StepRemoveImage)
 	d.forget(l)
 	if err := os.Remove(filepath.Join(d.mnt, l.id)); err != nil && !errors.Is(err, os.ErrNotExist) {
 		d.log.Warn("could not remove mount point", "layer", l.id, "err", err)
@@ -589,7 +614,7 @@ func (d *Driver) removeSnapshot(ctx context.Context, l *layer) error {
 	case err != nil && !errors.Is(err, ErrImageNotFound):
 		return err
 	}
-	d.setField(func() { l.snapshot = false })
+	d.setField(func() { l.snapshot, l.snapshotProtected = false, false })
 	return nil
 }
 

@@ -108,6 +108,9 @@ func (f *flattener) flatten(id string) {
 	d.log.Debug("flattening layer", "layer", id, "depth", depth)
 	err := d.store.FlattenImage(ctx, l.image)
 	cancel()
+	if err == nil {
+		d.step(StepFlattenDone)
+	}
 	d.mu.Lock()
 	l.flatten = nil
 	if err == nil {

@@ -27,6 +27,17 @@ type Options struct {
 	// them, so a driver restarted under mounted layers loses nothing;
 	// writeback or writearound acknowledge from librbd's cache.
 	CachePolicy string
+	// OSDTimeout (rbd.osdtimeout) fails a Ceph request the OSDs do not
+	// complete in time with ETIMEDOUT (EIO on the layer's device)
+	// instead of waiting; 0 (default) waits for ever, as krbd.
+	OSDTimeout time.Duration
+	// ConnectTimeout (rbd.connecttimeout) bounds connecting to the
+	// monitors at start and every monitor request (0: rbdio's 30s).
+	ConnectTimeout time.Duration
+	// AbortOnFull (rbd.abortonfull) fails writes to a full pool (quota
+	// or cluster full) with ENOSPC at once, as krbd's abort_on_full;
+	// false (default, as krbd) makes them wait until space is freed.
+	AbortOnFull bool
 
 	// ImagePrefix starts every image name this driver makes
 	// (rbd.imageprefix). Empty means a prefix derived from this host's
@@ -107,6 +118,16 @@ var optionKeys = map[string]optionSetter{
 			return nil
 		}
 		return fmt.Errorf("use none, writethrough, writeback or writearound")
+	},
+	"rbd.osdtimeout":     durationOpt(func(o *Options) *time.Duration { return &o.OSDTimeout }),
+	"rbd.connecttimeout": durationOpt(func(o *Options) *time.Duration { return &o.ConnectTimeout }),
+	"rbd.abortonfull": func(o *Options, v string) error {
+		b, err := strconv.ParseBool(v)
+		if err != nil {
+			return fmt.Errorf("want true or false")
+		}
+		o.AbortOnFull = b
+		return nil
 	},
 	"rbd.client": func(o *Options, v string) error {
 		o.Client = strings.TrimPrefix(v, "client.")

@@ -15,7 +15,7 @@ func TestParseOptions(t *testing.T) {
 		"rbd.pool=layers", "RBD.DataPool=ec", "rbd.client=client.docker", "rbd.configfile=/etc/ceph/x.conf",
 		"rbd.keyring=/k", "rbd.imageprefix=h1-", "rbd.basesize=20G", "rbd.fs=xfs",
 		"rbd.mkfsarg=-m crc=1", "rbd.mkfsarg=-i size=512", "rbd.mountopt=discard,noatime", "rbd.namespace=ns",
-		"rbd.maxclonedepth=4", "rbd.flatten=create", "rbd.cachepolicy=writeback",
+		"rbd.maxclonedepth=4", "rbd.flatten=create", "rbd.cachepolicy=writeback", "rbd.osdtimeout=45s", "rbd.connecttimeout=10s", "rbd.abortonfull=true",
 		"nbd.connections=4", "nbd.queuedepth=64", "nbd.iotimeout=30", "nbd.deadconntimeout=5m",
 	})
 	if err != nil {
@@ -23,7 +23,7 @@ func TestParseOptions(t *testing.T) {
 	}
 	want := graph.Options{
 		Pool: "layers", DataPool: "ec", Namespace: "ns", Client: "docker", ConfigFile: "/etc/ceph/x.conf", Keyring: "/k",
-		CachePolicy: "writeback",
+		CachePolicy: "writeback", OSDTimeout: 45 * time.Second, ConnectTimeout: 10 * time.Second, AbortOnFull: true,
 		ImagePrefix: "h1-", BaseSize: 20 << 30, FS: "xfs",
 		MkfsArgs: []string{"-m", "crc=1", "-i", "size=512"}, MountOptions: []string{"discard", "noatime"},
 		MaxCloneDepth: 4, Flatten: graph.FlattenOnCreate,
@@ -55,6 +55,8 @@ func TestParseOptionsRefusesBadInput(t *testing.T) {
 		{"rbd.flatten=never", "background or create"},
 		{"nbd.connections=x", "integer"},
 		{"nbd.iotimeout=-1s", "negative"},
+		{"rbd.osdtimeout=-5s", "negative"},
+		{"rbd.abortonfull=maybe", "true or false"},
 		{"rbd.imageprefix=a/b", "character"},
 		{"rbd.cachepolicy=off", "none, writethrough, writeback or writearound"},
 	} {

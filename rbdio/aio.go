@@ -378,6 +378,9 @@ func (im *Image) ioError(fn string, ret, off, length int64) error {
 	}
 	if code == syscall.ESHUTDOWN {
 		e.Hint += "; this client was blocklisted by the cluster: reopen the image"
+		if im.blocklisted != nil { // nil only in Images made by tests
+			im.blocklistedOnce.Do(func() { close(im.blocklisted) })
+		}
 	}
 	return e
 }

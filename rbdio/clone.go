@@ -79,27 +79,6 @@ func (c *Conn) Clone(ctx context.Context, parent, snap, child string, opts Creat
 	return nil
 }
 
-// Flatten copies into image every block it still reads from its clone
-// parent, so it no longer depends on it (rbd_flatten). It may run while
-// the image is open for IO elsewhere: librbd hands the work to the
-// exclusive lock holder. An image that is not a clone is left alone.
-// The call cannot be interrupted once started; ctx is checked before.
-func (c *Conn) Flatten(ctx context.Context, image string) error {
-	return c.withImage(ctx, "flatten", image, "", false, func(img *rbd.Image) error {
-		if err := img.Flatten(); err != nil {
-			e := wrap(err, "flatten", c.spec(image, ""), "rbd_flatten")
-			if e.Errno == syscall.EINVAL {
-				// librbd's answer for "not a clone".
-				if _, err := img.GetParent(); err != nil {
-					return nil
-				}
-			}
-			return e
-		}
-		return nil
-	})
-}
-
 // Children lists the clones of image@snap (rbd_list_children3).
 func (c *Conn) Children(ctx context.Context, image, snap string) ([]ImageSpec, error) {
 	if err := validName("snapshot", snap); err != nil {

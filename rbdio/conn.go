@@ -37,6 +37,20 @@ type Config struct {
 	// ConnectTimeout bounds connecting and every monitor request
 	// (default 30s). Data IO is not bounded by it.
 	ConnectTimeout time.Duration
+	// OSDTimeout bounds every OSD request, data IO included
+	// (rados_osd_op_timeout): a request the cluster does not complete in
+	// time fails with ETIMEDOUT instead of waiting, for example while the
+	// OSDs are paused or down. 0 (the default, as librados' and krbd's
+	// osd_request_timeout) waits for ever, which never fails a write
+	// that would have succeeded later.
+	OSDTimeout time.Duration
+	// AbortOnFull makes writes to a full pool (its quota reached, or the
+	// cluster full) fail with ENOSPC or EDQUOT at once, as krbd's
+	// abort_on_full, instead of waiting until space is freed
+	// (rados_set_pool_full_try on the pool's context: librados then
+	// sends the writes and the OSD refuses them). Default false, as
+	// krbd.
+	AbortOnFull bool
 	// CachePolicy is librbd's cache and when a write is acknowledged
 	// (default CacheNone). See doc.go, "librbd settings".
 	CachePolicy CachePolicy
@@ -139,6 +153,9 @@ func Connect(ctx context.Context, cfg Config) (*Conn, error) {
 	if _, err := ParseCachePolicy(string(cfg.CachePolicy)); err != nil {
 		return nil, err
 	}
+	if cfg.OSDTimeout < 0 {
+		return nil, &Error{Op: "connect", Kind: ErrInvalid, Hint: fmt.Sprintf("OSD timeout %v is negative: use 0 to wait for ever", cfg.OSDTimeout)}
+	}
 	for _, f := range []struct{ what, path, how string }{
 		{"ceph.conf", cfg.ConfFile, "--ceph-conf, Config.ConfFile"},
 		{"keyring", cfg.Keyring, "--keyring, Config.Keyring"},
@@ -231,6 +248,12 @@ func connect(cfg Config) (*Conn, error) {
 	if cfg.CachePolicy != CacheNone {
 		opts = append(opts, [2]string{"rbd_cache_policy", string(cfg.CachePolicy)})
 	}
+	if cfg.OSDTimeout > 0 {
+		// librados rounds to whole seconds; never round a short
+		// timeout down to 0, which would mean "wait for ever".
+		osd := max(int64((cfg.OSDTimeout+time.Second-1)/time.Second), 1)
+		opts = append(opts, [2]string{"rados_osd_op_timeout", strconv.FormatInt(osd, 10)})
+	}
 	if cfg.Keyring != "" {
 		opts = append(opts, [2]string{"keyring", cfg.Keyring})
 	}
@@ -244,8 +267,10 @@ func connect(cfg Config) (*Conn, error) {
 		mons, _ := rc.GetConfigOption("mon_host")
 		switch e.Errno {
 		case syscall.ETIMEDOUT:
+			conf := confInUse(cfg)
 			return nil, e.with(ErrUnreachable, fmt.Sprintf(
-				"no monitor answered at %q within %v: is the cluster running (test/ceph/cluster status DIR, make cluster)?", mons, cfg.ConnectTimeout))
+				"no monitor answered at %q (mon host in ceph.conf %s) within %v: is the cluster running and reachable from here? Check with 'ceph -s --conf %s', and fix mon host there (or pass another --ceph-conf) if the monitors moved",
+				mons, conf, cfg.ConnectTimeout, conf))
 		case syscall.EACCES, syscall.EPERM:
 			keyring, _ := rc.GetConfigOption("keyring")
 			return nil, e.with(ErrPermission, fmt.Sprintf(
@@ -265,6 +290,14 @@ func connect(cfg Config) (*Conn, error) {
 		}
 		return nil, e
 	}
+	if cfg.AbortOnFull {
+		// Images opened from this context inherit it (librbd copies the
+		// context for its data path).
+		if err := ioctx.SetPoolFullTry(); err != nil {
+			ioctx.Destroy()
+			return nil, wrap(err, "set pool full try", cfg.Pool, "rados_set_pool_full_try")
+		}
+	}
 	if cfg.Namespace != "" {
 		ioctx.SetNamespace(cfg.Namespace)
 		exists, err := rbd.NamespaceExists(ioctx, cfg.Namespace)
@@ -280,6 +313,17 @@ func connect(cfg Config) (*Conn, error) {
 	}
 	ok = true
 	return &Conn{cfg: cfg, rados: rc, ioctx: ioctx, images: make(map[*Image]struct{})}, nil
+}
+
+// confInUse names the ceph.conf librados read, for messages.
+func confInUse(cfg Config) string {
+	if cfg.ConfFile != "" {
+		return cfg.ConfFile
+	}
+	if env := os.Getenv("CEPH_CONF"); env != "" {
+		return env
+	}
+	return "/etc/ceph/" + cfg.Cluster + ".conf"
 }
 
 // Config returns the configuration the connection was made with,

@@ -135,6 +135,13 @@ func TestConnectErrors(t *testing.T) {
 		if !errors.Is(err, ErrUnreachable) || !strings.Contains(err.Error(), "is the cluster running") {
 			t.Fatalf("err = %v, want ErrUnreachable with a hint", err)
 		}
+		// It names the monitors tried, the ceph.conf they came from, and
+		// what to check.
+		for _, want := range []string{"127.0.0.1:9", "ceph.conf " + dead, "mon host", "ceph -s --conf " + dead} {
+			if !strings.Contains(err.Error(), want) {
+				t.Errorf("err = %v, want it to mention %q", err, want)
+			}
+		}
 		if d := time.Since(start); d > 15*time.Second {
 			t.Errorf("took %v with ConnectTimeout 2s", d)
 		}

@@ -18,6 +18,8 @@
 //     parent, resize, remove (refused while clones or snapshots exist or
 //     another client has the image open), list, stat, image metadata.
 //     admin.go opens a short-lived go-ceph handle for each call.
+//     flatten.go and flatten_shim.c call librbd directly, so a cancelled
+//     context stops a flatten part way (rbd_flatten_with_progress).
 //   - image.go, aio.go, aio_shim.c, watch.go: Image, the open image for
 //     IO. It implements nbd.Backend, nbd.AsyncBackend, nbd.Discarder,
 //     nbd.ZeroWriter and nbd.Resizer. A read-write open takes the

@@ -71,7 +71,18 @@ type Image struct {
 	sizeCh      chan int64
 	closing     chan struct{}
 	watchDone   chan struct{}
+
+	// blocklisted is closed at the first request librbd fails with
+	// ESHUTDOWN: the cluster blocklisted this client, and no request on
+	// this handle will succeed again.
+	blocklisted     chan struct{}
+	blocklistedOnce sync.Once
 }
+
+// Blocklisted is closed once a request failed with ESHUTDOWN: the
+// cluster blocklisted this client (ceph osd blocklist), librados does not
+// recover, and only a new connection and a new open serve again.
+func (im *Image) Blocklisted() <-chan struct{} { return im.blocklisted }
 
 // OpenImage opens name (or name@opts.Snapshot) for IO.
 //
@@ -102,7 +113,8 @@ func (c *Conn) OpenImage(ctx context.Context, name string, opts OpenOptions) (*I
 		cSnap = C.CString(opts.Snapshot)
 		defer C.free(unsafe.Pointer(cSnap))
 	}
-	im := &Image{conn: c, name: name, snap: opts.Snapshot, readOnly: readOnly, spec: spec, idle: make(chan struct{})}
+	im := &Image{conn: c, name: name, snap: opts.Snapshot, readOnly: readOnly, spec: spec, idle: make(chan struct{}),
+		blocklisted: make(chan struct{})}
 	ioctx := C.rados_ioctx_t(c.ioctx.Pointer())
 	var ret C.int
 	fn := "rbd_open"

@@ -235,6 +235,7 @@ func runBench(ctx context.Context, env *environment, args []string) error {
 		}
 	}
 	readOnly := !f.opts.Pattern.Writes() && !f.opts.Verify
+	f.ceph.log = log
 	backend, closeBackend, err := openTarget(ctx, f.backend, f.ceph, readOnly)
 	if err != nil {
 		return fmt.Errorf("--backend %s: %w", f.backend, err)

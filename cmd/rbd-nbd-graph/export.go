@@ -43,7 +43,17 @@ type exportFlags struct {
 	tlsCert    string
 	tlsKey     string
 	tlsCA      string
+	// shutdownTimeout bounds the drain after SIGTERM: see runExport.
+	shutdownTimeout time.Duration
 }
+
+// defaultShutdownTimeout is how long export waits, after SIGINT or
+// SIGTERM, for the requests in flight and for closing the target.
+const defaultShutdownTimeout = 30 * time.Second
+
+// errShutdownDeadline: export gave up on requests in flight (or on
+// closing its target) at the shutdown deadline and exits without them.
+var errShutdownDeadline = errors.New("shutdown deadline passed")
 
 func parseExportFlags(env *environment, args []string) (*exportFlags, string, error) {
 	f := &exportFlags{}
@@ -58,6 +68,8 @@ func parseExportFlags(env *environment, args []string) (*exportFlags, string, er
 	fs.StringVar(&f.description, "description", "", "export description shown by NBD_OPT_LIST (default: TARGET)")
 	fs.IntVar(&f.queueDepth, "queue-depth", 0, fmt.Sprintf("requests served at once per connection (0: %d)", nbd.DefaultQueueDepth))
 	fs.BoolVar(&f.multiConn, "multi-conn", false, "advertise NBD_FLAG_CAN_MULTI_CONN: clients may use several connections")
+	fs.DurationVar(&f.shutdownTimeout, "shutdown-timeout", defaultShutdownTimeout,
+		"after SIGINT/SIGTERM, wait this long for requests in flight and for closing TARGET, then exit anyway (status 1)")
 	fs.UintVar(&f.blockSize, "block-size", 0, "minimum block size clients must align to (0: 512, or 1 if the size is not a multiple of 512)")
 	mode := fs.String("socket-mode", "0600", "permissions of the --socket file, in octal: whoever may connect can read and write the export")
 	group := fs.String("socket-group", "", "group (name or id) of the --socket file, e.g. with --socket-mode 0660")
@@ -71,7 +83,8 @@ func parseExportFlags(env *environment, args []string) (*exportFlags, string, er
 	fs.Usage = func() {
 		fmt.Fprintf(env.stderr, "usage: rbd-nbd-graph export [--socket PATH | --listen ADDR] [flags] TARGET\n\n"+
 			"Serves TARGET to NBD clients (nbdinfo, nbdcopy, qemu, fio, nbd-client) until SIGINT or SIGTERM,\n"+
-			"then finishes the requests in flight and exits 0. Prints the export's NBD URI once it listens.\n"+
+			"then finishes the requests in flight and exits 0; if that takes longer than --shutdown-timeout\n"+
+			"(a cluster that does not answer), it exits 1 without them. Prints the export's NBD URI once it listens.\n"+
 			"TARGET: %s.\n\nflags:\n", targetForms)
 		fs.PrintDefaults()
 	}
@@ -90,6 +103,9 @@ func parseExportFlags(env *environment, args []string) (*exportFlags, string, er
 	}
 	if f.queueDepth < 0 || f.queueDepth > 1024 {
 		return nil, "", fmt.Errorf("%w: --queue-depth %d out of range 0..1024", errUsage, f.queueDepth)
+	}
+	if f.shutdownTimeout <= 0 {
+		return nil, "", fmt.Errorf("%w: --shutdown-timeout %v: want a positive duration such as 30s", errUsage, f.shutdownTimeout)
 	}
 	if b := f.blockSize; b != 0 && (b&(b-1) != 0 || b > 65536) {
 		return nil, "", fmt.Errorf("%w: --block-size %d is not a power of two up to 65536", errUsage, b)
@@ -149,12 +165,24 @@ func runExport(ctx context.Context, env *environment, args []string) (err error)
 	if err != nil {
 		return err
 	}
+	f.ceph.log = env.log
 	b, closeTarget, err := openTarget(ctx, target, f.ceph, f.readOnly)
 	if err != nil {
 		return err
 	}
+	// Closing an rbd: target waits for the cluster (releasing the
+	// exclusive lock is an OSD request): give it what is left of the
+	// shutdown deadline, then leave it to the process's exit.
+	var deadline time.Time // set when the shutdown begins
+	abandoned := false     // requests still in flight: do not close
 	defer func() {
-		if cerr := closeTarget(); cerr != nil && err == nil {
+		if abandoned {
+			return
+		}
+		if deadline.IsZero() {
+			deadline = time.Now().Add(f.shutdownTimeout)
+		}
+		if cerr := boundedWait(closeTarget, deadline); cerr != nil && err == nil {
 			err = fmt.Errorf("closing %s: %w", target, cerr)
 		}
 	}()
@@ -188,11 +216,51 @@ func runExport(ctx context.Context, env *environment, args []string) (err error)
 	env.log.Info("export: serving", "target", target, "size", b.Size(), "uri", uri, "read_only", f.readOnly, "tls", f.tlsMode)
 	// The URI on stdout tells scripts (and tests) the export is ready.
 	fmt.Fprintln(env.stdout, uri)
-	if err := srv.Serve(ctx, ln); err != nil {
+	served := make(chan error, 1)
+	go func() { served <- srv.Serve(ctx, ln) }()
+	select {
+	case err := <-served:
 		return err
+	case <-ctx.Done():
 	}
-	env.log.Info("export: stopped; requests in flight were completed")
-	return nil
+	// Serve stops reading requests and waits for those in flight, which
+	// wait for the cluster: a paused or unreachable cluster (with
+	// --osd-timeout 0) would keep them, and this process, for ever.
+	deadline = time.Now().Add(f.shutdownTimeout)
+	env.log.Info("export: stopping; waiting for requests in flight", "deadline", f.shutdownTimeout)
+	timer := time.NewTimer(f.shutdownTimeout)
+	defer timer.Stop()
+	select {
+	case err := <-served:
+		if err != nil {
+			return err
+		}
+		env.log.Info("export: stopped; requests in flight were completed")
+		return nil
+	case <-timer.C:
+		// Not calling into librbd again (its close waits for the same
+		// requests): the process exits and the cluster sees the client
+		// go; its lock is broken by the next opener as after a crash.
+		abandoned = true
+		env.log.Error("export: requests in flight did not complete by the shutdown deadline; exiting without them (their clients get no reply; writes not acknowledged may or may not have reached the cluster)",
+			"deadline", f.shutdownTimeout, "target", target)
+		return fmt.Errorf("%w (--shutdown-timeout %v): the cluster did not complete the requests in flight; check 'ceph -s' (paused or full OSDs?)", errShutdownDeadline, f.shutdownTimeout)
+	}
+}
+
+// boundedWait runs f and waits for it until deadline; past it, f is left
+// running (it ends with the process) and an errShutdownDeadline returned.
+func boundedWait(f func() error, deadline time.Time) error {
+	done := make(chan error, 1)
+	go func() { done <- f() }()
+	timer := time.NewTimer(max(time.Until(deadline), 0))
+	defer timer.Stop()
+	select {
+	case err := <-done:
+		return err
+	case <-timer.C:
+		return fmt.Errorf("%w: still waiting for the cluster; exiting without it", errShutdownDeadline)
+	}
 }
 
 // checkListenAddr refuses addresses that are not loopback unless

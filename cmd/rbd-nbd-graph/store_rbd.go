@@ -32,11 +32,17 @@ func openRBDBackend(ctx context.Context, o graph.Options, log *slog.Logger) (doc
 		// Layers are remounted under a restarted driver: writes it
 		// acknowledged must be in the cluster, not in a dead cache.
 		CachePolicy: rbdio.CachePolicy(o.CachePolicy),
+		// A stuck cluster fails IO after this instead of hanging the
+		// layers' devices, Remove and Cleanup (0 waits, as krbd).
+		OSDTimeout:     o.OSDTimeout,
+		ConnectTimeout: o.ConnectTimeout,
+		AbortOnFull:    o.AbortOnFull,
 	})
 	if err != nil {
 		return dockerplugin.Backend{}, fmt.Errorf("connect to the cluster (rbd.pool=%s rbd.client=%s rbd.configfile=%q): %w", o.Pool, o.Client, o.ConfigFile, err)
 	}
-	store := &rbdStore{conn: conn, dataPool: o.DataPool, pool: o.Pool, namespace: o.Namespace, version: cephVersion(ctx)}
+	store := &rbdStore{conn: conn, dataPool: o.DataPool, pool: o.Pool, namespace: o.Namespace, version: cephVersion(ctx),
+		crash: graph.CrashAtFromEnv()}
 	att := &nbdAttacher{open: store.openImage, where: store.where(), opts: o.NBD, log: log}
 	return dockerplugin.Backend{Store: store, Attacher: att, Close: conn.Close}, nil
 }
@@ -83,6 +89,15 @@ type rbdStore struct {
 	pool      string
 	namespace string
 	version   string
+	// crash, for tests, is called between the steps of CreateSnapshot
+	// and RemoveSnapshot (graph.CrashEnv); nil does nothing.
+	crash graph.CrashHook
+}
+
+func (s *rbdStore) step(name string) {
+	if s.crash != nil {
+		s.crash(name)
+	}
 }
 
 var (
@@ -134,7 +149,12 @@ func (s *rbdStore) CreateSnapshot(ctx context.Context, image, snap string) error
 	if err := s.conn.CreateSnapshot(ctx, image, snap); err != nil && !errors.Is(err, rbdio.ErrExists) {
 		return storeErr(err)
 	}
-	return storeErr(s.conn.ProtectSnapshot(ctx, image, snap))
+	s.step(graph.StepSnapshotCreated)
+	if err := s.conn.ProtectSnapshot(ctx, image, snap); err != nil {
+		return storeErr(err)
+	}
+	s.step(graph.StepSnapshotProtected)
+	return nil
 }
 
 // RemoveSnapshot unprotects and deletes image@snap; ErrImageBusy while
@@ -152,7 +172,12 @@ func (s *rbdStore) RemoveSnapshot(ctx context.Context, image, snap string) error
 	if err != nil {
 		return storeErr(err)
 	}
-	return storeErr(s.conn.RemoveSnapshot(ctx, image, snap))
+	s.step(graph.StepSnapshotUnprotected)
+	if err := s.conn.RemoveSnapshot(ctx, image, snap); err != nil {
+		return storeErr(err)
+	}
+	s.step(graph.StepSnapshotRemoved)
+	return nil
 }
 
 func (s *rbdStore) Children(ctx context.Context, image, snap string) ([]string, error) {

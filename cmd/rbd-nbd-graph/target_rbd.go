@@ -4,7 +4,9 @@ import (
 	"context"
 	"flag"
 	"fmt"
+	"log/slog"
 	"strings"
+	"time"
 
 	"github.com/rbd-nbd-graph/rbd-nbd-graph/nbd"
 	"github.com/rbd-nbd-graph/rbd-nbd-graph/rbdio"
@@ -13,12 +15,19 @@ import (
 // cephFlags are the connection flags of every subcommand that can open an
 // rbd: target. Each reaches rbdio.Config; serve passes them on as the
 // driver options rbd.configfile, rbd.keyring, rbd.client and
-// rbd.cachepolicy, so a flag added here must be added there too.
+// rbd.cachepolicy, rbd.osdtimeout, rbd.connecttimeout and
+// rbd.abortonfull, so a flag added here must be added there too.
 type cephFlags struct {
 	conf        string
 	keyring     string
 	id          string
 	cachePolicy rbdio.CachePolicy
+	osdTimeout  time.Duration
+	connTimeout time.Duration
+	abortOnFull bool
+	// log receives what happens to an open rbd: target later (a
+	// blocklisting and the reopen); nil means slog.Default().
+	log *slog.Logger
 }
 
 func (c *cephFlags) register(fs *flag.FlagSet) {
@@ -32,12 +41,27 @@ func (c *cephFlags) register(fs *flag.FlagSet) {
 			c.cachePolicy, err = rbdio.ParseCachePolicy(v)
 			return err
 		})
+	fs.DurationVar(&c.connTimeout, "connect-timeout", rbdio.DefaultConnectTimeout,
+		"give up connecting when no monitor answers within this duration (also bounds every monitor request)")
+	fs.BoolVar(&c.abortOnFull, "abort-on-full", false,
+		"fail writes to a full pool (quota reached or cluster full) with ENOSPC at once, as krbd's abort_on_full; by default they wait until space is freed")
+	fs.Func("osd-timeout",
+		"fail a Ceph request the OSDs do not complete within this duration (e.g. 30s) with ETIMEDOUT (EIO to NBD clients and the kernel) instead of waiting; 0 (default) waits for ever, as krbd's osd_request_timeout",
+		func(v string) error {
+			d, err := time.ParseDuration(v)
+			if err != nil || d < 0 {
+				return fmt.Errorf("want a duration such as 30s (0 waits for ever), not %q", v)
+			}
+			c.osdTimeout = d
+			return nil
+		})
 }
 
 // config is the rbdio configuration for pool and namespace.
 func (c cephFlags) config(pool, namespace string) rbdio.Config {
 	return rbdio.Config{ConfFile: c.conf, Keyring: c.keyring, ID: c.id, Pool: pool, Namespace: namespace,
-		CachePolicy: c.cachePolicy}
+		CachePolicy: c.cachePolicy, OSDTimeout: c.osdTimeout, ConnectTimeout: c.connTimeout,
+		AbortOnFull: c.abortOnFull}
 }
 
 // rbdTarget is a parsed POOL[/NAMESPACE]/IMAGE[@SNAP].
@@ -76,27 +100,34 @@ func parseRBDTarget(spec string) (rbdTarget, error) {
 // after "rbd:". A snapshot is always opened read-only. A read-write
 // image is held with its exclusive lock, so a second writer is refused
 // instead of interleaving. The returned close function releases the
-// image and the cluster connection.
+// image and the cluster connection. A blocklisted client is replaced by
+// a new connection (reopener).
 func openRBDTarget(ctx context.Context, spec string, c cephFlags, readOnly bool) (nbd.Backend, func() error, error) {
 	t, err := parseRBDTarget(spec)
 	if err != nil {
 		return nil, nil, fmt.Errorf("%w: target rbd:%s: %v", errUsage, spec, err)
 	}
-	conn, err := rbdio.Connect(ctx, c.config(t.pool, t.namespace))
-	if err != nil {
-		return nil, nil, err
-	}
-	im, err := conn.OpenImage(ctx, t.image, rbdio.OpenOptions{ReadOnly: readOnly, Snapshot: t.snap})
-	if err != nil {
-		conn.Close()
-		return nil, nil, err
-	}
-	closeAll := func() error {
-		err := im.Close()
-		if cerr := conn.Close(); err == nil {
-			err = cerr
+	open := func(ctx context.Context) (*rbdio.Conn, *rbdio.Image, error) {
+		conn, err := rbdio.Connect(ctx, c.config(t.pool, t.namespace))
+		if err != nil {
+			return nil, nil, err
 		}
-		return err
+		im, err := conn.OpenImage(ctx, t.image, rbdio.OpenOptions{ReadOnly: readOnly, Snapshot: t.snap})
+		if err != nil {
+			conn.Close()
+			return nil, nil, err
+		}
+		return conn, im, nil
 	}
-	return im, closeAll, nil
+	conn, im, err := open(ctx)
+	if err != nil {
+		return nil, nil, err
+	}
+	// After a blocklisting, a new connection serves the image again.
+	log := c.log
+	if log == nil {
+		log = slog.Default()
+	}
+	r := newReopener(conn, im, open, log)
+	return r, r.Close, nil
 }

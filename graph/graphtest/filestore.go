@@ -31,6 +31,11 @@ import (
 // against a real cluster.
 type FileStore struct {
 	dir string
+	// CrashHook, when set, is called (without the store's lock held)
+	// between the two steps of CreateSnapshot (made, then protected) and
+	// of RemoveSnapshot (unprotected, then removed), which are saved
+	// separately as RBD makes them, so crash tests can stop in between.
+	CrashHook graph.CrashHook
 
 	mu    sync.Mutex
 	cat   catalogue
@@ -221,23 +226,57 @@ func (s *FileStore) FlattenImage(ctx context.Context, name string) error {
 	return s.save()
 }
 
+// CreateSnapshot makes image@snap, unprotected, then protects it (an
+// existing snapshot is only protected), in two saves as RBD does.
 func (s *FileStore) CreateSnapshot(ctx context.Context, image, snap string) error {
+	if err := s.createSnapshot(ctx, image, snap); err != nil {
+		return err
+	}
+	s.crashHook(graph.StepSnapshotCreated)
+	if err := s.protect(image, snap); err != nil {
+		return err
+	}
+	s.crashHook(graph.StepSnapshotProtected)
+	return nil
+}
+
+func (s *FileStore) protect(image, snap string) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	im, err := s.image(image)
 	if err != nil {
 		return err
 	}
-	if _, ok := im.Snapshots[snap]; !ok {
-		ref := graph.ImageRef{Image: image, Snapshot: snap}
-		// The image file is quiescent or frozen by the caller: copying
-		// it is the snapshot.
-		if err := sparseCopy(ctx, s.DataPath(ref), s.DataPath(graph.ImageRef{Image: image})); err != nil {
-			return err
-		}
-	}
 	im.Snapshots[snap] = true
 	return s.save()
+}
+
+func (s *FileStore) createSnapshot(ctx context.Context, image, snap string) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	im, err := s.image(image)
+	if err != nil {
+		return err
+	}
+	if _, ok := im.Snapshots[snap]; ok {
+		return nil
+	}
+	ref := graph.ImageRef{Image: image, Snapshot: snap}
+	// The image file is quiescent or frozen by the caller: copying it is
+	// the snapshot.
+	if err := sparseCopy(ctx, s.DataPath(ref), s.DataPath(graph.ImageRef{Image: image})); err != nil {
+		return err
+	}
+	im.Snapshots[snap] = false
+	return s.save()
+}
+
+// crashHook calls CrashHook, if set; never with s.mu held, so a hook
+// that stops its goroutine for good leaves the store usable.
+func (s *FileStore) crashHook(step string) {
+	if s.CrashHook != nil {
+		s.CrashHook(step)
+	}
 }
 
 func (s *FileStore) RemoveSnapshot(ctx context.Context, image, snap string) error {
@@ -257,11 +296,33 @@ func (s *FileStore) RemoveSnapshot(ctx context.Context, image, snap string) erro
 	if s.inUse[ref.String()] > 0 {
 		return fmt.Errorf("filestore: remove %s: it is attached: %w", ref, graph.ErrImageBusy)
 	}
+	// Unprotect, then remove, in two saves as RBD does.
+	if im.Snapshots[snap] {
+		im.Snapshots[snap] = false
+		if err := s.save(); err != nil {
+			return err
+		}
+		s.mu.Unlock()
+		s.crashHook(graph.StepSnapshotUnprotected)
+		s.mu.Lock()
+		if im, err = s.image(image); err != nil {
+			return err
+		}
+		if _, ok := im.Snapshots[snap]; !ok {
+			return nil
+		}
+	}
 	if err := os.Remove(s.DataPath(ref)); err != nil && !errors.Is(err, os.ErrNotExist) {
 		return err
 	}
 	delete(im.Snapshots, snap)
-	return s.save()
+	if err := s.save(); err != nil {
+		return err
+	}
+	s.mu.Unlock()
+	s.crashHook(graph.StepSnapshotRemoved)
+	s.mu.Lock()
+	return nil
 }
 
 func (s *FileStore) Children(ctx context.Context, image, snap string) ([]string, error) {

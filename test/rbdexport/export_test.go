@@ -215,8 +215,6 @@ func TestExportFailures(t *testing.T) {
 		mustMatch(t, out, `permission denied .*cephx refused client.admin`)
 	})
 	t.Run("no cluster", func(t *testing.T) {
-		// librados gives up after 30 s (rbdio's default ConnectTimeout):
-		// wait for it alongside the others.
 		t.Parallel()
 		data, err := os.ReadFile(conf)
 		if err != nil {
@@ -227,8 +225,12 @@ func TestExportFailures(t *testing.T) {
 		if err := os.WriteFile(dead, data, 0o600); err != nil {
 			t.Fatal(err)
 		}
-		out := runExportFailing(t, "--ceph-conf", dead, "rbd:rbd/x")
-		mustMatch(t, out, `cluster unreachable .*is the cluster running`)
+		start := time.Now()
+		out := runExportFailing(t, "--ceph-conf", dead, "--connect-timeout", "3s", "rbd:rbd/x")
+		mustMatch(t, out, `cluster unreachable .*127.0.0.1:9.*ceph.conf `+regexp.QuoteMeta(dead)+`.*is the cluster running`)
+		if took := time.Since(start); took > 20*time.Second {
+			t.Errorf("export with --connect-timeout 3s gave up after %v", took)
+		}
 	})
 	t.Run("image held by another export", func(t *testing.T) {
 		requireTool(t, "nbdinfo")

@@ -1,0 +1,168 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+	"sync/atomic"
+	"time"
+
+	"github.com/rbd-nbd-graph/rbd-nbd-graph/nbd"
+	"github.com/rbd-nbd-graph/rbd-nbd-graph/rbdio"
+)
+
+// reopener serves an rbd: target and recovers from blocklisting: once a
+// request fails with ESHUTDOWN (ceph osd blocklist add of this client;
+// librados never recovers such a client) it opens a new connection and
+// the image again and sends the next requests there. Requests in flight
+// on the old handle fail with ESHUTDOWN; nothing is retried, as the
+// kernel or client decides about its own retries.
+//
+// The blocklist is Ceph's fencing: a read-write reopen takes the
+// exclusive lock only if its holder is gone (librbd breaks the lock of a
+// client that has no watch left, as our blocklisted one); a live holder
+// (another client took the image meanwhile) makes the reopen fail, and it
+// is retried, never forced, while IO keeps failing with ESHUTDOWN.
+type reopener struct {
+	open func(ctx context.Context) (*rbdio.Conn, *rbdio.Image, error)
+	log  *slog.Logger
+
+	cur    atomic.Pointer[opened]
+	sizeCh chan int64
+	stop   chan struct{}
+	done   chan struct{}
+}
+
+type opened struct {
+	conn *rbdio.Conn
+	im   *rbdio.Image
+}
+
+var (
+	_ nbd.AsyncBackend = (*reopener)(nil)
+	_ nbd.Discarder    = (*reopener)(nil)
+	_ nbd.ZeroWriter   = (*reopener)(nil)
+	_ nbd.Resizer      = (*reopener)(nil)
+)
+
+// Reopen attempts back off from reopenMin to reopenMax.
+const (
+	reopenMin     = time.Second
+	reopenMax     = 30 * time.Second
+	reopenTimeout = time.Minute // one attempt: connect and open
+)
+
+func newReopener(conn *rbdio.Conn, im *rbdio.Image, open func(context.Context) (*rbdio.Conn, *rbdio.Image, error), log *slog.Logger) *reopener {
+	r := &reopener{open: open, log: log, sizeCh: make(chan int64, 1), stop: make(chan struct{}), done: make(chan struct{})}
+	r.cur.Store(&opened{conn: conn, im: im})
+	go r.loop()
+	return r
+}
+
+func (r *reopener) image() *rbdio.Image { return r.cur.Load().im }
+
+func (r *reopener) ReadAt(p []byte, off int64) (int, error)  { return r.image().ReadAt(p, off) }
+func (r *reopener) WriteAt(p []byte, off int64) (int, error) { return r.image().WriteAt(p, off) }
+func (r *reopener) Flush() error                             { return r.image().Flush() }
+func (r *reopener) Size() int64                              { return r.image().Size() }
+func (r *reopener) Discard(off, length int64) error          { return r.image().Discard(off, length) }
+func (r *reopener) WriteZeroes(off, length int64, mayUnmap bool) error {
+	return r.image().WriteZeroes(off, length, mayUnmap)
+}
+func (r *reopener) StartReadAt(p []byte, off int64, c nbd.Completer, tag uint64) {
+	r.image().StartReadAt(p, off, c, tag)
+}
+func (r *reopener) StartWriteAt(p []byte, off int64, c nbd.Completer, tag uint64) {
+	r.image().StartWriteAt(p, off, c, tag)
+}
+func (r *reopener) StartFlush(c nbd.Completer, tag uint64) { r.image().StartFlush(c, tag) }
+func (r *reopener) SizeChanges() <-chan int64              { return r.sizeCh }
+
+// loop forwards size changes and reopens after a blocklisting.
+func (r *reopener) loop() {
+	defer close(r.done)
+	defer close(r.sizeCh)
+	for {
+		o := r.cur.Load()
+		sizes := o.im.SizeChanges()
+		for {
+			select {
+			case <-r.stop:
+				return
+			case n, ok := <-sizes:
+				if !ok {
+					sizes = nil
+					continue
+				}
+				r.sendSize(n)
+				continue
+			case <-o.im.Blocklisted():
+			}
+			break
+		}
+		r.log.Error("rbd: this client was blocklisted by the cluster (requests fail with ESHUTDOWN); opening a new connection", "image", o.im.String())
+		next, ok := r.reopen()
+		if !ok {
+			return
+		}
+		r.cur.Store(next)
+		r.log.Info("rbd: reopened after the blocklisting; serving again", "image", next.im.String())
+		if next.im.Size() != o.im.Size() {
+			r.sendSize(next.im.Size())
+		}
+		// The old handle fails everything at once; closing it releases
+		// what it holds here.
+		go closeOpened(o)
+	}
+}
+
+// reopen tries until it succeeds or the reopener is closed.
+func (r *reopener) reopen() (*opened, bool) {
+	wait := reopenMin
+	for {
+		ctx, cancel := context.WithTimeout(context.Background(), reopenTimeout)
+		conn, im, err := r.open(ctx)
+		cancel()
+		if err == nil {
+			return &opened{conn: conn, im: im}, true
+		}
+		if errors.Is(err, rbdio.ErrLocked) {
+			r.log.Error("rbd: another client holds the image's exclusive lock since this one was blocklisted: not taking it (the blocklist fences this client); IO keeps failing with ESHUTDOWN", "err", err, "retry", wait)
+		} else {
+			r.log.Warn("rbd: reopen after the blocklisting failed; retrying", "err", err, "retry", wait)
+		}
+		select {
+		case <-r.stop:
+			return nil, false
+		case <-time.After(wait):
+		}
+		wait = min(2*wait, reopenMax)
+	}
+}
+
+func (r *reopener) sendSize(n int64) {
+	select {
+	case r.sizeCh <- n:
+	default:
+		// The consumer has not read the last one: replace it.
+		select {
+		case <-r.sizeCh:
+		default:
+		}
+		select {
+		case r.sizeCh <- n:
+		default:
+		}
+	}
+}
+
+func closeOpened(o *opened) error {
+	return errors.Join(o.im.Close(), o.conn.Close())
+}
+
+// Close stops recovering and closes the image and its connection.
+func (r *reopener) Close() error {
+	close(r.stop)
+	<-r.done
+	return closeOpened(r.cur.Load())
+}
