@@ -358,3 +358,24 @@ func TestBlockStatusNoExtenter(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// Zeroing keeps Memory's allocation map truthful: WRITE_ZEROES that
+// may unmap leaves holes (and a never-written page partly zeroed stays
+// a hole), NO_HOLE allocates.
+func TestBlockStatusMemoryZeroes(t *testing.T) {
+	m := NewMemory(64 << 10)
+	m.WriteAt(make([]byte, 16<<10), 0)
+	if err := m.WriteZeroes(4096, 8192, true); err != nil {
+		t.Fatal(err)
+	}
+	m.WriteZeroes(32<<10+512, 1024, true)
+	m.WriteZeroes(48<<10, 4096, false)
+	got, err := m.Extents(t.Context(), 0, 64<<10, 10)
+	want := []Extent{{0, 4096}, {12288, 4096}, {48 << 10, 4096}}
+	if err != nil || !slices.Equal(got, want) {
+		t.Fatalf("Extents: %v, %v; want %v", got, err, want)
+	}
+	if got, _ := m.Extents(t.Context(), 0, 64<<10, 2); len(got) != 2 {
+		t.Fatalf("limit 2: %v", got)
+	}
+}

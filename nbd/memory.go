@@ -195,12 +195,12 @@ func (m *Memory) zero(off, length int64, unmap bool) error {
 	last := end &^ (page - 1)
 	if !unmap || first >= last {
 		clear(m.data[off:end])
-		m.mark(off, length, true)
+		if !unmap {
+			m.mark(off, length, true) // NO_HOLE: allocated afterwards
+		}
 		return nil
 	}
-	// Pages partly zeroed stay allocated; whole ones become holes.
-	m.mark(off, first-off, true)
-	m.mark(last, end-last, true)
+	// Pages partly zeroed keep their state; whole ones become holes.
 	m.mark(first, last-first, false)
 	clear(m.data[off:first])
 	clear(m.data[last:end])
