@@ -148,7 +148,7 @@ bench-vm: deps build
 bench-vm-crosscheck: deps build
 	RBD_NBD_GRAPH_BIN=$(BIN) bench/scripts/crosscheck-vm.sh --out results/crosscheck-vm
 
-# The seed driver's closing demo on this path (test/demo/run.sh): Ceph,
+# The krbd graph driver's closing demo on this path (test/demo/run.sh): Ceph,
 # `rbd-nbd-graph serve`, dockerd on it, docker info | grep -i rbd, busybox
 # imported and run, each step timed; in the VM when this kernel lacks NBD.
 demo: deps build

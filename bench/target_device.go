@@ -99,7 +99,7 @@ func (t Device) Open(ctx context.Context, s Setup) (*Session, error) {
 	// The device lives until Close: its context is not the caller's.
 	devCtx, cancel := context.WithCancel(context.Background())
 	dev, err := nbd.Attach(devCtx, t.Backend, nbd.AttachOptions{
-		Index:       -1,
+		Index:       nbd.IndexAny,
 		Connections: s.Connections,
 		QueueDepth:  s.QueueDepth,
 		BlockSize:   bsz,

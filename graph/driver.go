@@ -39,32 +39,6 @@ type Config struct {
 	Logger *slog.Logger
 }
 
-// CreateOptions are the per-layer options of Create.
-type CreateOptions struct {
-	// Size, when larger than the parent layer's, grows the new layer's
-	// image and filesystem to it (docker's --storage-opt size=).
-	Size int64
-}
-
-// ParseStorageOpts reads docker's per-container storage options; only
-// "size" is known.
-func ParseStorageOpts(opts map[string]string) (CreateOptions, error) {
-	var co CreateOptions
-	for k, v := range opts {
-		switch strings.ToLower(k) {
-		case "size":
-			n, err := units.RAMInBytes(v)
-			if err != nil || n <= 0 {
-				return co, fmt.Errorf("%w: storage-opt size=%q: want a size such as 20G", ErrInvalidOption, v)
-			}
-			co.Size = n
-		default:
-			return co, fmt.Errorf("%w: unknown storage-opt %q: this driver knows only size", ErrInvalidOption, k)
-		}
-	}
-	return co, nil
-}
-
 // Driver keeps layers as images: the base image is formatted once, every
 // layer is a clone of its parent's snapshot, and Get attaches and mounts
 // a layer while Put releases it on the last reference.

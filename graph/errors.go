@@ -14,8 +14,6 @@ var (
 	ErrLayerExists = errors.New("layer already exists")
 	// ErrHasChildren: Remove of a layer other layers are cloned from.
 	ErrHasChildren = errors.New("layer has child layers")
-	// ErrNotMounted: Put of a layer that Get did not mount.
-	ErrNotMounted = errors.New("layer is not mounted")
 	// ErrInvalidOption: a driver option or storage-opt that is unknown
 	// or has a bad value.
 	ErrInvalidOption = errors.New("invalid option")

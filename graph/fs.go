@@ -26,6 +26,10 @@ type Filesystem interface {
 	Mount(ctx context.Context, device, dir string, readOnly bool) error
 	// Unmount unmounts dir, retrying while it is busy for a short time.
 	Unmount(ctx context.Context, dir string) error
+	// Abandon detaches the mount on dir lazily (MNT_DETACH), for mounts
+	// left by an earlier run whose device may be gone: a plain unmount
+	// could wait for its IO forever. Not a mount point is no error.
+	Abandon(dir string) error
 	// Grow grows the filesystem on device, which is not mounted, to fill
 	// the device; dir is an empty directory it may mount it on meanwhile.
 	Grow(ctx context.Context, device, dir string) error
@@ -110,6 +114,13 @@ func (f *execFilesystem) Mount(ctx context.Context, device, dir string, readOnly
 
 func (f *execFilesystem) Unmount(ctx context.Context, dir string) error {
 	return unmount(ctx, dir)
+}
+
+func (f *execFilesystem) Abandon(dir string) error {
+	if err := unix.Unmount(dir, unix.MNT_DETACH); err != nil && !errors.Is(err, unix.EINVAL) && !errors.Is(err, unix.ENOENT) {
+		return &os.PathError{Op: "umount -l", Path: dir, Err: err}
+	}
+	return nil
 }
 
 // unmount retries EBUSY for up to about two seconds: a process that was

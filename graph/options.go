@@ -268,3 +268,29 @@ func (o Options) Validate() error {
 	}
 	return nil
 }
+
+// CreateOptions are the per-layer options of Create.
+type CreateOptions struct {
+	// Size, when larger than the parent layer's, grows the new layer's
+	// image and filesystem to it (docker's --storage-opt size=).
+	Size int64
+}
+
+// ParseStorageOpts reads docker's per-container storage options; only
+// "size" is known.
+func ParseStorageOpts(opts map[string]string) (CreateOptions, error) {
+	var co CreateOptions
+	for k, v := range opts {
+		switch strings.ToLower(k) {
+		case "size":
+			n, err := units.RAMInBytes(v)
+			if err != nil || n <= 0 {
+				return co, fmt.Errorf("%w: storage-opt size=%q: want a size such as 20G", ErrInvalidOption, v)
+			}
+			co.Size = n
+		default:
+			return co, fmt.Errorf("%w: unknown storage-opt %q: this driver knows only size", ErrInvalidOption, k)
+		}
+	}
+	return co, nil
+}

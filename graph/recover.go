@@ -7,7 +7,6 @@ import (
 	"path/filepath"
 
 	"github.com/moby/sys/mountinfo"
-	"golang.org/x/sys/unix"
 )
 
 // recoverDevices deals with what an earlier run of the driver left in the
@@ -64,8 +63,8 @@ func (d *Driver) recoverDevices(ctx context.Context) error {
 			d.log.Warn("could not serve a device left attached again; releasing it", "device", s.Path(), "image", req.Image, "err", err)
 		}
 		if m != nil {
-			if err := unix.Unmount(m.Mountpoint, unix.MNT_DETACH); err != nil && !errors.Is(err, unix.EINVAL) {
-				errs = append(errs, fmt.Errorf("unmount %s: %w", m.Mountpoint, err))
+			if err := d.fs.Abandon(m.Mountpoint); err != nil {
+				errs = append(errs, err)
 			}
 			adopted[m.Mountpoint] = true // handled
 		}
@@ -81,8 +80,8 @@ func (d *Driver) recoverDevices(ctx context.Context) error {
 			continue
 		}
 		d.log.Warn("unmounting a mount left by an earlier run", "mountpoint", m.Mountpoint, "source", m.Source)
-		if err := unix.Unmount(m.Mountpoint, unix.MNT_DETACH); err != nil && !errors.Is(err, unix.EINVAL) {
-			errs = append(errs, fmt.Errorf("unmount %s: %w", m.Mountpoint, err))
+		if err := d.fs.Abandon(m.Mountpoint); err != nil {
+			errs = append(errs, err)
 		}
 	}
 	return errors.Join(errs...)

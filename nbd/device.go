@@ -16,7 +16,7 @@ import (
 
 // AttachOptions configure a kernel NBD device served by this process.
 type AttachOptions struct {
-	Index           int           // -1: any free device (the zero value means /dev/nbd0; use -1 for "any")
+	Index           int           // IndexAny: any free device (the zero value means /dev/nbd0)
 	Connections     int           // sockets per device (>1 sets CAN_MULTI_CONN); 0 means 1
 	QueueDepth      int           // requests in flight per connection (0: the engine's default)
 	BlockSize       uint32        // logical block size: 512..4096, power of two (0: 4096)
@@ -30,6 +30,9 @@ type AttachOptions struct {
 	// differs from ReadOnly: it sets the device's state to ReadOnly.
 	ForceMode bool
 }
+
+// IndexAny as AttachOptions.Index lets the kernel pick a free device.
+const IndexAny = -1
 
 // kernelTimeout is NBD_ATTR_TIMEOUT for an IOTimeout. The server answers
 // late requests itself (TransmissionOptions.RequestTimeout), so the
@@ -55,8 +58,8 @@ func (o AttachOptions) normalized() (AttachOptions, error) {
 	if o.BlockSize < 512 || o.BlockSize > 4096 || o.BlockSize&(o.BlockSize-1) != 0 {
 		return o, fmt.Errorf("nbd: block size %d is not a power of two between 512 and 4096", o.BlockSize)
 	}
-	if o.Index < -1 {
-		return o, fmt.Errorf("nbd: device index %d is negative (use -1 for any free device)", o.Index)
+	if o.Index < IndexAny {
+		return o, fmt.Errorf("nbd: device index %d is negative (use IndexAny for any free device)", o.Index)
 	}
 	if o.IOTimeout < 0 || o.DeadConnTimeout < 0 {
 		return o, errors.New("nbd: timeouts must not be negative")
@@ -395,7 +398,9 @@ func (d *Device) serve(slot int, c net.Conn) *devConn {
 }
 
 // goLive marks the connections handed over in CONNECT or RECONFIGURE as
-// used by the kernel; one that already ended is replaced.
+// used by the kernel. One whose server already ended was not taken (a
+// reattach offered more sockets than the device has dead connections)
+// and is left alone.
 func (d *Device) goLive() {
 	d.connMu.Lock()
 	var all []*devConn

@@ -43,7 +43,7 @@ func TestAttachWithoutKernelSupport(t *testing.T) {
 	}
 	fds, goroutines := openFDs(t), runtime.NumGoroutine()
 
-	_, err := Attach(context.Background(), NewMemory(1<<20), AttachOptions{Index: -1})
+	_, err := Attach(context.Background(), NewMemory(1<<20), AttachOptions{Index: IndexAny})
 	if !errors.Is(err, ErrNoKernelSupport) {
 		t.Fatalf("Attach error = %v, want one wrapping ErrNoKernelSupport", err)
 	}
@@ -104,12 +104,12 @@ func TestAttachOptionsValidation(t *testing.T) {
 		})
 	}
 	// A backend smaller than one block cannot be a device.
-	_, err := Attach(context.Background(), NewMemory(100), AttachOptions{Index: -1})
+	_, err := Attach(context.Background(), NewMemory(100), AttachOptions{Index: IndexAny})
 	if err == nil || !strings.Contains(err.Error(), "smaller than one block") {
 		t.Errorf("Attach of a 100-byte backend = %v, want a size error", err)
 	}
 
-	o, err := AttachOptions{Index: -1}.normalized()
+	o, err := AttachOptions{Index: IndexAny}.normalized()
 	if err != nil {
 		t.Fatal(err)
 	}

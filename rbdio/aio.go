@@ -370,7 +370,7 @@ func opFunc(op C.int) string {
 
 func (im *Image) ioError(fn string, ret, off, length int64) error {
 	code := syscall.Errno(-ret)
-	e := &Error{Op: ioOpName(fn), Object: im.spec, Func: fn, Errno: code, Kind: kindOf(code), io: true}
+	e := &Error{Op: ioOpName(fn), Object: im.spec, Func: fn, Errno: code, Kind: kindOf(code)}
 	e.Hint = "offset " + itoa(off) + " length " + itoa(length)
 	if code == syscall.EROFS || code == syscall.EPERM {
 		e.Kind = ErrReadOnly
@@ -517,7 +517,7 @@ func (im *Image) readOnlyError(fn string, off, length int64) error {
 	if im.snap != "" {
 		why = "opened at snapshot " + im.snap
 	}
-	return &Error{Op: ioOpName(fn), Object: im.spec, Kind: ErrReadOnly, Errno: syscall.EROFS, io: true,
+	return &Error{Op: ioOpName(fn), Object: im.spec, Kind: ErrReadOnly, Errno: syscall.EROFS,
 		Hint: "offset " + itoa(off) + " length " + itoa(length) + ": the image is " + why}
 }
 

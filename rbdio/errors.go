@@ -53,10 +53,6 @@ type Error struct {
 	Errno  syscall.Errno // the errno Ceph returned (0 when rbdio found the problem itself)
 	Kind   error         // one of the Err* kinds above, or nil
 	Hint   string        // how to fix it, when there is something to say
-	// io marks errors of the data path: their Unwrap gives the errno an
-	// NBD client should see (EIO, ENOSPC, EROFS, EINVAL) instead of the
-	// raw one, which stays in the message.
-	io bool
 }
 
 func (e *Error) Error() string {
@@ -104,29 +100,12 @@ func (e *Error) Unwrap() []error {
 	if e.Kind != nil {
 		errs = append(errs, e.Kind)
 	}
-	if e.io {
-		errs = append(errs, ioErrno(e.Errno))
-	} else if e.Errno != 0 {
+	// The errno as Ceph reported it: what an NBD client is told is
+	// nbd.Errno's decision, not ours.
+	if e.Errno != 0 {
 		errs = append(errs, e.Errno)
 	}
 	return errs
-}
-
-// ioErrno folds the errnos librbd's data path returns into the few an
-// NBD client can act on.
-func ioErrno(e syscall.Errno) syscall.Errno {
-	switch e {
-	case syscall.EROFS, syscall.EPERM, syscall.EACCES:
-		return syscall.EROFS
-	case syscall.ENOSPC, syscall.EDQUOT, syscall.EFBIG:
-		return syscall.ENOSPC
-	case syscall.EINVAL:
-		return syscall.EINVAL
-	case syscall.ESHUTDOWN:
-		// Our own "closed": the connection is going away.
-		return syscall.ESHUTDOWN
-	}
-	return syscall.EIO
 }
 
 // errnoName is the symbolic name of common errnos, for messages.

@@ -72,7 +72,7 @@ func (im *Image) Extents(ctx context.Context, off, length int64, limit int) ([]n
 		return nil, err
 	}
 	if off < 0 || length < 0 {
-		return nil, &Error{Op: "block status", Object: im.spec, Kind: ErrInvalid, Errno: syscall.EINVAL, io: true}
+		return nil, &Error{Op: "block status", Object: im.spec, Kind: ErrInvalid, Errno: syscall.EINVAL}
 	}
 	if err := im.enter("block status"); err != nil {
 		return nil, err
@@ -88,7 +88,7 @@ func (im *Image) Extents(ctx context.Context, off, length int64, limit int) ([]n
 	}
 	e := (*C.rbdio_extents)(C.calloc(1, C.size_t(unsafe.Sizeof(C.rbdio_extents{}))))
 	if e == nil {
-		return nil, &Error{Op: "block status", Object: im.spec, Kind: kindOf(syscall.ENOMEM), Errno: syscall.ENOMEM, io: true}
+		return nil, &Error{Op: "block status", Object: im.spec, Kind: kindOf(syscall.ENOMEM), Errno: syscall.ENOMEM}
 	}
 	defer func() {
 		C.free(unsafe.Pointer(e.v))
@@ -99,9 +99,7 @@ func (im *Image) Extents(ctx context.Context, off, length int64, limit int) ([]n
 			// Too fragmented to list: all of it allocated is never wrong.
 			return []nbd.Extent{{Offset: off, Length: length}}, nil
 		}
-		err := errnoErr(int(ret), "block status", im.spec, "rbd_diff_iterate2")
-		err.io = true
-		return nil, err
+		return nil, errnoErr(int(ret), "block status", im.spec, "rbd_diff_iterate2")
 	}
 	pairs := unsafe.Slice((*uint64)(unsafe.Pointer(e.v)), 2*int(e.n))
 	ext := make([]nbd.Extent, 0, int(e.n))

@@ -264,7 +264,7 @@ func (im *Image) lockOwners() string {
 func (im *Image) enter(op string) error {
 	if im.users.Add(1)&closingBit != 0 {
 		im.leave()
-		return &Error{Op: op, Object: im.spec, Kind: ErrClosed, Errno: syscall.ESHUTDOWN, io: true}
+		return &Error{Op: op, Object: im.spec, Kind: ErrClosed, Errno: syscall.ESHUTDOWN}
 	}
 	return nil
 }

@@ -1,6 +1,6 @@
 #!/bin/bash
 # bench/scripts/layers-vm.sh: the graph driver's layer lifecycle against the
-# seed driver's way with krbd, in the project's qemu VM (the host kernel has
+# krbd graph driver's way with krbd, in the project's qemu VM (the host kernel has
 # neither NBD nor krbd), same boot, same Ceph cluster:
 #
 #   layer lifecycle   ours: Create + Get + Put of a child layer through the
@@ -63,7 +63,7 @@ awk '
 		printf "%-38s ours %s   seed (krbd CLI) %s   seed/ours %.1fx\n", what, s(o), s(d), d / o
 	}
 	END {
-		print "Layer lifecycle, ours vs the seed driver'"'"'s way, same VM boot (mean per run; TCG: compare ratios)"
+		print "Layer lifecycle, ours vs the krbd graph driver'"'"'s way, same VM boot (mean per run; TCG: compare ratios)"
 		row("Create+Get+Put of a child layer", "LayerLifecycle")
 		row("driver work of one docker run --rm", "ContainerLayers")
 		if (ns["DockerRunTrue"] != "") printf "%-38s ours %s\n", "docker run --rm busybox true", s(ns["DockerRunTrue"])

@@ -32,7 +32,7 @@ out=$VM_OUT/bench.jsonl
 log() { echo "bench-vm: $*"; }
 dmesg -n 4 2>/dev/null
 
-# The workloads of issue 4: name rw bs iodepth.
+# The kernel-path workloads: name rw bs iodepth.
 workloads=(
 	"randread-4k-qd1 randread 4k 1"
 	"randread-4k-qd32 randread 4k 32"

@@ -1,5 +1,5 @@
 #!/bin/bash
-# bench/scripts/vm.sh: the kernel-path benchmark of issue 4, in one boot of
+# bench/scripts/vm.sh: the kernel-path benchmark, in one boot of
 # the project's qemu VM: the same filled RBD image mapped three ways one
 # after another -- rbd-nbd-graph, Debian's rbd-nbd, krbd -- and fio
 # (libaio, direct) on each: 4 KiB random read and write at queue depth 1

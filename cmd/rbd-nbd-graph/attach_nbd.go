@@ -73,7 +73,7 @@ var (
 
 func (a *nbdAttacher) attachOptions(req graph.AttachRequest, readOnly bool) nbd.AttachOptions {
 	return nbd.AttachOptions{
-		Index:           -1,
+		Index:           nbd.IndexAny,
 		Connections:     a.opts.Connections,
 		QueueDepth:      a.opts.QueueDepth,
 		ReadOnly:        readOnly,

@@ -227,7 +227,7 @@ func serveMapped(ctx context.Context, env *environment, f *mapFlags, target stri
 		}
 	}()
 	opts := nbd.AttachOptions{
-		Index:           -1,
+		Index:           nbd.IndexAny,
 		Connections:     f.connections,
 		QueueDepth:      f.queueDepth,
 		BlockSize:       uint32(f.blockSize),
@@ -259,7 +259,7 @@ func serveMapped(ctx context.Context, env *environment, f *mapFlags, target stri
 		}
 		dev, err = nbd.Reattach(serveCtx, index, b, opts)
 	} else {
-		if opts.Index < 0 && !f.readOnly {
+		if opts.Index == nbd.IndexAny && !f.readOnly {
 			if err := refuseDoubleMap(ctx, id); err != nil {
 				return err
 			}

@@ -45,7 +45,7 @@ func openRBDBackend(ctx context.Context, o graph.Options, log *slog.Logger) (doc
 // host without NBD is told so when dockerd starts rather than at the
 // first `docker run`. It also loads the nbd module.
 func probeNBD(ctx context.Context, log *slog.Logger) error {
-	dev, err := nbd.Attach(ctx, nbd.NewMemory(1<<20), nbd.AttachOptions{Index: -1, ReadOnly: true,
+	dev, err := nbd.Attach(ctx, nbd.NewMemory(1<<20), nbd.AttachOptions{Index: nbd.IndexAny, ReadOnly: true,
 		BackendID: backendPrefix + "probe", Logger: log})
 	if err != nil {
 		return fmt.Errorf("the graph driver needs kernel NBD devices: %w", err)

@@ -21,7 +21,7 @@ import (
 	"github.com/rbd-nbd-graph/rbd-nbd-graph/nbd"
 )
 
-// The export under hostile and heavy clients (issue 13): raw sockets that
+// The export under hostile and heavy clients: raw sockets that
 // never read, more connections than descriptors, a wide umask.
 
 // exportProc is an `export` process started through a wrapper command

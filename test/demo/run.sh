@@ -1,5 +1,5 @@
 #!/bin/bash
-# test/demo/run.sh: `make demo`. The seed driver's closing demo on this
+# test/demo/run.sh: `make demo`. The krbd graph driver's closing demo on this
 # project's path: a Ceph cluster, `rbd-nbd-graph serve` as dockerd's storage
 # driver, `docker info | grep -i rbd`, a busybox image imported and
 # `docker run busybox uname -a`, each step printed with its timing.

@@ -104,7 +104,7 @@ func TestLostConnectionsAreReplaced(t *testing.T) {
 	since := kmsgMark(t)
 	b := newStuckBackend(64<<20, 8<<20)
 	defer b.release()
-	dev, err := nbd.Attach(context.Background(), b, nbd.AttachOptions{Index: -1, Connections: 2, DeadConnTimeout: 2 * time.Minute})
+	dev, err := nbd.Attach(context.Background(), b, nbd.AttachOptions{Index: nbd.IndexAny, Connections: 2, DeadConnTimeout: 2 * time.Minute})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -154,7 +154,7 @@ func TestIOTimeoutFailsTheRequestNotTheDevice(t *testing.T) {
 	needKernelNBD(t)
 	b := newStuckBackend(64<<20, 8<<20)
 	defer b.release()
-	dev, err := nbd.Attach(context.Background(), b, nbd.AttachOptions{Index: -1, IOTimeout: 2 * time.Second})
+	dev, err := nbd.Attach(context.Background(), b, nbd.AttachOptions{Index: nbd.IndexAny, IOTimeout: 2 * time.Second})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -187,7 +187,7 @@ func TestIOTimeoutFailsTheRequestNotTheDevice(t *testing.T) {
 func TestReleaseThenReattach(t *testing.T) {
 	needKernelNBD(t)
 	mem := nbd.NewMemory(16 << 20)
-	dev, err := nbd.Attach(context.Background(), mem, nbd.AttachOptions{Index: -1, DeadConnTimeout: time.Minute, BlockSize: 512})
+	dev, err := nbd.Attach(context.Background(), mem, nbd.AttachOptions{Index: nbd.IndexAny, DeadConnTimeout: time.Minute, BlockSize: 512})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -237,7 +237,7 @@ func TestReleaseIsBoundedWhenTheBackendHangs(t *testing.T) {
 	needKernelNBD(t)
 	b := newStuckBackend(64<<20, 8<<20)
 	defer b.release()
-	dev, err := nbd.Attach(context.Background(), b, nbd.AttachOptions{Index: -1, DeadConnTimeout: time.Minute})
+	dev, err := nbd.Attach(context.Background(), b, nbd.AttachOptions{Index: nbd.IndexAny, DeadConnTimeout: time.Minute})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -264,7 +264,7 @@ func TestReleaseIsBoundedWhenTheBackendHangs(t *testing.T) {
 func TestReattachWithMoreSocketsSettles(t *testing.T) {
 	needKernelNBD(t)
 	mem := nbd.NewMemory(16 << 20)
-	dev, err := nbd.Attach(context.Background(), mem, nbd.AttachOptions{Index: -1, DeadConnTimeout: time.Minute})
+	dev, err := nbd.Attach(context.Background(), mem, nbd.AttachOptions{Index: nbd.IndexAny, DeadConnTimeout: time.Minute})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -14,7 +14,7 @@
 // ../../bin/rbd-nbd-graph), CEPH_CONF (the test cluster).
 //
 // Files: helpers_test.go (requirements, commands, images, mappings);
-// one file per behaviour of issue 4 (lib_test.go: the Go API's attach and
+// one file per behaviour of the kernel path (lib_test.go: the Go API's attach and
 // detach, leaks; cli_test.go: module loading, map/list/unmap; fs_test.go,
 // fio_test.go, discard_test.go, resize_test.go, reattach_test.go,
 // readonly_test.go, journaling_test.go). docker_*_test.go files belong to

@@ -16,7 +16,7 @@ import (
 	"time"
 )
 
-// The layer lifecycle on our driver against the seed driver's way (every
+// The layer lifecycle on our driver against the krbd graph driver's way (every
 // step a CLI process: rbd clone, rbd map through krbd, mount, umount,
 // rbd unmap), in the same boot and cluster. bench/scripts/layers-vm.sh
 // runs these in the VM and prints the ratios.
@@ -26,7 +26,7 @@ import (
 //	                          init layer and the container layer on top,
 //	                          each created, mounted, released and removed
 //	BenchmarkDockerRunTrue    `docker run --rm IMAGE true` on our driver
-//	                          (the seed driver cannot run on dockerd 20.10)
+//	                          (the krbd graph driver cannot run on dockerd 20.10)
 //
 // Ours is measured through the plugin socket as dockerd calls it; the
 // seed's way is what its driver did, step by step.
@@ -90,7 +90,7 @@ func oursReady(b *testing.B) (*dockerEnv, *pluginClient) {
 	return e, c
 }
 
-// seedKrbd drives images the seed driver's way: one CLI process per step.
+// seedKrbd drives images the krbd graph driver's way: one CLI process per step.
 type seedKrbd struct {
 	tb     testing.TB
 	prefix string

@@ -16,7 +16,7 @@ import (
 	"time"
 )
 
-// TestDockerDriver is the seed driver's story on the NBD path, with a
+// TestDockerDriver is the krbd graph driver's story on the NBD path, with a
 // real dockerd (Debian's docker.io) using `rbd-nbd-graph serve` as its
 // storage driver. One dockerd serves the subtests in order: starting it
 // under TCG takes a while.

@@ -89,7 +89,7 @@ func TestAttachDetachNoLeaks(t *testing.T) {
 			mem := nbd.NewMemory(c.backend)
 			ctx, cancel := context.WithCancel(context.Background())
 			defer cancel()
-			dev, err := nbd.Attach(ctx, mem, nbd.AttachOptions{Index: -1, Connections: c.conns, BackendID: "e2e:" + t.Name()})
+			dev, err := nbd.Attach(ctx, mem, nbd.AttachOptions{Index: nbd.IndexAny, Connections: c.conns, BackendID: "e2e:" + t.Name()})
 			if err != nil {
 				t.Fatalf("Attach: %v", err)
 			}
@@ -151,12 +151,12 @@ func TestAttachDetachNoLeaks(t *testing.T) {
 func TestAttachIndexes(t *testing.T) {
 	needKernelNBD(t)
 	ctx := context.Background()
-	a, err := nbd.Attach(ctx, nbd.NewMemory(8<<20), nbd.AttachOptions{Index: -1})
+	a, err := nbd.Attach(ctx, nbd.NewMemory(8<<20), nbd.AttachOptions{Index: nbd.IndexAny})
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer a.Detach(ctx)
-	b, err := nbd.Attach(ctx, nbd.NewMemory(8<<20), nbd.AttachOptions{Index: -1})
+	b, err := nbd.Attach(ctx, nbd.NewMemory(8<<20), nbd.AttachOptions{Index: nbd.IndexAny})
 	if err != nil {
 		t.Fatal(err)
 	}
