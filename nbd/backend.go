@@ -1,5 +1,7 @@
 package nbd
 
+import "context"
+
 // Backend is the block store an export or a kernel device serves. It is
 // the boundary between the protocol engine (this package) and the storage
 // (rbdio, or the memory and file backends here).
@@ -97,4 +99,23 @@ type Completer interface {
 	Complete(tag uint64, n int, err error)
 	// FlushCompletions ends a run of Complete calls.
 	FlushCompletions()
+}
+
+// Extent is a byte range of an export.
+type Extent struct {
+	Offset, Length int64
+}
+
+// Extenter is an optional ability: Extents reports which parts of
+// [off, off+length) hold data, for NBD_CMD_BLOCK_STATUS with the
+// base:allocation meta context, so sparse-aware clients (nbdcopy,
+// qemu-img convert) skip the rest. It returns the allocated extents in
+// increasing order, not overlapping, at most limit of them; everything
+// between them is a hole that reads as zeroes. When it returns limit
+// extents the range after the last one is unknown (the client asks
+// again from there). Reporting a range allocated that is not is always
+// correct, only slower for the client; reporting data as a hole loses
+// it. A backend without Extenter is reported allocated throughout.
+type Extenter interface {
+	Extents(ctx context.Context, off, length int64, limit int) ([]Extent, error)
 }

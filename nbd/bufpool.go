@@ -6,7 +6,7 @@ import (
 )
 
 // Payload buffers come in power-of-two size classes from 4 KiB to
-// DefaultMaxPayload, each with SimpleReplySize bytes of headroom so a read
+// DefaultMaxPayload, each with replyHeadroom bytes of headroom so a read
 // reply's header and data sit in one contiguous buffer (one iovec).
 //
 // A request slot keeps its buffer between requests when it is no larger
@@ -38,27 +38,27 @@ func payloadClass(n int) int {
 	return bits.Len(uint(n-1)) - minClassShift
 }
 
-// get returns a buffer of length SimpleReplySize+n. Its capacity is
+// get returns a buffer of length replyHeadroom+n. Its capacity is
 // that of its class, so put can find the class again.
 func (p *bufferPool) get(n int) *[]byte {
 	c := payloadClass(n)
 	if c >= numClasses {
-		b := make([]byte, SimpleReplySize+n)
+		b := make([]byte, replyHeadroom+n)
 		return &b
 	}
 	if v := p.classes[c].Get(); v != nil {
 		bp := v.(*[]byte)
-		*bp = (*bp)[:SimpleReplySize+n]
+		*bp = (*bp)[:replyHeadroom+n]
 		return bp
 	}
-	b := make([]byte, SimpleReplySize+n, SimpleReplySize+(1<<(c+minClassShift)))
+	b := make([]byte, replyHeadroom+n, replyHeadroom+(1<<(c+minClassShift)))
 	return &b
 }
 
 // put returns a buffer from get to its class.
 func (p *bufferPool) put(bp *[]byte) {
-	c := payloadClass(cap(*bp) - SimpleReplySize)
-	if c >= numClasses || cap(*bp) != SimpleReplySize+(1<<(c+minClassShift)) {
+	c := payloadClass(cap(*bp) - replyHeadroom)
+	if c >= numClasses || cap(*bp) != replyHeadroom+(1<<(c+minClassShift)) {
 		return // not one of ours: let the GC have it
 	}
 	p.classes[c].Put(bp)

@@ -12,8 +12,10 @@
 //     protocol wrap ErrProtocol.
 //   - handshake.go, server.go: Server accepts connections on any
 //     net.Listener, runs the fixed-newstyle option haggling for each
-//     (NBD_OPT_GO, INFO, EXPORT_NAME, LIST, ABORT; NBD_INFO_EXPORT and
-//     BLOCK_SIZE; NBD_REP_ERR_UNSUP for everything else) and then hands
+//     (NBD_OPT_GO, INFO, EXPORT_NAME, LIST, ABORT, STARTTLS,
+//     STRUCTURED_REPLY, LIST_META_CONTEXT and SET_META_CONTEXT for
+//     base:allocation; NBD_INFO_EXPORT and BLOCK_SIZE; NBD_REP_ERR_UNSUP
+//     for everything else) and then hands
 //     the connection to ServeTransmission. It closes clients past
 //     ServerOptions.MaxConnections, backs off on EMFILE/ENFILE instead of
 //     stopping, and shares one budget of payload bytes in flight
@@ -45,6 +47,13 @@
 //     every queued reply with one writev (writev.go) and keeps going
 //     until the queue is empty, so replies are batched under load and
 //     never interleaved. A reply is queued only when its data is complete.
+//   - blockstatus.go: structured replies, once negotiated: a READ is
+//     answered with one OFFSET_DATA chunk whose header sits in the
+//     slot's headroom (still one iovec), READ and BLOCK_STATUS failures
+//     with an ERROR chunk, every other command with a simple reply.
+//     NBD_CMD_BLOCK_STATUS (base:allocation) asks the backend's
+//     Extenter for allocated extents (at most 512 per reply) and
+//     reports the gaps as HOLE|ZERO; without an Extenter all is data.
 //   - bufpool.go: size-class pools for payload buffers larger than what
 //     a slot keeps, so the steady state allocates nothing.
 //   - sockread.go, writev.go: the loop's socket IO. Both make the read(2)
@@ -60,13 +69,15 @@
 //     concurrency-safe transmission client. It satisfies Backend.
 //   - backend.go: the Backend interface every store implements, and its
 //     optional abilities (Discarder, ZeroWriter, FUAWriter, NonBlocking,
-//     AsyncBackend, Resizer).
+//     AsyncBackend, Resizer, Extenter).
 //   - memory.go, file.go: the sparse in-memory backend (one anonymous
 //     mapping advised for huge pages: fio's nbd engine, 4k randwrite
 //     qd16 on mem:512M, 2 CPUs, server CPU per IO 3.9 us with 64 KiB
 //     chunks on the Go heap, 3.6 us mapped; IOPS 247k -> 262k) and the
 //     file or block-device backend (pread/pwrite, pwritev2 RWF_DSYNC for
-//     FUA, fallocate for trim and zeroes).
+//     FUA, fallocate for trim and zeroes). Their Extents: Memory keeps a
+//     bit per 4 KiB page written (not mincore, which counts pages that
+//     were only read), File asks lseek SEEK_DATA/SEEK_HOLE.
 //   - netlink.go, kmod.go: the kernel's "nbd" generic netlink family
 //     (CONNECT, DISCONNECT, RECONFIGURE, STATUS: message encoding and
 //     decoding over vishvananda/netlink's nl package) and loading the nbd

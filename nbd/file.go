@@ -1,6 +1,7 @@
 package nbd
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"io"
@@ -248,4 +249,41 @@ func writeZeroes(b Backend, off, length int64) error {
 		length -= k
 	}
 	return nil
+}
+
+// Extents reports the file's data as allocated and its holes as holes,
+// from lseek SEEK_DATA and SEEK_HOLE (see Extenter). A file system
+// without them (or a block device) reports everything as data, which is
+// what lseek does for them too.
+func (b *File) Extents(ctx context.Context, off, length int64, limit int) ([]Extent, error) {
+	if off < 0 || length < 0 || off > b.size || length > b.size-off {
+		return nil, syscall.EINVAL
+	}
+	var ext []Extent
+	end := off + length
+	for cur := off; cur < end && len(ext) < limit; {
+		// lseek moves the shared file offset, which nothing else uses:
+		// IO goes through pread and pwrite.
+		data, err := unix.Seek(b.fd, cur, unix.SEEK_DATA)
+		if err == unix.ENXIO {
+			break // no data after cur
+		}
+		if err != nil {
+			if err == unix.EINVAL || err == unix.EOPNOTSUPP {
+				return append(ext, Extent{Offset: cur, Length: end - cur}), nil
+			}
+			return nil, fmt.Errorf("file backend %s: SEEK_DATA at %d: %w", b.f.Name(), cur, err)
+		}
+		if data >= end {
+			break
+		}
+		hole, err := unix.Seek(b.fd, data, unix.SEEK_HOLE)
+		if err != nil {
+			return nil, fmt.Errorf("file backend %s: SEEK_HOLE at %d: %w", b.f.Name(), data, err)
+		}
+		hole = min(hole, end)
+		ext = append(ext, Extent{Offset: data, Length: hole - data})
+		cur = hole
+	}
+	return ext, nil
 }

@@ -58,6 +58,22 @@ func FuzzParseInfoRequest(f *testing.F) {
 	})
 }
 
+func FuzzParseMetaContextRequest(f *testing.F) {
+	f.Add(encodeMetaContextRequest(""))
+	f.Add(encodeMetaContextRequest("disk", MetaBaseAllocation, "base:"))
+	f.Add([]byte{0, 0, 0, 0, 0xff, 0xff, 0xff, 0xff})
+	f.Add([]byte{0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 9, 'x'})
+	f.Fuzz(func(t *testing.T, data []byte) {
+		name, queries, err := parseMetaContextRequest(data)
+		if err != nil {
+			return
+		}
+		if got := encodeMetaContextRequest(name, queries...); !bytes.Equal(got, data) {
+			t.Fatalf("parse/encode changed the option: %x -> %q %q -> %x", data, name, queries, got)
+		}
+	})
+}
+
 // optionBytes encodes a client option for the fuzz seeds.
 func optionBytes(opt uint32, data []byte) []byte {
 	b := binary.BigEndian.AppendUint64(nil, magicOpt)
@@ -78,6 +94,11 @@ func FuzzHandshake(f *testing.F) {
 	f.Add(seed(optionBytes(OptExportName, []byte("m")), encodeReq(Request{Type: CmdWrite, Length: 4}), []byte{1, 2, 3, 4}))
 	f.Add(seed(optionBytes(OptStructuredReply, nil), optionBytes(99, []byte("x")), optionBytes(OptGo, []byte{0, 0, 0, 9})))
 	f.Add(seed(optionBytes(OptGo, encodeInfoRequest("nope", nil))))
+	f.Add(seed(optionBytes(OptStructuredReply, nil), optionBytes(OptListMetaContext, encodeMetaContextRequest("m", "base:")),
+		optionBytes(OptSetMetaContext, encodeMetaContextRequest("m", MetaBaseAllocation)), optionBytes(OptGo, encodeInfoRequest("m", nil)),
+		encodeReq(Request{Type: CmdWrite, Cookie: 1, Offset: 4096, Length: 4}), []byte{1, 2, 3, 4},
+		encodeReq(Request{Type: CmdBlockStatus, Cookie: 2, Length: 64 << 10}), encodeReq(Request{Type: CmdRead, Cookie: 3, Length: 8}),
+		encodeReq(Request{Type: CmdBlockStatus, Flags: CmdFlagReqOne, Cookie: 4, Offset: 8192, Length: 1})))
 	f.Add([]byte{0, 0, 0, 0x10})
 	f.Add(seed(optionBytes(OptList, nil), optionBytes(OptStartTLS, nil), []byte{0x16, 3, 1, 0, 5, 1, 0, 0, 1, 0}))
 	// Each input also goes to a server requiring TLS, whose option gating

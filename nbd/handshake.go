@@ -159,6 +159,81 @@ type negotiator struct {
 	tls         *tls.Config
 	tlsRequired bool
 	tlsUp       bool
+	// structured: NBD_OPT_STRUCTURED_REPLY was acked. metaExport is the
+	// export the last NBD_OPT_SET_META_CONTEXT selected base:allocation
+	// for (nil when none); it applies only if the client then goes to
+	// that same export.
+	structured bool
+	metaExport *exportInfo
+}
+
+// parseMetaContextRequest parses the data of NBD_OPT_LIST_META_CONTEXT
+// and NBD_OPT_SET_META_CONTEXT: a 32-bit export name length, the name, a
+// 32-bit query count and that many length-prefixed query strings. The
+// lengths must account for the data exactly.
+func parseMetaContextRequest(data []byte) (name string, queries []string, err error) {
+	take := func(what string) (string, error) {
+		if len(data) < 4 {
+			return "", fmt.Errorf("%s length is cut short", what)
+		}
+		n := binary.BigEndian.Uint32(data)
+		if n > maxStringLen || uint64(n) > uint64(len(data)-4) {
+			return "", fmt.Errorf("%s length %d exceeds the option data or %d bytes", what, n, maxStringLen)
+		}
+		v := string(data[4 : 4+n])
+		data = data[4+n:]
+		return v, nil
+	}
+	if name, err = take("export name"); err != nil {
+		return "", nil, err
+	}
+	if len(data) < 4 {
+		return "", nil, fmt.Errorf("query count is missing")
+	}
+	count := binary.BigEndian.Uint32(data)
+	data = data[4:]
+	// Each query takes at least its 4-byte length: bound the count by
+	// what the data can hold before allocating.
+	if uint64(count)*4 > uint64(len(data)) {
+		return "", nil, fmt.Errorf("%d queries do not fit in %d bytes", count, len(data))
+	}
+	queries = make([]string, 0, count)
+	for i := uint32(0); i < count; i++ {
+		q, err := take("query")
+		if err != nil {
+			return "", nil, err
+		}
+		queries = append(queries, q)
+	}
+	if len(data) != 0 {
+		return "", nil, fmt.Errorf("%d bytes after the last query", len(data))
+	}
+	return name, queries, nil
+}
+
+// encodeMetaContextRequest is the inverse of parseMetaContextRequest.
+func encodeMetaContextRequest(name string, queries ...string) []byte {
+	b := binary.BigEndian.AppendUint32(nil, uint32(len(name)))
+	b = append(b, name...)
+	b = binary.BigEndian.AppendUint32(b, uint32(len(queries)))
+	for _, q := range queries {
+		b = binary.BigEndian.AppendUint32(b, uint32(len(q)))
+		b = append(b, q...)
+	}
+	return b
+}
+
+// metaContextMatches reports whether query names base:allocation, the
+// only context this server has. For LIST a namespace ("base:") matches
+// every context in it; SET needs the full name.
+func metaContextMatches(query string, list bool) bool {
+	return query == MetaBaseAllocation || (list && query == "base:")
+}
+
+// negotiated reports what the client chose for export e: structured
+// replies, and base:allocation if it was set for e.
+func (n *negotiator) negotiated(e *exportInfo) (structured, baseAllocation bool) {
+	return n.structured, n.structured && e != nil && n.metaExport != nil && n.metaExport.name == e.name
 }
 
 // run performs the handshake. It returns the export the client chose
@@ -229,7 +304,54 @@ func (n *negotiator) handle(o option) (e *exportInfo, done bool, err error) {
 			return nil, false, fmt.Errorf("TLS handshake: %w", err)
 		}
 		n.conn, n.or.r, n.tlsUp = tc, tc, true
+		// proto.md: what was negotiated before TLS does not carry over.
+		n.structured, n.metaExport = false, nil
 		return nil, false, nil
+
+	case OptStructuredReply:
+		if len(o.data) != 0 {
+			return nil, false, reply(RepErrInvalid, []byte("NBD_OPT_STRUCTURED_REPLY takes no data"))
+		}
+		n.structured = true
+		return nil, false, reply(RepAck, nil)
+
+	case OptListMetaContext, OptSetMetaContext:
+		set := o.code == OptSetMetaContext
+		name, queries, perr := parseMetaContextRequest(o.data)
+		if perr != nil {
+			return nil, false, reply(RepErrInvalid, []byte("NBD_OPT_"+OptionName(o.code)+": "+perr.Error()))
+		}
+		if set && !n.structured {
+			n.metaExport = nil
+			return nil, false, reply(RepErrInvalid, []byte("NBD_OPT_SET_META_CONTEXT needs NBD_OPT_STRUCTURED_REPLY first"))
+		}
+		e, ok := n.lookup(name)
+		if !ok {
+			if set {
+				n.metaExport = nil
+			}
+			return nil, false, reply(RepErrUnknown, fmt.Appendf(nil, "unknown export %q", name))
+		}
+		// LIST with no query lists every context; SET with none
+		// selects none.
+		found := !set && len(queries) == 0
+		for _, q := range queries {
+			found = found || metaContextMatches(q, !set)
+		}
+		var b []byte
+		if found {
+			d := binary.BigEndian.AppendUint32(nil, metaBaseAllocationID)
+			b = appendOptReply(b, o.code, RepMetaContext, append(d, MetaBaseAllocation...))
+		}
+		if set {
+			n.metaExport = nil
+			if found {
+				n.metaExport = e
+			}
+		}
+		b = appendOptReply(b, o.code, RepAck, nil)
+		_, err := n.conn.Write(b)
+		return nil, false, err
 
 	case OptExportName:
 		// No error reply is possible: an unknown export closes the session.
@@ -302,8 +424,7 @@ func (n *negotiator) handle(o option) (e *exportInfo, done bool, err error) {
 		return nil, false, nil
 
 	}
-	// STARTTLS without TLS configured, STRUCTURED_REPLY, the meta
-	// contexts and anything unknown: not supported, and the client may
-	// carry on.
+	// STARTTLS without TLS configured, EXTENDED_HEADERS and anything
+	// unknown: not supported, and the client may carry on.
 	return nil, false, reply(RepErrUnsup, fmt.Appendf(nil, "option %s (%d) is not supported by this server", OptionName(o.code), o.code))
 }

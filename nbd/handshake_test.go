@@ -143,7 +143,7 @@ func fmtList(s []string) string {
 func TestHandshakeUnsupportedOptionsThenGo(t *testing.T) {
 	s, m := testServer(t)
 	h, done := startHandshake(t, s, clientFlagFixedNewstyle|clientFlagNoZeroes)
-	for _, opt := range []uint32{OptStartTLS, OptStructuredReply, OptListMetaContext, OptSetMetaContext, OptExtendedHeaders, OptPeekExport, 99, 0xffffffff} {
+	for _, opt := range []uint32{OptStartTLS, OptExtendedHeaders, OptPeekExport, 99, 0xffffffff} {
 		h.option(opt, []byte("some data"))
 		r := h.expectReply(opt, RepErrUnsup)
 		if len(r.data) == 0 {

@@ -1,9 +1,11 @@
 package nbd
 
 import (
+	"context"
 	"fmt"
 	"io"
 	"runtime"
+	"sync/atomic"
 	"syscall"
 	"unsafe"
 
@@ -38,7 +40,17 @@ const hugePageSize = 2 << 20
 type Memory struct {
 	size int64
 	data []byte // the mapping: len(data) == size
+	// written has a bit per memPage of the export, set by a write and
+	// cleared when Discard or WriteZeroes gives the page back: Extents
+	// reports the set ones as allocated. The kernel cannot tell this
+	// (mincore counts a page that was only read, which maps the shared
+	// zero page, as resident), and it costs one load per page written
+	// once the bit is set.
+	written []atomic.Uint64
 }
+
+// memPage is the granularity of Memory's allocation map.
+const memPage = 4096
 
 // NewMemory returns an empty (all-zero) memory backend of size bytes.
 // It panics where MapMemory fails, as a heap allocation of that size
@@ -66,6 +78,7 @@ func MapMemory(size int64) (*Memory, error) {
 		return nil, fmt.Errorf("nbd: memory backend of %d bytes: cannot map it: %w", m.size, err)
 	}
 	m.data = data
+	m.written = make([]atomic.Uint64, (m.size+64*memPage-1)/(64*memPage))
 	// The cleanup gets the mapping, not the Memory, so it does not keep
 	// the Memory reachable. Every method keeps m alive while it uses
 	// m.data (runtime.KeepAlive), so nothing touches an unmapped range.
@@ -151,6 +164,7 @@ func (m *Memory) WriteAt(p []byte, off int64) (int, error) {
 	}
 	n := copy(m.data[off:], p)
 	runtime.KeepAlive(m)
+	m.mark(off, int64(n), true)
 	if n < len(p) {
 		return n, syscall.ENOSPC
 	}
@@ -181,8 +195,13 @@ func (m *Memory) zero(off, length int64, unmap bool) error {
 	last := end &^ (page - 1)
 	if !unmap || first >= last {
 		clear(m.data[off:end])
+		if !unmap {
+			m.mark(off, length, true) // NO_HOLE: allocated afterwards
+		}
 		return nil
 	}
+	// Pages partly zeroed keep their state; whole ones become holes.
+	m.mark(first, last-first, false)
 	clear(m.data[off:first])
 	clear(m.data[last:end])
 	// A private anonymous page given back reads as zeroes afterwards;
@@ -191,4 +210,60 @@ func (m *Memory) zero(off, length int64, unmap bool) error {
 		clear(m.data[first:last])
 	}
 	return nil
+}
+
+// mark sets (or clears) the written bits of the memPages that
+// [off, off+length) touches; clearing only those it covers entirely.
+func (m *Memory) mark(off, length int64, set bool) {
+	if length <= 0 {
+		return
+	}
+	first, last := off/memPage, (off+length-1)/memPage
+	if !set {
+		first, last = (off+memPage-1)/memPage, (off+length)/memPage-1
+	}
+	for p := first; p <= last; {
+		w := &m.written[p/64]
+		// Bits p%64 up to last (or the word's end).
+		hi := min(last-p/64*64, 63)
+		mask := ^uint64(0) >> (63 - hi) &^ (1<<(p%64) - 1)
+		if set {
+			if w.Load()&mask != mask {
+				w.Or(mask)
+			}
+		} else {
+			w.And(^mask)
+		}
+		p = p/64*64 + 64
+	}
+}
+
+// Extents reports the pages written (and not discarded since) as
+// allocated, merged into runs; see Extenter.
+func (m *Memory) Extents(ctx context.Context, off, length int64, limit int) ([]Extent, error) {
+	if off < 0 || length < 0 || off > m.size || length > m.size-off {
+		return nil, syscall.EINVAL
+	}
+	var ext []Extent
+	end := off + length
+	for p := off / memPage; p*memPage < end && len(ext) <= limit; p++ {
+		w := m.written[p/64].Load()
+		if w == 0 && p%64 == 0 {
+			p += 63 // a whole word of holes
+			continue
+		}
+		if w&(1<<(p%64)) == 0 {
+			continue
+		}
+		a, b := max(p*memPage, off), min((p+1)*memPage, end)
+		if n := len(ext); n > 0 && ext[n-1].Offset+ext[n-1].Length == a {
+			ext[n-1].Length += b - a
+			continue
+		}
+		if len(ext) == limit {
+			break
+		}
+		ext = append(ext, Extent{Offset: a, Length: b - a})
+	}
+	return ext, nil
 }

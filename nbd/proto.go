@@ -17,7 +17,7 @@ const (
 const (
 	MagicRequest         uint32 = 0x25609513
 	MagicSimpleReply     uint32 = 0x67446698
-	MagicStructuredReply uint32 = 0x668e33ef // never sent: structured replies are not negotiated
+	MagicStructuredReply uint32 = 0x668e33ef // once NBD_OPT_STRUCTURED_REPLY is negotiated
 )
 
 // Handshake flags (server, 16 bits) and client flags (32 bits).
@@ -108,6 +108,27 @@ const (
 	CmdFlagDF       uint16 = 1 << 2
 	CmdFlagReqOne   uint16 = 1 << 3
 	CmdFlagFastZero uint16 = 1 << 4
+)
+
+// Structured reply chunks: flags and types.
+const (
+	ReplyFlagDone         uint16 = 1 << 0
+	ReplyTypeNone         uint16 = 0
+	ReplyTypeOffsetData   uint16 = 1
+	ReplyTypeOffsetHole   uint16 = 2
+	ReplyTypeBlockStatus  uint16 = 5
+	ReplyTypeError        uint16 = 1<<15 | 1
+	ReplyTypeErrorOffset  uint16 = 1<<15 | 2
+	StructuredReplyHeader        = 20 // magic, flags, type, cookie, length
+)
+
+// The base:allocation meta context: its name, the id this server gives
+// it, and the status flags of its block descriptors.
+const (
+	MetaBaseAllocation          = "base:allocation"
+	metaBaseAllocationID uint32 = 1
+	StateHole            uint32 = 1 << 0
+	StateZero            uint32 = 1 << 1
 )
 
 // Error values of a simple reply. The protocol restricts the errno field to

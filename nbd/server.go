@@ -258,7 +258,9 @@ func (s *Server) ServeConn(ctx context.Context, conn net.Conn) error {
 	tconn.SetDeadline(time.Time{})
 	e := &s.exports[chosen]
 	log.Info("nbd: client connected", "export", e.Name, "size", info.size, "flags", fmt.Sprintf("%#x", info.flags))
-	err = ServeTransmission(ctx, tconn, e.Backend, e.Options)
+	opts := e.Options
+	opts.structured, opts.baseAllocation = n.negotiated(info)
+	err = ServeTransmission(ctx, tconn, e.Backend, opts)
 	log.Info("nbd: client disconnected", "export", e.Name, "err", err)
 	return err
 }

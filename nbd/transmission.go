@@ -52,6 +52,12 @@ type TransmissionOptions struct {
 
 	// budget, set by Server, is shared by every connection it serves.
 	budget *byteBudget
+	// structured and baseAllocation, set by Server from the handshake:
+	// the client negotiated structured replies (READs are then answered
+	// with chunks) and the base:allocation meta context (BLOCK_STATUS is
+	// served).
+	structured     bool
+	baseAllocation bool
 }
 
 // Defaults of TransmissionOptions.
@@ -73,6 +79,17 @@ const (
 	// drainTimeout bounds how long replies may wait for a client that
 	// stopped reading once the context is cancelled.
 	drainTimeout = 30 * time.Second
+	// replyHeadroom is the room in front of a request's payload for its
+	// reply header: a simple reply (16 bytes) or a structured READ chunk
+	// (20-byte header and 8-byte offset), so either goes out with its
+	// data as one iovec. 32 keeps the payload 16-byte aligned.
+	replyHeadroom = 32
+	// maxStatusExtents bounds the allocated extents one BLOCK_STATUS
+	// asks the backend for, and so the reply (two descriptors per
+	// extent at most, and a trailing hole); the client asks again from
+	// where the reply ends.
+	maxStatusExtents   = 512
+	blockStatusPayload = 4 + 8*(2*maxStatusExtents+1)
 )
 
 func (o TransmissionOptions) withDefaults() (TransmissionOptions, error) {
@@ -145,6 +162,7 @@ func ServeTransmission(ctx context.Context, conn net.Conn, b Backend, opts Trans
 		return err
 	}
 	s := newSession(conn, b, opts)
+	s.ctx = ctx
 	// Cancellation interrupts the blocking read; the loop then drains.
 	// A client that stopped reading replies gets drainTimeout to take
 	// them before the writes fail, so the drain cannot hang on it.
@@ -181,14 +199,16 @@ func ServeTransmission(ctx context.Context, conn net.Conn, b Backend, opts Trans
 
 // request is one slot of the connection's queue: a request in flight
 // with its reply buffer. buf holds the reply header in its first
-// SimpleReplySize bytes and the payload (read data, or write data as
-// received) after it.
+// replyHeadroom bytes (right-aligned: it starts at head) and the payload
+// (read data, write data as received, block descriptors) after it.
 type request struct {
 	hdr   Request
 	errno uint32
 	buf   []byte
 	bufp  *[]byte // buf's pool handle when it came from payloadBuffers
-	send  int     // bytes of buf to send as the reply
+	head  int     // where the reply starts in buf
+	send  int     // where the reply ends in buf
+	dlen  int     // payload bytes of a BLOCK_STATUS reply
 	bytes int64   // payload bytes counted against MaxInFlightBytes
 	tag   uint64  // index in session.slots: the AsyncBackend tag
 	// fua is the stage of an asynchronous FUA write: writing, then
@@ -217,6 +237,7 @@ const (
 )
 
 type session struct {
+	ctx  context.Context
 	conn net.Conn
 	b    Backend
 	// disc: the loop ended on NBD_CMD_DISC (set by the reader).
@@ -225,6 +246,7 @@ type session struct {
 	zw    ZeroWriter
 	fua   FUAWriter
 	async AsyncBackend
+	ext   Extenter
 	opts  TransmissionOptions
 	log   *slog.Logger
 	align uint64 // BlockSize-1
@@ -286,6 +308,7 @@ func newSession(conn net.Conn, b Backend, opts TransmissionOptions) *session {
 	s.zw, _ = b.(ZeroWriter)
 	s.fua, _ = b.(FUAWriter)
 	s.async, _ = b.(AsyncBackend)
+	s.ext, _ = b.(Extenter)
 	s.slotFree.L = &s.slotMu
 	s.slots = make([]*request, opts.QueueDepth)
 	for i := range s.free {
@@ -326,6 +349,8 @@ func (s *session) readLoop() error {
 			switch h.Type {
 			case CmdRead:
 				replyData = h.Length
+			case CmdBlockStatus:
+				replyData = blockStatusPayload
 			case CmdWrite:
 				if s.inline && int(payload) <= len(s.rbuf) {
 					// Served now, straight from the read buffer: no
@@ -352,7 +377,7 @@ func (s *session) readLoop() error {
 		if payload > 0 {
 			var err error
 			if errno == 0 {
-				err = s.readFull(r.buf[SimpleReplySize : SimpleReplySize+int(payload)])
+				err = s.readFull(r.buf[replyHeadroom : replyHeadroom+int(payload)])
 			} else {
 				err = s.skip(int64(payload))
 			}
@@ -366,7 +391,7 @@ func (s *session) readLoop() error {
 			continue
 		}
 		if s.inline {
-			s.serve(r, r.buf[SimpleReplySize:])
+			s.serve(r, r.buf[replyHeadroom:])
 			s.finishInline(r)
 			continue
 		}
@@ -411,6 +436,11 @@ func (s *session) check(h *Request) uint32 {
 		allowed = CmdFlagFUA | CmdFlagNoHole
 		if s.opts.ReadOnly {
 			return EPERM
+		}
+	case CmdBlockStatus:
+		allowed = CmdFlagReqOne
+		if !s.opts.baseAllocation || h.Length == 0 {
+			return EINVAL // no meta context was negotiated
 		}
 	default:
 		return EINVAL
@@ -527,20 +557,20 @@ func (s *session) acquire(n int) *request {
 		s.flushDeferred()
 		b.take(int64(n), floor)
 	}
-	if cap(r.buf) < SimpleReplySize+n {
+	if cap(r.buf) < replyHeadroom+n {
 		if r.bufp != nil {
 			payloadBuffers.put(r.bufp)
 		}
 		r.bufp = payloadBuffers.get(n)
 		r.buf = *r.bufp
 	}
-	r.buf = r.buf[:SimpleReplySize+n]
+	r.buf = r.buf[:replyHeadroom+n]
 	return r
 }
 
 // release returns a slot once its reply is written (or dropped).
 func (s *session) release(r *request) {
-	if cap(r.buf) > SimpleReplySize+slotKeepPayload {
+	if cap(r.buf) > replyHeadroom+slotKeepPayload {
 		payloadBuffers.put(r.bufp)
 		r.buf, r.bufp = nil, nil
 	}
@@ -570,7 +600,7 @@ func (s *session) dispatch(r *request) {
 func (s *session) worker() {
 	defer s.workerWG.Done()
 	for r := range s.work {
-		s.serve(r, r.buf[SimpleReplySize:])
+		s.serve(r, r.buf[replyHeadroom:])
 		if s.answered(r) {
 			s.finish(r, false)
 		}
@@ -585,7 +615,7 @@ func (s *session) start(r *request) bool {
 	h := &r.hdr
 	switch h.Type {
 	case CmdRead:
-		s.async.StartReadAt(r.buf[SimpleReplySize:], int64(h.Offset), s, r.tag)
+		s.async.StartReadAt(r.buf[replyHeadroom:], int64(h.Offset), s, r.tag)
 	case CmdWrite:
 		fua := h.Flags&CmdFlagFUA != 0
 		if fua && s.fua != nil {
@@ -595,7 +625,7 @@ func (s *session) start(r *request) bool {
 		if fua {
 			r.fua = fuaWriting
 		}
-		s.async.StartWriteAt(r.buf[SimpleReplySize:], int64(h.Offset), s, r.tag)
+		s.async.StartWriteAt(r.buf[replyHeadroom:], int64(h.Offset), s, r.tag)
 	case CmdFlush:
 		s.async.StartFlush(s, r.tag)
 	default:
@@ -676,7 +706,7 @@ func (s *session) FlushCompletions() {
 func (s *session) tryWriteBatch() bool {
 	if s.werr.Load() == nil {
 		for _, r := range s.batch {
-			s.vw.add(r.buf[:r.send])
+			s.vw.add(r.buf[r.head:r.send])
 		}
 		done, err := s.vw.tryFlush()
 		if !done {
@@ -741,6 +771,8 @@ func (s *session) serve(r *request, data []byte) {
 		}
 	case CmdCache:
 		// A hint with no required effect.
+	case CmdBlockStatus:
+		err = s.blockStatus(r, data)
 	}
 	if err == nil && !fuaDone && h.Flags&CmdFlagFUA != 0 && h.Type != CmdRead && h.Type != CmdFlush && h.Type != CmdCache {
 		err = s.b.Flush()
@@ -782,9 +814,14 @@ func (s *session) finishInline(r *request) {
 
 // encodeReply puts r's reply header in front of its data.
 func (s *session) encodeReply(r *request) {
+	if s.opts.structured && (r.hdr.Type == CmdRead || r.hdr.Type == CmdBlockStatus) {
+		s.encodeChunk(r)
+		return
+	}
+	r.head = replyHeadroom - SimpleReplySize
 	reply := SimpleReply{Errno: r.errno, Cookie: r.hdr.Cookie}
-	reply.Encode(r.buf[:SimpleReplySize])
-	r.send = SimpleReplySize
+	reply.Encode(r.buf[r.head:replyHeadroom])
+	r.send = replyHeadroom
 	if r.errno == 0 && r.hdr.Type == CmdRead {
 		r.send += int(r.hdr.Length)
 	}
@@ -823,7 +860,7 @@ func (s *session) writeQueue() {
 func (s *session) writeBatch() {
 	if s.werr.Load() == nil {
 		for _, r := range s.batch {
-			s.vw.add(r.buf[:r.send])
+			s.vw.add(r.buf[r.head:r.send])
 		}
 		if err := s.vw.flush(); err != nil {
 			s.writeFailed(err)
@@ -937,7 +974,7 @@ func (s *session) timeOut(r *request, age time.Duration) {
 	h := r.hdr
 	s.log.Warn("nbd: request timed out; answering EIO", "cmd", CommandName(h.Type), "offset", h.Offset,
 		"length", h.Length, "age", age.Round(time.Millisecond), "timeout", s.opts.RequestTimeout)
-	reply := &request{hdr: h, errno: EIO, buf: make([]byte, SimpleReplySize), orphan: true}
+	reply := &request{hdr: h, errno: EIO, buf: make([]byte, replyHeadroom), orphan: true}
 	s.encodeReply(reply)
 	s.wMu.Lock()
 	s.queue = append(s.queue, reply)
