@@ -14,7 +14,7 @@ STATICCHECK_VERSION := v0.7.0
 
 # Every Debian package the build, tests, demo and benchmarks use.
 DEBS := gcc pkg-config librbd-dev librados-dev \
-	ceph-mon ceph-osd ceph-common rbd-nbd \
+	ceph-mon ceph-osd ceph-mgr ceph-common rbd-nbd \
 	libnbd-bin nbdkit fio qemu-utils qemu-block-extra \
 	qemu-system-x86 busybox-static cpio kmod \
 	docker.io iproute2 e2fsprogs xfsprogs util-linux procps jq librsvg2-bin \
@@ -84,7 +84,7 @@ CEPH_TEST_PKGS ?= ./rbdio/... ./test/rbdexport/... ./cmd/...
 test-integration: deps build
 	@trap 'test/ceph/cluster purge $(CEPH_TEST_DIR) >/dev/null 2>&1' EXIT; \
 	test/ceph/cluster purge $(CEPH_TEST_DIR) >/dev/null 2>&1; \
-	test/ceph/cluster start $(CEPH_TEST_DIR) >/dev/null && \
+	RBD_NBD_GRAPH_CEPH_MGR=1 test/ceph/cluster start $(CEPH_TEST_DIR) >/dev/null && \
 	CEPH_CONF=$(CEPH_TEST_DIR)/ceph.conf RBD_NBD_GRAPH_BIN=$(BIN) \
 		$(GO) test $(GOFLAGS_BUILD) -count=1 $(CEPH_TEST_PKGS)
 

@@ -13,17 +13,17 @@ import (
 	"github.com/rbd-nbd-graph/rbd-nbd-graph/nbd"
 )
 
-// requireMgr skips unless the test cluster runs a ceph-mgr: pool quotas
-// are enforced from the pool statistics only a mgr collects, and
-// test/ceph/cluster starts none (docs/2026-12-04-ceph-faults.md says how
-// to add one).
+// requireMgr skips (fails under RBD_NBD_GRAPH_REQUIRE=1) unless the test
+// cluster runs a ceph-mgr: pool quotas are enforced from the pool
+// statistics only a mgr collects. test/ceph/cluster starts one with
+// RBD_NBD_GRAPH_CEPH_MGR=1, as make test-integration does.
 func requireMgr(t *testing.T, conf string) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	out, err := exec.CommandContext(ctx, "ceph", "--conf", conf, "mgr", "stat").CombinedOutput()
 	if err != nil || !strings.Contains(string(out), `"available": true`) {
-		t.Skip("needs a ceph-mgr in the test cluster (pool quotas are enforced from its statistics)")
+		skipOrFail(t, "needs a ceph-mgr in the test cluster (pool quotas are enforced from its statistics): start it with RBD_NBD_GRAPH_CEPH_MGR=1 test/ceph/cluster start DIR")
 	}
 }
 

@@ -213,6 +213,7 @@ func serveMapped(ctx context.Context, env *environment, f *mapFlags, target stri
 		// filesystem would replace its data with zeros.
 		return fmt.Errorf("%w: cannot reattach a mem: target: its data died with the process that served it; unmap the device and map it again", errUsage)
 	}
+	f.ceph.log = env.log // the blocklist and reopen messages of an rbd: target
 	b, closeTarget, err := openTarget(ctx, target, f.ceph, f.readOnly)
 	if err != nil {
 		return err

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"time"
 
@@ -77,18 +78,7 @@ func runServe(ctx context.Context, env *environment, args []string) error {
 		}
 		kvs = append(kvs, fileOpts...)
 	}
-	fs.Visit(func(f *flag.Flag) {
-		switch f.Name {
-		case "ceph-conf":
-			kvs = append(kvs, "rbd.configfile="+ceph.conf)
-		case "keyring":
-			kvs = append(kvs, "rbd.keyring="+ceph.keyring)
-		case "id":
-			kvs = append(kvs, "rbd.client="+ceph.id)
-		case "rbd-cache-policy":
-			kvs = append(kvs, "rbd.cachepolicy="+string(ceph.cachePolicy))
-		}
-	})
+	kvs = append(kvs, ceph.driverOptions(fs)...)
 	kvs = append(kvs, opts...)
 	defaults, err := graph.ParseOptions(graph.DefaultOptions(), kvs)
 	if err != nil {
@@ -142,4 +132,30 @@ func readOptionFile(path string) ([]string, error) {
 		out = append(out, line)
 	}
 	return out, sc.Err()
+}
+
+// driverOptions are the driver options (rbd.*) that the Ceph flags set
+// on fs's command line stand for, so that they reach the driver with
+// the precedence of flags.
+func (c *cephFlags) driverOptions(fs *flag.FlagSet) []string {
+	var kvs []string
+	fs.Visit(func(f *flag.Flag) {
+		switch f.Name {
+		case "ceph-conf":
+			kvs = append(kvs, "rbd.configfile="+c.conf)
+		case "keyring":
+			kvs = append(kvs, "rbd.keyring="+c.keyring)
+		case "id":
+			kvs = append(kvs, "rbd.client="+c.id)
+		case "rbd-cache-policy":
+			kvs = append(kvs, "rbd.cachepolicy="+string(c.cachePolicy))
+		case "osd-timeout":
+			kvs = append(kvs, "rbd.osdtimeout="+c.osdTimeout.String())
+		case "connect-timeout":
+			kvs = append(kvs, "rbd.connecttimeout="+c.connTimeout.String())
+		case "abort-on-full":
+			kvs = append(kvs, "rbd.abortonfull="+strconv.FormatBool(c.abortOnFull))
+		}
+	})
+	return kvs
 }

@@ -204,3 +204,22 @@ func TestCachePolicyNamesAgree(t *testing.T) {
 		t.Errorf("--rbd-cache-policy writeback: %v, %q", err, c.cachePolicy)
 	}
 }
+
+// serve's Ceph flags reach the driver as the rbd.* options they stand
+// for (the fault options were registered on serve without reaching it).
+func TestServeCephFlagsBecomeDriverOptions(t *testing.T) {
+	fs := flag.NewFlagSet("serve", flag.ContinueOnError)
+	var c cephFlags
+	c.register(fs)
+	if err := fs.Parse([]string{"--osd-timeout", "7s", "--connect-timeout", "3s", "--abort-on-full", "--id", "driver"}); err != nil {
+		t.Fatal(err)
+	}
+	o, err := graph.ParseOptions(graph.DefaultOptions(), c.driverOptions(fs))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if o.OSDTimeout != 7*time.Second || o.ConnectTimeout != 3*time.Second || !o.AbortOnFull || o.Client != "driver" {
+		t.Fatalf("options from the flags: osd timeout %v, connect timeout %v, abort on full %v, client %q",
+			o.OSDTimeout, o.ConnectTimeout, o.AbortOnFull, o.Client)
+	}
+}
