@@ -43,6 +43,7 @@ var (
 	_ nbd.Discarder    = (*reopener)(nil)
 	_ nbd.ZeroWriter   = (*reopener)(nil)
 	_ nbd.Resizer      = (*reopener)(nil)
+	_ nbd.Extenter     = (*reopener)(nil)
 )
 
 // Reopen attempts back off from reopenMin to reopenMax.
@@ -77,6 +78,9 @@ func (r *reopener) StartWriteAt(p []byte, off int64, c nbd.Completer, tag uint64
 }
 func (r *reopener) StartFlush(c nbd.Completer, tag uint64) { r.image().StartFlush(c, tag) }
 func (r *reopener) SizeChanges() <-chan int64              { return r.sizeCh }
+func (r *reopener) Extents(ctx context.Context, off, length int64, limit int) ([]nbd.Extent, error) {
+	return r.image().Extents(ctx, off, length, limit)
+}
 
 // loop forwards size changes and reopens after a blocklisting.
 func (r *reopener) loop() {
