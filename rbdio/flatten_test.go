@@ -59,9 +59,9 @@ func TestFlattenIsInterruptible(t *testing.T) {
 	if !errors.Is(err, context.Canceled) {
 		t.Fatalf("cancelled flatten returned %v, want context.Canceled", err)
 	}
-	if took > whole/2 {
-		t.Fatalf("cancelled flatten returned after %v; a whole one takes %v", took, whole)
-	}
+	// Not a timing bar (flatten times swing with the machine's load):
+	// the clone still having its parent proves the flatten stopped part
+	// way instead of running to the end.
 	st, err := c.Stat(ctx, cut)
 	if err != nil {
 		t.Fatal(err)
