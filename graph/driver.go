@@ -818,17 +818,26 @@ func (d *Driver) Metadata(ctx context.Context, id string) (map[string]string, er
 // detaches every layer. It leaves no mount, device or open image behind,
 // or says which it could not release.
 func (d *Driver) Close(ctx context.Context) error {
+	if !d.stop() {
+		return nil
+	}
+	return d.releaseAll(ctx)
+}
+
+// stop marks the driver closed and stops background work; false if it
+// already was.
+func (d *Driver) stop() bool {
 	d.mu.Lock()
 	if d.closed {
 		d.mu.Unlock()
-		return nil
+		return false
 	}
 	d.closed = true
 	d.mu.Unlock()
 	if d.flat != nil {
 		d.flat.stop()
 	}
-	return d.releaseAll(ctx)
+	return true
 }
 
 // Release is for a restart or an upgrade of the driver: it stops
@@ -837,24 +846,11 @@ func (d *Driver) Close(ctx context.Context) error {
 // (recoverDevices), so containers keep running through it. ctx bounds
 // the wait for requests in flight.
 func (d *Driver) Release(ctx context.Context) error {
-	d.mu.Lock()
-	if d.closed {
-		d.mu.Unlock()
+	if !d.stop() {
 		return nil
 	}
-	d.closed = true
-	var mounted []*layer
-	for _, l := range d.layers {
-		if l.mount != nil {
-			mounted = append(mounted, l)
-		}
-	}
-	d.mu.Unlock()
-	if d.flat != nil {
-		d.flat.stop()
-	}
 	var errs []error
-	for _, l := range mounted {
+	for _, l := range d.mountedLayers() {
 		unlock := d.locks.Lock(l.id)
 		if m := l.mount; m != nil {
 			if err := m.dev.Release(ctx); err != nil {
@@ -869,17 +865,22 @@ func (d *Driver) Release(ctx context.Context) error {
 	return errors.Join(errs...)
 }
 
-func (d *Driver) releaseAll(ctx context.Context) error {
+// mountedLayers are the layers mounted now.
+func (d *Driver) mountedLayers() []*layer {
 	d.mu.Lock()
+	defer d.mu.Unlock()
 	var mounted []*layer
 	for _, l := range d.layers {
 		if l.mount != nil {
 			mounted = append(mounted, l)
 		}
 	}
-	d.mu.Unlock()
+	return mounted
+}
+
+func (d *Driver) releaseAll(ctx context.Context) error {
 	var errs []error
-	for _, l := range mounted {
+	for _, l := range d.mountedLayers() {
 		unlock := d.locks.Lock(l.id)
 		if m := l.mount; m != nil {
 			if err := d.unmountAndDetach(ctx, l, m); err != nil {

@@ -29,24 +29,8 @@ func TestReattachAfterKill(t *testing.T) {
 
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
 	defer cancel()
-	fio := exec.CommandContext(ctx, "fio", "--name=reattach", "--filename="+dev, "--ioengine=libaio",
-		"--direct=1", "--rw=randwrite", "--bs=4k", "--iodepth=8", "--size=16M",
-		"--verify=crc32c", "--do_verify=1", "--verify_fatal=1", "--randrepeat=0")
-	var out bytes.Buffer
-	fio.Stdout, fio.Stderr = &out, &out
-	if err := fio.Start(); err != nil {
-		t.Fatal(err)
-	}
-	fioDone := make(chan error, 1)
-	go func() { fioDone <- fio.Wait() }()
-
 	// Let fio get going, then kill the server in the middle of its writes.
-	time.Sleep(3 * time.Second)
-	select {
-	case err := <-fioDone:
-		t.Fatalf("fio finished before the kill (make it longer): %v\n%s", err, out.String())
-	default:
-	}
+	fio := startFioVerify(t, ctx, "reattach", dev)
 	if err := syscall.Kill(pid, syscall.SIGKILL); err != nil {
 		t.Fatal(err)
 	}
@@ -70,18 +54,7 @@ func TestReattachAfterKill(t *testing.T) {
 	}
 	newPID := e.PID
 
-	select {
-	case err := <-fioDone:
-		if err != nil {
-			t.Fatalf("fio failed across the reattach: %v\n%s", err, out.String())
-		}
-	case <-ctx.Done():
-		t.Fatalf("fio did not finish after the reattach\n%s", out.String())
-	}
-	if !strings.Contains(out.String(), "err= 0") {
-		t.Fatalf("fio reported errors:\n%s", out.String())
-	}
-	t.Logf("fio finished, verify passed:\n%s", lastLines(out.String(), 12))
+	fio.finish(t, ctx, "the kill and the reattach")
 	unmap(t, dev)
 	if processAlive(newPID) {
 		t.Errorf("the reattached server %d still runs after unmap", newPID)
@@ -94,4 +67,48 @@ func lastLines(s string, n int) string {
 		lines = lines[len(lines)-n:]
 	}
 	return strings.Join(lines, "\n")
+}
+
+// fioRun is fio writing 16 MiB of 4 KiB random blocks with
+// verification, running in the background across a fault.
+type fioRun struct {
+	out  bytes.Buffer
+	done chan error
+}
+
+// startFioVerify starts it on dev (until ctx ends) and checks that it is
+// still writing 3 s later, when the test may inject its fault.
+func startFioVerify(t *testing.T, ctx context.Context, name, dev string) *fioRun {
+	t.Helper()
+	f := &fioRun{done: make(chan error, 1)}
+	cmd := exec.CommandContext(ctx, "fio", "--name="+name, "--filename="+dev, "--ioengine=libaio",
+		"--direct=1", "--rw=randwrite", "--bs=4k", "--iodepth=8", "--size=16M",
+		"--verify=crc32c", "--do_verify=1", "--verify_fatal=1", "--randrepeat=0")
+	cmd.Stdout, cmd.Stderr = &f.out, &f.out
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	go func() { f.done <- cmd.Wait() }()
+	time.Sleep(3 * time.Second)
+	select {
+	case err := <-f.done:
+		t.Fatalf("fio finished before the fault (make it longer): %v\n%s", err, f.out.String())
+	default:
+	}
+	return f
+}
+
+// finish waits for fio until ctx ends and fails the test unless it
+// finished with no error and its verify passed; across names the fault.
+func (f *fioRun) finish(t *testing.T, ctx context.Context, across string) {
+	t.Helper()
+	select {
+	case err := <-f.done:
+		if err != nil || !strings.Contains(f.out.String(), "err= 0") {
+			t.Fatalf("fio across %s: %v\n%s", across, err, f.out.String())
+		}
+	case <-ctx.Done():
+		t.Fatalf("fio did not finish after %s\n%s", across, f.out.String())
+	}
+	t.Logf("fio finished, verify passed:\n%s", lastLines(f.out.String(), 8))
 }

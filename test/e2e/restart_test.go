@@ -3,11 +3,9 @@
 package e2e
 
 import (
-	"bytes"
 	"context"
 	"fmt"
 	"os"
-	"os/exec"
 	"strconv"
 	"strings"
 	"syscall"
@@ -140,22 +138,7 @@ func TestMapSIGTERMHandover(t *testing.T) {
 
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
 		defer cancel()
-		fio := exec.CommandContext(ctx, "fio", "--name=handover", "--filename="+dev, "--ioengine=libaio",
-			"--direct=1", "--rw=randwrite", "--bs=4k", "--iodepth=8", "--size=16M",
-			"--verify=crc32c", "--do_verify=1", "--verify_fatal=1", "--randrepeat=0")
-		var out bytes.Buffer
-		fio.Stdout, fio.Stderr = &out, &out
-		if err := fio.Start(); err != nil {
-			t.Fatal(err)
-		}
-		fioDone := make(chan error, 1)
-		go func() { fioDone <- fio.Wait() }()
-		time.Sleep(3 * time.Second)
-		select {
-		case err := <-fioDone:
-			t.Fatalf("fio finished before the SIGTERM (make it longer): %v\n%s", err, out.String())
-		default:
-		}
+		fio := startFioVerify(t, ctx, "handover", dev)
 
 		start := time.Now()
 		if err := syscall.Kill(pid, syscall.SIGTERM); err != nil {
@@ -172,18 +155,7 @@ func TestMapSIGTERMHandover(t *testing.T) {
 		if got != dev {
 			t.Fatalf("attach printed %q, want the live device %s", got, dev)
 		}
-		select {
-		case err := <-fioDone:
-			if err != nil {
-				t.Fatalf("fio failed across the handover: %v\n%s", err, out.String())
-			}
-		case <-ctx.Done():
-			t.Fatalf("fio did not finish after the attach\n%s", out.String())
-		}
-		if !strings.Contains(out.String(), "err= 0") {
-			t.Fatalf("fio reported errors:\n%s", out.String())
-		}
-		t.Logf("fio finished, verify passed:\n%s", lastLines(out.String(), 6))
+		fio.finish(t, ctx, "the SIGTERM handover and the attach")
 		if bad := ioErrorLines(mark.since()); len(bad) > 0 {
 			t.Errorf("%d IO error lines in the kernel log across the handover:\n%s", len(bad), summarize(bad, 20))
 		}

@@ -3,9 +3,7 @@
 package e2e
 
 import (
-	"bytes"
 	"context"
-	"os/exec"
 	"strings"
 	"syscall"
 	"testing"
@@ -25,17 +23,7 @@ func TestMapSIGTERMBoundedWhileOSDsPaused(t *testing.T) {
 
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
 	defer cancel()
-	fio := exec.CommandContext(ctx, "fio", "--name=paused", "--filename="+dev, "--ioengine=libaio",
-		"--direct=1", "--rw=randwrite", "--bs=4k", "--iodepth=8", "--size=16M",
-		"--verify=crc32c", "--do_verify=1", "--verify_fatal=1", "--randrepeat=0")
-	var out bytes.Buffer
-	fio.Stdout, fio.Stderr = &out, &out
-	if err := fio.Start(); err != nil {
-		t.Fatal(err)
-	}
-	fioDone := make(chan error, 1)
-	go func() { fioDone <- fio.Wait() }()
-	time.Sleep(3 * time.Second)
+	fio := startFioVerify(t, ctx, "paused", dev)
 
 	unpaused := false
 	unpause := func() {
@@ -67,14 +55,6 @@ func TestMapSIGTERMBoundedWhileOSDsPaused(t *testing.T) {
 	if got != dev {
 		t.Fatalf("attach printed %q, want %s", got, dev)
 	}
-	select {
-	case err := <-fioDone:
-		if err != nil || !strings.Contains(out.String(), "err= 0") {
-			t.Fatalf("fio across the hung shutdown and the reattach: %v\n%s", err, out.String())
-		}
-	case <-ctx.Done():
-		t.Fatalf("fio did not finish after the reattach\n%s", out.String())
-	}
-	t.Logf("fio finished, verify passed:\n%s", lastLines(out.String(), 8))
+	fio.finish(t, ctx, "the hung shutdown and the reattach")
 	unmap(t, dev)
 }
