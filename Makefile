@@ -78,7 +78,8 @@ cluster-stop:
 # Against a real Ceph cluster, started for the run in its own folder and
 # removed afterwards, also when a test fails or make is interrupted:
 # rbdio's integration tests and `export rbd:` with real clients
-# (test/rbdexport), the driver's RBD store (cmd). Packages with more Ceph tests go in CEPH_TEST_PKGS.
+# (test/rbdexport), the driver's RBD store (cmd), and rbdio's image close
+# and async IO again under the race detector. Packages with more Ceph tests go in CEPH_TEST_PKGS.
 CEPH_TEST_DIR  := $(BUILD)/ceph-test
 CEPH_TEST_PKGS ?= ./rbdio/... ./test/rbdexport/... ./cmd/...
 test-integration: deps build
@@ -86,7 +87,9 @@ test-integration: deps build
 	test/ceph/cluster purge $(CEPH_TEST_DIR) >/dev/null 2>&1; \
 	RBD_NBD_GRAPH_CEPH_MGR=1 test/ceph/cluster start $(CEPH_TEST_DIR) >/dev/null && \
 	CEPH_CONF=$(CEPH_TEST_DIR)/ceph.conf RBD_NBD_GRAPH_BIN=$(BIN) \
-		$(GO) test $(GOFLAGS_BUILD) -count=1 $(CEPH_TEST_PKGS)
+		$(GO) test $(GOFLAGS_BUILD) -count=1 $(CEPH_TEST_PKGS) && \
+	CEPH_CONF=$(CEPH_TEST_DIR)/ceph.conf \
+		$(GO) test $(GOFLAGS_BUILD) -race -count=1 -run 'TestCloseUnderFUALoad|TestAsyncIO' ./rbdio
 
 # Under the test targets a test that lacks a tool, root or a cluster fails
 # instead of skipping (and prerequisites inherit this), so CI cannot pass
