@@ -1,0 +1,273 @@
+// Creating and removing layers: each step is durable and undone on
+// error, so a crash between steps leaves something start-up can finish.
+
+package graph
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+
+	units "github.com/docker/go-units"
+)
+
+// Create makes layer id as a clone of parent ("" for the base image).
+func (d *Driver) Create(ctx context.Context, id, parent string, co CreateOptions) (err error) {
+	if err := ValidateID(id); err != nil {
+		return err
+	}
+	if parent != "" {
+		if err := ValidateID(parent); err != nil {
+			return fmt.Errorf("parent: %w", err)
+		}
+		if parent == id {
+			return fmt.Errorf("%w %q: a layer cannot be its own parent", ErrInvalidID, id)
+		}
+	}
+	defer d.locks.Lock(id)()
+	d.mu.Lock()
+	if d.closed {
+		d.mu.Unlock()
+		return ErrClosed
+	}
+	if _, ok := d.layers[id]; ok {
+		d.mu.Unlock()
+		return fmt.Errorf("%w: %s", ErrLayerExists, id)
+	}
+	d.mu.Unlock()
+
+	p := d.base
+	if parent != "" {
+		defer d.locks.Lock(parent)()
+		p = d.lookup(parent)
+		if p == nil {
+			return fmt.Errorf("parent of %s: %w: %s", id, ErrLayerNotFound, parent)
+		}
+	}
+	size := p.size
+	if co.Size > 0 && co.Size < p.size {
+		return fmt.Errorf("%w: size=%s is smaller than the parent layer (%s); filesystems only grow",
+			ErrInvalidOption, units.BytesSize(float64(co.Size)), units.BytesSize(float64(p.size)))
+	}
+	size = max(size, co.Size)
+	if parent == "" {
+		size = max(size, d.opts.BaseSize) // rbd.basesize raised since the base was made
+	}
+
+	ph := newPhases()
+	if err := d.ensureSnapshot(ctx, p); err != nil {
+		return err
+	}
+	ph.done("snapshot_parent")
+	d.step(StepCreateSnapshotParent)
+	l := &layer{id: id, image: d.names.layerImage(id), parentID: parent, size: p.size,
+		cloneOf: ImageRef{Image: p.image, Snapshot: snapName}, state: StateCreating}
+
+	var undo undoStack
+	defer undo.onError(&err)
+	if err := d.store.CloneImage(ctx, p.image, snapName, l.image); err != nil {
+		return fmt.Errorf("create layer %s: clone %s@%s: %w", id, p.image, snapName, err)
+	}
+	undo.push(func() error { return d.store.RemoveImage(context.WithoutCancel(ctx), l.image) })
+	ph.done("clone")
+	d.step(StepCreateClone)
+	d.mu.Lock()
+	d.layers[id] = l
+	d.byImage[l.image] = l
+	d.mu.Unlock()
+	undo.push(func() error { d.forget(l); return nil })
+
+	// The layer is creating (durably: its image has no state key yet)
+	// until the transition to ready below.
+	if size > l.size {
+		if err := d.grow(ctx, l, size); err != nil {
+			return fmt.Errorf("create layer %s: grow to %d bytes: %w", id, size, err)
+		}
+		ph.done("grow")
+		d.step(StepCreateGrow)
+	}
+	flattenLater := false
+	if d.depth(l) > d.opts.MaxCloneDepth {
+		if d.opts.Flatten == FlattenOnCreate {
+			if err := d.store.FlattenImage(ctx, l.image); err != nil {
+				return fmt.Errorf("create layer %s: flatten: %w", id, err)
+			}
+			d.setField(func() { l.cloneOf = ImageRef{} })
+			ph.done("flatten")
+			d.step(StepCreateFlatten)
+		} else {
+			flattenLater = true
+		}
+	}
+	if err := d.transition(ctx, l, StateReady); err != nil {
+		return err
+	}
+	ph.done("state_ready")
+	d.step(StepCreateReady)
+	if flattenLater {
+		d.flat.enqueue(id)
+	}
+	d.log.Debug("layer created", append([]any{"layer", id, "parent", parent, "image", l.image, "depth", d.depth(l)}, ph.attrs...)...)
+	return nil
+}
+
+// ensureSnapshot gives p its snapshot when it gets its first child. A
+// layer that is mounted read-write is frozen meanwhile so the snapshot
+// holds a clean filesystem.
+func (d *Driver) ensureSnapshot(ctx context.Context, p *layer) (err error) {
+	if p.snapshot && p.snapshotProtected {
+		return nil
+	}
+	// An existing snapshot (found at start-up) only needs protecting;
+	// CreateSnapshot does that. A new one of a writable layer needs a
+	// frozen filesystem.
+	if m := p.mount; m != nil && !m.readOnly && !p.snapshot {
+		thaw, err := d.fs.Freeze(ctx, m.dir)
+		if err != nil {
+			return fmt.Errorf("snapshot layer %s: %w", p.name(), err)
+		}
+		defer func() { err = errors.Join(err, thaw()) }()
+	}
+	if err := d.store.CreateSnapshot(ctx, p.image, snapName); err != nil {
+		return fmt.Errorf("snapshot layer %s: %w", p.name(), err)
+	}
+	d.setField(func() { p.snapshot, p.snapshotProtected = true, true })
+	return nil
+}
+
+// grow resizes l's image and then its filesystem.
+func (d *Driver) grow(ctx context.Context, l *layer, size int64) (err error) {
+	if err := d.store.ResizeImage(ctx, l.image, size); err != nil {
+		return err
+	}
+	d.setField(func() { l.size = size })
+	dev, err := d.attacher.Attach(ctx, AttachRequest{Owner: d.ident, Image: l.image})
+	if err != nil {
+		return err
+	}
+	defer func() { err = errors.Join(err, dev.Detach(context.WithoutCancel(ctx))) }()
+	dir := filepath.Join(d.mnt, l.id)
+	if err := os.Mkdir(dir, 0o701); err != nil && !errors.Is(err, os.ErrExist) {
+		return err
+	}
+	return d.fs.Grow(ctx, dev.Path(), dir)
+}
+
+// Remove deletes layer id. Removing an ID that does not exist succeeds,
+// so a retry after a partial failure converges.
+func (d *Driver) Remove(ctx context.Context, id string) error {
+	if err := ValidateID(id); err != nil {
+		return err
+	}
+	defer d.locks.Lock(id)()
+	d.mu.Lock()
+	if d.closed {
+		d.mu.Unlock()
+		return ErrClosed
+	}
+	l := d.layers[id]
+	d.mu.Unlock()
+	if l == nil {
+		return nil
+	}
+	return d.removeLayer(ctx, l, false)
+}
+
+// removeLayer releases and deletes l; the caller holds l's lock (or is
+// New, before anyone else can).
+func (d *Driver) removeLayer(ctx context.Context, l *layer, atStart bool) error {
+	ph := newPhases()
+	d.cancelFlatten(l)
+	if m := l.mount; m != nil {
+		d.log.Warn("removing a layer that is still mounted; unmounting it", "layer", l.id, "refs", m.refs)
+		if err := d.unmountAndDetach(ctx, l, m); err != nil {
+			return fmt.Errorf("remove layer %s: %w", l.id, err)
+		}
+	}
+	// The snapshot goes first: while children depend on it this fails
+	// and nothing has changed; once it is gone the layer is still a
+	// consistent ready layer (a new child would snapshot it again).
+	if l.snapshot {
+		if err := d.removeSnapshot(ctx, l); err != nil {
+			return fmt.Errorf("remove layer %s: %w", l.id, err)
+		}
+		ph.done("remove_snapshot")
+		d.step(StepRemoveSnapshot)
+	}
+	if l.state != StateRemoving {
+		if err := d.transition(ctx, l, StateRemoving); err != nil {
+			if !atStart || !errors.Is(err, ErrImageNotFound) {
+				return fmt.Errorf("remove layer %s: %w", l.id, err)
+			}
+		}
+		ph.done("state_removing")
+		d.step(StepRemoveStateRemoving)
+	}
+	if err := d.store.RemoveImage(ctx, l.image); err != nil && !errors.Is(err, ErrImageNotFound) {
+		return fmt.Errorf("remove layer %s: %w", l.id, err)
+	}
+	ph.done("remove_image")
+	d.step(StepRemoveImage)
+	d.forget(l)
+	if err := os.Remove(filepath.Join(d.mnt, l.id)); err != nil && !errors.Is(err, os.ErrNotExist) {
+		d.log.Warn("could not remove mount point", "layer", l.id, "err", err)
+	}
+	d.log.Debug("layer removed", append([]any{"layer", l.id}, ph.attrs...)...)
+	return nil
+}
+
+// removeImages deletes l's snapshot, if it has one, and image; missing
+// ones are fine.
+func (d *Driver) removeImages(ctx context.Context, l *layer) error {
+	if l.snapshot {
+		if err := d.removeSnapshot(ctx, l); err != nil {
+			return err
+		}
+	}
+	if err := d.store.RemoveImage(ctx, l.image); err != nil && !errors.Is(err, ErrImageNotFound) {
+		return err
+	}
+	return nil
+}
+
+// removeSnapshot deletes l's snapshot; ErrHasChildren, naming them, while
+// layers are cloned from it.
+func (d *Driver) removeSnapshot(ctx context.Context, l *layer) error {
+	err := d.store.RemoveSnapshot(ctx, l.image, snapName)
+	switch {
+	case errors.Is(err, ErrImageBusy):
+		kids, _ := d.store.Children(ctx, l.image, snapName)
+		return fmt.Errorf("%w: %s: %w", ErrHasChildren, strings.Join(d.describeImages(kids), ", "), err)
+	case err != nil && !errors.Is(err, ErrImageNotFound):
+		return err
+	}
+	d.setField(func() { l.snapshot, l.snapshotProtected = false, false })
+	return nil
+}
+
+func (d *Driver) forget(l *layer) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if l.id != "" && d.layers[l.id] == l {
+		delete(d.layers, l.id)
+	}
+	if d.byImage[l.image] == l {
+		delete(d.byImage, l.image)
+	}
+}
+
+// describeImages turns child image names into layer IDs for messages.
+func (d *Driver) describeImages(images []string) []string {
+	out := make([]string, 0, len(images))
+	for _, im := range images {
+		if id, ok := d.names.layerID(im); ok {
+			out = append(out, id)
+		} else {
+			out = append(out, "image "+im)
+		}
+	}
+	return out
+}

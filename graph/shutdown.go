@@ -1,0 +1,94 @@
+// Shutdown: Close detaches everything (dockerd's Cleanup); Release
+// hands the devices over to the next process (a restart or upgrade).
+
+package graph
+
+import (
+	"context"
+	"errors"
+	"fmt"
+)
+
+// Close (dockerd's Cleanup) stops background work and unmounts and
+// detaches every layer. It leaves no mount, device or open image behind,
+// or says which it could not release.
+func (d *Driver) Close(ctx context.Context) error {
+	if !d.stop() {
+		return nil
+	}
+	return d.releaseAll(ctx)
+}
+
+// stop marks the driver closed and stops background work; false if it
+// already was.
+func (d *Driver) stop() bool {
+	d.mu.Lock()
+	if d.closed {
+		d.mu.Unlock()
+		return false
+	}
+	d.closed = true
+	d.mu.Unlock()
+	if d.flat != nil {
+		d.flat.stop()
+	}
+	return true
+}
+
+// Release is for a restart or an upgrade of the driver: it stops
+// background work and stops serving every layer, leaving mounts and
+// devices in place for the next Driver on the same home to adopt
+// (recoverDevices), so containers keep running through it. ctx bounds
+// the wait for requests in flight.
+func (d *Driver) Release(ctx context.Context) error {
+	if !d.stop() {
+		return nil
+	}
+	var errs []error
+	for _, l := range d.mountedLayers() {
+		unlock := d.locks.Lock(l.id)
+		if m := l.mount; m != nil {
+			if err := m.dev.Release(ctx); err != nil {
+				errs = append(errs, fmt.Errorf("layer %s: release %s: %w", l.id, m.dev.Path(), err))
+			} else {
+				d.log.Info("layer left mounted for the next driver process", "layer", l.id, "device", m.dev.Path())
+			}
+			d.setField(func() { l.mount = nil })
+		}
+		unlock()
+	}
+	return errors.Join(errs...)
+}
+
+// mountedLayers are the layers mounted now.
+func (d *Driver) mountedLayers() []*layer {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	var mounted []*layer
+	for _, l := range d.layers {
+		if l.mount != nil {
+			mounted = append(mounted, l)
+		}
+	}
+	return mounted
+}
+
+func (d *Driver) releaseAll(ctx context.Context) error {
+	var errs []error
+	for _, l := range d.mountedLayers() {
+		unlock := d.locks.Lock(l.id)
+		if m := l.mount; m != nil {
+			if err := d.unmountAndDetach(ctx, l, m); err != nil {
+				errs = append(errs, fmt.Errorf("layer %s: %w", l.id, err))
+			}
+		}
+		unlock()
+	}
+	return errors.Join(errs...)
+}
+
+func (d *Driver) isClosed() bool {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.closed
+}
