@@ -12,20 +12,15 @@
 # mem: no Ceph).
 set -euo pipefail
 : "${VM_OUT:?run me inside the VM: bench/scripts/crosscheck-vm.sh}"
-repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
+# shellcheck source=test/vm/guest.sh
+. "$(dirname "${BASH_SOURCE[0]}")/../../test/vm/guest.sh"
+guest_init crosscheck-vm /var/lib/rbd-nbd-graph-bench
 backend=${XC_BACKEND:-rbd}
 
-# The guest's root is a tmpfs overlay over the host's /: the cluster and
-# everything written here vanish at poweroff. Its RAM is 4 GiB, so the
-# memstore OSD gets 1.5 GiB and the image stays small.
-work=/var/lib/rbd-nbd-graph-bench
-mkdir -p "$work"
-dmesg -n 4 2>/dev/null || true
+# The guest's RAM is 4 GiB, so the memstore OSD gets 1.5 GiB and the
+# image stays small.
 if [ "$backend" = rbd ] && [ -z "${CEPH_CONF:-}" ]; then
-	start=$(date +%s)
-	RBD_NBD_GRAPH_CEPH_STORE_BYTES=$((1536 << 20)) "$repo/test/ceph/cluster" start "$work/ceph" >&2
-	export CEPH_CONF=$work/ceph/ceph.conf
-	echo "crosscheck-vm: Ceph cluster up in $(( $(date +%s) - start ))s" >&2
+	guest_ceph_start $((1536 << 20))
 fi
 # shellcheck disable=SC2086 # XC_ARGS is a list of arguments
 # Three rounds: under TCG a single round swings by a factor of two.

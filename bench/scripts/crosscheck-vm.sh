@@ -14,17 +14,12 @@
 # Environment: RBD_NBD_GRAPH_BIN (default bin/rbd-nbd-graph), XC_BACKEND
 # (rbd or mem), XC_VM_TIMEOUT (seconds, default 1800).
 set -euo pipefail
-repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
-out=$repo/results/crosscheck-vm
+# shellcheck source=bench/scripts/vm-host.sh
+. "$(dirname "${BASH_SOURCE[0]}")/vm-host.sh"
+vm_host_init crosscheck-vm crosscheck-vm
 if [ "${1:-}" = --out ]; then out=$2; shift 2; fi
-bin=${RBD_NBD_GRAPH_BIN:-$repo/bin/rbd-nbd-graph}
-[ -x "$bin" ] || { echo "crosscheck-vm: $bin missing: run make build" >&2; exit 2; }
-mkdir -p "$out"
-out=$(cd "$out" && pwd)
-rc=0
-"$repo/test/vm/run" --out "$out/vm" --timeout "${XC_VM_TIMEOUT:-1800}" \
-	--env RBD_NBD_GRAPH_BIN="$bin" --env XC_BACKEND="${XC_BACKEND:-rbd}" --env XC_ARGS="$*" \
-	"$repo/bench/scripts/crosscheck-vm-guest.sh" || rc=$?
+vm_host_out
+vm_host_run "${XC_VM_TIMEOUT:-1800}" crosscheck-vm-guest.sh --env XC_BACKEND="${XC_BACKEND:-rbd}" --env XC_ARGS="$*"
 if [ -d "$out/vm/crosscheck" ]; then
 	rm -rf "$out/crosscheck"
 	mv "$out/vm/crosscheck" "$out/crosscheck"
@@ -33,7 +28,6 @@ fi
 if [ -s "$out/crosscheck/crosscheck.txt" ]; then
 	cat "$out/crosscheck/crosscheck.txt"
 else
-	echo "crosscheck-vm: no results (exit $rc); the guest's console: $out/vm/console.log" >&2
-	tail -n 30 "$out/vm/console.log" >&2 2>/dev/null || true
+	vm_host_no_results 30
 fi
-exit "$rc"
+exit "$vm_rc"

@@ -7,17 +7,11 @@
 # output), LAYERS_COUNT (iterations per benchmark).
 set -euo pipefail
 : "${VM_OUT:?run me inside the VM: bench/scripts/layers-vm.sh}" "${LAYERS_TEST_BIN:?}"
-repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
-work=/var/lib/rbd-nbd-graph-layers # the guest's root is a tmpfs overlay
-mkdir -p "$work"
+# shellcheck source=test/vm/guest.sh
+. "$(dirname "${BASH_SOURCE[0]}")/../../test/vm/guest.sh"
+guest_init layers-vm /var/lib/rbd-nbd-graph-layers
 export E2E_WORKDIR=$work
-dmesg -n 4 2>/dev/null || true
-start=$(date +%s)
-# Under emulation on a busy machine the monitor can take minutes.
-RBD_NBD_GRAPH_CEPH_TIMEOUT=${RBD_NBD_GRAPH_CEPH_TIMEOUT:-300} RBD_NBD_GRAPH_CEPH_STORE_BYTES=$((1536 << 20)) \
-	"$repo/test/ceph/cluster" start "$work/ceph" >&2
-export CEPH_CONF=$work/ceph/ceph.conf
-echo "layers-vm: Ceph cluster up in $(( $(date +%s) - start ))s" >&2
+guest_ceph_start $((1536 << 20))
 cd "$repo/test/e2e"
 # -count runs each benchmark several times; layers-vm.sh reads ns/op.
 "$LAYERS_TEST_BIN" -test.run '^$' -test.bench 'LayerLifecycle|ContainerLayers|DockerRunTrue' \

@@ -23,8 +23,9 @@
 # (default bin/rbd-nbd-graph; run make build first), LAYERS_VM_TIMEOUT
 # (seconds, default 1800).
 set -euo pipefail
-repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
-out=$repo/results/layers-vm
+# shellcheck source=bench/scripts/vm-host.sh
+. "$(dirname "${BASH_SOURCE[0]}")/vm-host.sh"
+vm_host_init layers-vm layers-vm
 count=5
 while [ $# -gt 0 ]; do
 	case $1 in
@@ -33,21 +34,14 @@ while [ $# -gt 0 ]; do
 	*) echo "layers-vm: unknown argument $1" >&2; exit 2 ;;
 	esac
 done
-bin=${RBD_NBD_GRAPH_BIN:-$repo/bin/rbd-nbd-graph}
-[ -x "$bin" ] || { echo "layers-vm: $bin missing: run make build" >&2; exit 2; }
-mkdir -p "$out"
-out=$(cd "$out" && pwd)
+vm_host_out
 testbin=$repo/.build/e2e-bench.test
 (cd "$repo" && CGO_ENABLED=1 go test -c -tags 'pacific vmtest' -o "$testbin" ./test/e2e)
-rc=0
-"$repo/test/vm/run" --out "$out/vm" --timeout "${LAYERS_VM_TIMEOUT:-1800}" \
-	--env RBD_NBD_GRAPH_BIN="$bin" --env LAYERS_TEST_BIN="$testbin" --env LAYERS_COUNT="$count" \
-	"$repo/bench/scripts/layers-vm-guest.sh" || rc=$?
+vm_host_run "${LAYERS_VM_TIMEOUT:-1800}" layers-vm-guest.sh --env LAYERS_TEST_BIN="$testbin" --env LAYERS_COUNT="$count"
 if [ ! -s "$out/vm/bench.txt" ]; then
-	echo "layers-vm: no results (exit $rc); the guest's console: $out/vm/console.log" >&2
-	tail -n 40 "$out/vm/console.log" >&2 2>/dev/null || true
-	[ "$rc" != 0 ] || rc=1
-	exit "$rc"
+	vm_host_no_results 40
+	[ "$vm_rc" != 0 ] || vm_rc=1
+	exit "$vm_rc"
 fi
 cp "$out/vm/bench.txt" "$out/bench.txt"
 # Benchmark lines: "BenchmarkX/sub-2   5   1234567 ns/op".
@@ -68,4 +62,4 @@ awk '
 		row("driver work of one docker run --rm", "ContainerLayers")
 		if (ns["DockerRunTrue"] != "") printf "%-38s ours %s\n", "docker run --rm busybox true", s(ns["DockerRunTrue"])
 	}' "$out/bench.txt" | tee "$out/layers.txt"
-exit "$rc"
+exit "$vm_rc"

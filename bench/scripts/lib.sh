@@ -1,3 +1,4 @@
+# shellcheck shell=bash
 # bench/scripts/lib.sh: shared by the bench scripts (source it). A Ceph
 # cluster to measure against and a filled test image, both cleaned up at
 # exit through bench_cleanup (set as the EXIT trap by bench_init).

@@ -20,17 +20,16 @@
 # writeback or writearound; krbd has no such cache).
 set -uo pipefail
 : "${RBD_NBD_GRAPH_BIN:?}" "${VM_OUT:?}"
-repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
+# shellcheck source=test/vm/guest.sh
+. "$(dirname "${BASH_SOURCE[0]}")/../../test/vm/guest.sh"
+guest_init bench-vm /var/lib/rbd-nbd-graph-bench
 rounds=${BENCH_ROUNDS:-3}
 runtime=${BENCH_RUNTIME:-10}
 size=${BENCH_SIZE:-512M}
 paths=(${BENCH_PATHS:-ours rbd-nbd krbd})
-work=/var/lib/rbd-nbd-graph-bench
-mkdir -p "$work"
 out=$VM_OUT/bench.jsonl
 : > "$out"
 log() { echo "bench-vm: $*"; }
-dmesg -n 4 2>/dev/null
 
 # The kernel-path workloads: name rw bs iodepth.
 workloads=(
@@ -42,18 +41,9 @@ workloads=(
 	"write-1m-qd4 write 1M 4"
 )
 
-start=$(date +%s)
-RBD_NBD_GRAPH_CEPH_TIMEOUT=${RBD_NBD_GRAPH_CEPH_TIMEOUT:-240} RBD_NBD_GRAPH_CEPH_STORE_BYTES=${RBD_NBD_GRAPH_CEPH_STORE_BYTES:-$((2 << 30))} \
-	"${BENCH_CEPH_CLUSTER:-$repo/test/ceph/cluster}" start "$work/ceph" || { log "the Ceph cluster did not start"; exit 1; }
-export CEPH_CONF=$work/ceph/ceph.conf
-log "Ceph up in $(( $(date +%s) - start ))s"
+guest_ceph_start $((2 << 30)) "${BENCH_CEPH_CLUSTER:-}" || exit 1
 image=rbd/bench
-rbd create --size "$size" "$image" || exit 1
-# Fill it, so reads hit real objects (not the object map's "no such
-# object" shortcut).
-fio --name=fill --ioengine=rbd --clientname=admin --pool=rbd --rbdname=bench \
-	--rw=write --bs=4M --iodepth=8 --size="$size" --eta=never --output=/dev/null || { log "filling the image failed"; exit 1; }
-log "image $image ($size) filled"
+guest_fill_image "$image" "$size" || { log "filling the image failed"; exit 1; }
 # Warm the OSD and the guest's caches of librbd before anything is timed,
 # with librbd directly so that no mapping path is favoured.
 fio --name=warm --ioengine=rbd --clientname=admin --pool=rbd --rbdname=bench --rw=randread --bs=4k \

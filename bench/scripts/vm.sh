@@ -19,23 +19,19 @@
 # BENCH_RUNTIME, BENCH_SIZE, BENCH_OURS_FLAGS, BENCH_PATHS, BENCH_CACHE_POLICY (see
 # vm-guest.sh), BENCH_VM_TIMEOUT (seconds, default 3600).
 set -euo pipefail
-repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
-out=$repo/results/bench-vm
+# shellcheck source=bench/scripts/vm-host.sh
+. "$(dirname "${BASH_SOURCE[0]}")/vm-host.sh"
+vm_host_init bench-vm bench-vm
 if [ "${1:-}" = --out ]; then out=$2; shift 2; fi
-bin=${RBD_NBD_GRAPH_BIN:-$repo/bin/rbd-nbd-graph}
-[ -x "$bin" ] || { echo "bench-vm: $bin missing: run make build" >&2; exit 2; }
-mkdir -p "$out"
-out=$(cd "$out" && pwd)
+vm_host_out
 
-envs=(--env RBD_NBD_GRAPH_BIN="$bin")
+envs=()
 for v in BENCH_ROUNDS BENCH_RUNTIME BENCH_SIZE BENCH_OURS_FLAGS BENCH_PATHS BENCH_CEPH_CLUSTER BENCH_CACHE_POLICY; do
 	[ -n "${!v:-}" ] && envs+=(--env "$v=${!v}")
 done
-rc=0
-"$repo/test/vm/run" --out "$out/vm" --timeout "${BENCH_VM_TIMEOUT:-3600}" --verbose "${envs[@]}" \
-	"$repo/bench/scripts/vm-guest.sh" || rc=$?
+vm_host_run "${BENCH_VM_TIMEOUT:-3600}" vm-guest.sh --verbose "${envs[@]}"
 raw=$out/vm/bench.jsonl
-[ -s "$raw" ] || { echo "bench-vm: no measurements (exit $rc); see $out/vm/console.log" >&2; exit 1; }
+[ -s "$raw" ] || { vm_host_no_results 30; exit 1; }
 
 # Medians per path and workload, ratios ours/rbd-nbd, bars.
 jq -s '
@@ -75,4 +71,4 @@ echo "bench-vm: results in $out/bench-vm.json and $out/bench-vm.md"
 if jq -e '[.table[] | select(.meets_bar == false)] | length > 0' "$out/bench-vm.json" >/dev/null; then
 	echo "bench-vm: ours/rbd-nbd is below a bar (see 'met'); timings under TCG on a shared machine are noisy: rerun on a quiet one" >&2
 fi
-exit "$rc"
+exit "$vm_rc"

@@ -1,13 +1,9 @@
 package clients
 
 import (
-	"bufio"
-	"bytes"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
@@ -22,55 +18,11 @@ func TestMain(m *testing.M) { testkit.Main(m) }
 func export(t *testing.T, args ...string) string {
 	t.Helper()
 	sock := filepath.Join(t.TempDir(), "nbd.sock")
-	cmd := exec.Command(testkit.Binary(t), append([]string{"export", "--socket", sock}, args...)...)
-	var stderr bytes.Buffer
-	cmd.Stderr = &stderr
-	out, err := cmd.StdoutPipe()
-	if err != nil {
-		t.Fatal(err)
+	p := startWrapped(t, nil, append([]string{"--socket", sock}, args...)...)
+	if !strings.HasPrefix(p.uri, "nbd+unix://") {
+		t.Fatalf("export printed %q, want an nbd+unix:// URI", p.uri)
 	}
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	uri := make(chan string, 1)
-	go func() {
-		sc := bufio.NewScanner(out)
-		if sc.Scan() {
-			uri <- sc.Text()
-		}
-		close(uri)
-	}()
-	exited := make(chan error, 1)
-	var u string
-	select {
-	case u = <-uri:
-	case <-time.After(30 * time.Second):
-	}
-	if u == "" {
-		cmd.Process.Kill()
-		cmd.Wait()
-		t.Fatalf("export %v printed no URI; stderr:\n%s", args, stderr.String())
-	}
-	go func() { exited <- cmd.Wait() }()
-	t.Cleanup(func() {
-		cmd.Process.Signal(syscall.SIGTERM)
-		select {
-		case err := <-exited:
-			if err != nil {
-				t.Errorf("export %v after SIGTERM: %v; stderr:\n%s", args, err, stderr.String())
-			}
-		case <-time.After(30 * time.Second):
-			cmd.Process.Kill()
-			t.Errorf("export %v did not exit within 30s of SIGTERM", args)
-		}
-		if t.Failed() {
-			t.Logf("export stderr:\n%s", stderr.String())
-		}
-	})
-	if !strings.HasPrefix(u, "nbd+unix://") {
-		t.Fatalf("export printed %q, want an nbd+unix:// URI", u)
-	}
-	return u
+	return p.uri
 }
 
 // runTool runs a client tool with a deadline and returns its combined
