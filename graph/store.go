@@ -76,6 +76,13 @@ type StoreVersioner interface {
 	StoreVersion() (label, version string)
 }
 
+// StoreStatuser is an optional ability of an ImageStore: lines for
+// Status about how the store keeps the layers' data (for example
+// librbd's cache), shown after the image prefix.
+type StoreStatuser interface {
+	StoreStatus() [][2]string
+}
+
 // StoreDescriber is an optional ability of an ImageStore: where the
 // images are (for example "pool rbd, namespace x"), for Status and
 // GetMetadata.

@@ -37,7 +37,7 @@ func TestRBDStoreCrashChild(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	store := New(conn, Config{Pool: "rbd", Crash: graph.CrashAtFromEnv()})
+	store := New(ctx, conn, DefaultOptions())
 	if op == "create" {
 		err = store.CreateSnapshot(ctx, image, snapForCrash)
 	} else {
@@ -62,7 +62,7 @@ func TestRBDStoreCrashWindows(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { conn.Close() })
-	store := New(conn, Config{Pool: "rbd"})
+	store := New(ctx, conn, DefaultOptions())
 	for _, tc := range []struct{ op, step string }{
 		{"create", graph.StepSnapshotCreated},
 		{"create", graph.StepSnapshotProtected},

@@ -49,7 +49,7 @@ func newBenchChain(b *testing.B, depth int) *benchChain {
 	b.Cleanup(func() { conn.Close() })
 	var r [4]byte
 	rand.Read(r[:])
-	c := &benchChain{store: New(conn, Config{Pool: "rbd"}), prefix: "flatbench-" + hex.EncodeToString(r[:]) + "-"}
+	c := &benchChain{store: New(ctx, conn, DefaultOptions()), prefix: "flatbench-" + hex.EncodeToString(r[:]) + "-"}
 	b.Cleanup(c.removeAll)
 	base := c.prefix + "0"
 	if err := c.store.CreateImage(ctx, base, 1<<30); err != nil {

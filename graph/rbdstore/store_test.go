@@ -23,7 +23,7 @@ func TestRBDStoreKeepsTheStoreContract(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { conn.Close() }) // after the suite's cleanups
-	store := New(conn, Config{Pool: "rbd", Version: CephVersion(ctx)})
+	store := New(ctx, conn, DefaultOptions())
 	var b [4]byte
 	rand.Read(b[:])
 	graphtest.StoreSuite(t, store, "storesuite-"+hex.EncodeToString(b[:])+"-")
