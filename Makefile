@@ -44,7 +44,7 @@ deps:
 # Fast loop: no VM, and no Ceph unless CEPH_CONF names a running cluster
 # (the tests that need one skip; test-integration runs them).
 test-unit: deps
-	RBD_NBD_GRAPH_NO_CEPH=1 $(GO) test $(GOFLAGS_BUILD) -count=1 ./nbd/... ./graph/... ./bench/... ./cmd/...
+	RBD_NBD_GRAPH_NO_CEPH=1 $(GO) test $(GOFLAGS_BUILD) -count=1 ./nbd/... ./graph/... ./bench/... ./cmd/... ./internal/...
 
 # The protocol parsers under the fuzzer, FUZZTIME each: the handshake
 # and the transmission loop against a server, and the request and
