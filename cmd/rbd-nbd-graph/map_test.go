@@ -11,6 +11,8 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/rbd-nbd-graph/rbd-nbd-graph/internal/testkit"
 )
 
 func testEnv() (*environment, *bytes.Buffer, *bytes.Buffer) {
@@ -133,5 +135,5 @@ func TestMain(m *testing.M) {
 	if os.Getenv("RBD_NBD_GRAPH_TEST_MAIN") == "1" {
 		main()
 	}
-	os.Exit(m.Run())
+	testkit.Main(m)
 }

@@ -16,8 +16,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/rbd-nbd-graph/rbd-nbd-graph/graph/graphtest"
 	"github.com/rbd-nbd-graph/rbd-nbd-graph/graph/rbdstore"
+	"github.com/rbd-nbd-graph/rbd-nbd-graph/internal/testkit"
 	"github.com/rbd-nbd-graph/rbd-nbd-graph/rbdio"
 )
 
@@ -58,7 +58,7 @@ func TestServeWithoutKernelNBD(t *testing.T) {
 	if _, err := os.Stat("/sys/module/nbd"); err == nil {
 		t.Skip("this kernel has NBD: the VM tests cover the full path")
 	}
-	graphtest.RequireRoot(t)
+	testkit.RequireRoot(t)
 	dir := t.TempDir()
 	sock := filepath.Join(dir, "p.sock")
 	env := &environment{stdout: io.Discard, stderr: io.Discard, log: slog.New(slog.NewTextHandler(io.Discard, nil))}
