@@ -34,7 +34,7 @@
 // state machine), recover.go (start-up adoption), flatten.go (background
 // flattening), options.go (the option vocabulary), naming.go (IDs, image
 // names, metadata keys), store.go, attach.go and fs.go (the boundaries),
-// status.go (docker info).
+// status.go (docker info), space.go (a full pool, for Status and the log).
 //
 // This package has no cgo.
 package graph

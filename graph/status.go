@@ -33,9 +33,14 @@ func (d *Driver) Status() [][2]string {
 	}
 	st := [][2]string{
 		{"Pool", loc},
+	}
+	if d.space != nil {
+		st = append(st, d.space.status()...)
+	}
+	st = append(st, [][2]string{
 		{"Image Prefix", d.names.prefix},
 		{"librbd Cache", cacheStatus(d.opts.CachePolicy)},
-	}
+	}...)
 	if base != nil {
 		st = append(st, [2]string{"Base Image", fmt.Sprintf("%s (%s, %s)", base.image, units.BytesSize(float64(base.size)), d.fs.Type())})
 	}
