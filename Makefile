@@ -24,7 +24,7 @@ DEBS := gcc pkg-config librbd-dev librados-dev \
 	docker.io iproute2 e2fsprogs xfsprogs util-linux procps jq librsvg2-bin \
 	python3-libnbd golang-go
 
-.PHONY: all build deps test test-dist test-unit test-fuzz test-clients test-integration check bench demo cluster cluster-stop vmtest soak bench-vm bench-vm-crosscheck clean
+.PHONY: all build deps test test-dist test-vm-clone test-unit test-fuzz test-clients test-integration check bench demo cluster cluster-stop vmtest soak bench-vm bench-vm-crosscheck clean
 
 all: build
 
@@ -115,7 +115,7 @@ check:
 test-dist: deps
 	test/dist/go-toolchain-test.sh
 
-test: deps check build test-dist test-unit test-fuzz test-clients test-integration vmtest
+test: deps check build test-dist test-unit test-fuzz test-clients test-integration test-vm-clone vmtest
 
 # The kernel path, for real: Debian's kernel under qemu (TCG), the host's
 # root shared read-only, a Ceph cluster and the end-to-end tests (test/e2e,
@@ -136,6 +136,11 @@ vmtest: deps build
 		--env RUN='$(RUN)' --env E2E_TIMEOUT=$$(( $(VM_TIMEOUT) - 120 ))s \
 		test/vm/e2e.sh || rc=$$?; \
 	test/vm/summary $(VM_OUT); exit $$rc
+
+# The VM harness from a copy of the tree under /tmp, which the guest's
+# tmpfs on /tmp would hide: one boot, no Ceph (test/vm/clone-test.sh).
+test-vm-clone: deps
+	test/vm/clone-test.sh
 
 # The soak (not part of `make test`): in one VM boot, three containers on
 # the graph driver write and verify checksummed files while the plugin is
