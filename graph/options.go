@@ -2,6 +2,7 @@ package graph
 
 import (
 	"fmt"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -103,6 +104,11 @@ func DefaultOptions() Options {
 	}
 }
 
+// CachePolicies lists the values of rbd.cachepolicy, the default first.
+func CachePolicies() []string {
+	return []string{"none", "writethrough", "writeback", "writearound"}
+}
+
 type optionSetter func(o *Options, v string) error
 
 var optionKeys = map[string]optionSetter{
@@ -112,12 +118,11 @@ var optionKeys = map[string]optionSetter{
 	"rbd.configfile": stringOpt(func(o *Options) *string { return &o.ConfigFile }),
 	"rbd.keyring":    stringOpt(func(o *Options) *string { return &o.Keyring }),
 	"rbd.cachepolicy": func(o *Options, v string) error {
-		switch v {
-		case "none", "writethrough", "writeback", "writearound":
+		if slices.Contains(CachePolicies(), v) {
 			o.CachePolicy = v
 			return nil
 		}
-		return fmt.Errorf("use none, writethrough, writeback or writearound")
+		return fmt.Errorf("use %s", strings.Join(CachePolicies(), ", "))
 	},
 	"rbd.osdtimeout":     durationOpt(func(o *Options) *time.Duration { return &o.OSDTimeout }),
 	"rbd.connecttimeout": durationOpt(func(o *Options) *time.Duration { return &o.ConnectTimeout }),
