@@ -122,7 +122,8 @@ var optionKeys = map[string]optionSetter{
 			o.CachePolicy = v
 			return nil
 		}
-		return fmt.Errorf("use %s", strings.Join(CachePolicies(), ", "))
+		p := CachePolicies()
+		return fmt.Errorf("use %s or %s", strings.Join(p[:len(p)-1], ", "), p[len(p)-1])
 	},
 	"rbd.osdtimeout":     durationOpt(func(o *Options) *time.Duration { return &o.OSDTimeout }),
 	"rbd.connecttimeout": durationOpt(func(o *Options) *time.Duration { return &o.ConnectTimeout }),
