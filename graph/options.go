@@ -166,11 +166,18 @@ var optionKeys = map[string]optionSetter{
 		return nil
 	},
 	"rbd.mountopt": func(o *Options, v string) error {
+		var opts []string
 		for _, opt := range strings.Split(v, ",") {
 			if opt = strings.TrimSpace(opt); opt != "" {
-				o.MountOptions = append(o.MountOptions, opt)
+				opts = append(opts, opt)
 			}
 		}
+		// VFS options become mount(2) flags at mount time; refuse
+		// what no layer mount can take now rather than at first Get.
+		if _, _, err := splitMountOptions(opts); err != nil {
+			return err
+		}
+		o.MountOptions = append(o.MountOptions, opts...)
 		return nil
 	},
 	"rbd.maxclonedepth": intOpt(1, 1000, func(o *Options) *int { return &o.MaxCloneDepth }),
