@@ -28,6 +28,8 @@ func runSnapshotter(ctx context.Context, env *environment, args []string) error 
 	var ceph cephFlags
 	ceph.register(fs)
 	hostID := fs.String("host-id", "", "this host's identity in the cluster (default: the machine ID); with --root it names the host's images")
+	shared := fs.String("shared-prefix", "",
+		"share committed layers in the cluster under this image name prefix, named by chain ID (remote snapshots: a layer one host unpacked is not fetched again by another); every host of the pool must use the same; empty keeps layers per host")
 	shutdownTimeout := fs.Duration("shutdown-timeout", 30*time.Second,
 		"on SIGTERM, how long to wait for IO in flight on the devices before exiting anyway")
 	detachOnExit := fs.Bool("detach-on-exit", false,
@@ -88,11 +90,12 @@ func runSnapshotter(ctx context.Context, env *environment, args []string) error 
 	if err != nil {
 		return errors.Join(err, closeBackend(backend.Close))
 	}
-	sn, err := snapshotter.New(ctx, snapshotter.Config{Home: *root, Driver: d, Logger: env.log})
+	sn, err := snapshotter.New(ctx, snapshotter.Config{Home: *root, Driver: d, Logger: env.log,
+		SharedPrefix: *shared, Store: backend.Store, HostID: *hostID})
 	if err != nil {
 		return errors.Join(err, d.Close(context.WithoutCancel(ctx)), closeBackend(backend.Close))
 	}
-	env.log.Info("serving containerd's snapshots API", "socket", *socket, "root", *root, "prefix", d.Prefix())
+	env.log.Info("serving containerd's snapshots API", "socket", *socket, "root", *root, "prefix", d.Prefix(), "shared_prefix", *shared)
 	err = snapshotter.Serve(ctx, ln, sn)
 
 	sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), *shutdownTimeout)

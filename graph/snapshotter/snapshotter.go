@@ -14,6 +14,7 @@ import (
 	"github.com/containerd/containerd/snapshots"
 	"github.com/containerd/containerd/snapshots/storage"
 	"github.com/rbd-nbd-graph/rbd-nbd-graph/graph"
+	bolt "go.etcd.io/bbolt"
 )
 
 // layerPrefix starts the Driver layer ID of every snapshot; the rest is
@@ -27,6 +28,16 @@ type Config struct {
 	Home   string
 	Driver *graph.Driver
 	Logger *slog.Logger
+
+	// SharedPrefix names committed layers by chain ID in the cluster
+	// (remote.go): <SharedPrefix>sha256-<hex>. Empty keeps every layer
+	// on this host. All hosts sharing layers must use the same prefix.
+	SharedPrefix string
+	// Store is the Driver's image store, for the shared images (needed
+	// with SharedPrefix).
+	Store graph.ImageStore
+	// HostID is recorded on shared images this host uses.
+	HostID string
 }
 
 // Snapshotter implements snapshots.Snapshotter (and snapshots.Cleaner).
@@ -34,6 +45,10 @@ type Snapshotter struct {
 	ms  *storage.MetaStore
 	d   *graph.Driver
 	log *slog.Logger
+
+	shared string // Config.SharedPrefix
+	store  graph.ImageStore
+	hostID string
 }
 
 var (
@@ -61,14 +76,24 @@ func New(ctx context.Context, cfg Config) (*Snapshotter, error) {
 	if log == nil {
 		log = slog.Default()
 	}
-	return &Snapshotter{ms: ms, d: cfg.Driver, log: log}, nil
+	if cfg.SharedPrefix != "" && cfg.Store == nil {
+		return nil, errors.New("snapshotter.New: SharedPrefix needs Store")
+	}
+	if strings.ContainsAny(cfg.SharedPrefix, "/@ \t\n") {
+		return nil, fmt.Errorf("snapshotter.New: shared prefix %q: image names cannot hold '/', '@' or spaces", cfg.SharedPrefix)
+	}
+	hostID := cfg.HostID
+	if hostID == "" {
+		hostID = graph.HostID() // never empty: an empty value would remove the use
+	}
+	return &Snapshotter{ms: ms, d: cfg.Driver, log: log, shared: cfg.SharedPrefix, store: cfg.Store, hostID: hostID}, nil
 }
 
 func layerID(snapID string) string { return layerPrefix + snapID }
 
 // Stat returns the info of an active, view or committed snapshot.
 func (s *Snapshotter) Stat(ctx context.Context, key string) (info snapshots.Info, err error) {
-	err = s.ms.WithTransaction(ctx, false, func(ctx context.Context) error {
+	err = s.withTx(ctx, false, func(ctx context.Context, tx *bolt.Tx) error {
 		_, info, _, err = storage.GetInfo(ctx, key)
 		return err
 	})
@@ -77,7 +102,7 @@ func (s *Snapshotter) Stat(ctx context.Context, key string) (info snapshots.Info
 
 // Update changes the labels of a snapshot (the only mutable field).
 func (s *Snapshotter) Update(ctx context.Context, info snapshots.Info, fieldpaths ...string) (out snapshots.Info, err error) {
-	err = s.ms.WithTransaction(ctx, true, func(ctx context.Context) error {
+	err = s.withTx(ctx, true, func(ctx context.Context, tx *bolt.Tx) error {
 		out, err = storage.UpdateInfo(ctx, info, fieldpaths...)
 		return err
 	})
@@ -92,7 +117,7 @@ func (s *Snapshotter) Usage(ctx context.Context, key string) (u snapshots.Usage,
 		id   string
 		info snapshots.Info
 	)
-	err = s.ms.WithTransaction(ctx, false, func(ctx context.Context) error {
+	err = s.withTx(ctx, false, func(ctx context.Context, tx *bolt.Tx) error {
 		id, info, u, err = storage.GetInfo(ctx, key)
 		return err
 	})
@@ -118,7 +143,7 @@ func (s *Snapshotter) measure(ctx context.Context, id string) (snapshots.Usage, 
 // adopt it).
 func (s *Snapshotter) Mounts(ctx context.Context, key string) (m []mount.Mount, err error) {
 	var snap storage.Snapshot
-	err = s.ms.WithTransaction(ctx, false, func(ctx context.Context) error {
+	err = s.withTx(ctx, false, func(ctx context.Context, tx *bolt.Tx) error {
 		snap, err = storage.GetSnapshot(ctx, key)
 		return err
 	})
@@ -155,16 +180,26 @@ func (s *Snapshotter) create(ctx context.Context, kind snapshots.Kind, key, pare
 	if key == "" {
 		return nil, fmt.Errorf("empty snapshot key: %w", errdefs.ErrInvalidArgument)
 	}
-	err = s.ms.WithTransaction(ctx, true, func(ctx context.Context) (err error) {
+	var base snapshots.Info
+	for _, o := range opts {
+		if err := o(&base); err != nil {
+			return nil, err
+		}
+	}
+	if kind == snapshots.KindActive {
+		// A layer another host (or this one) already published: record
+		// it committed and tell containerd not to fetch or unpack it.
+		if found, err := s.prepareRemote(ctx, key, parent, base.Labels[labelSnapshotRef], opts); found || err != nil {
+			return nil, err
+		}
+	}
+	err = s.withTx(ctx, true, func(ctx context.Context, tx *bolt.Tx) (err error) {
 		snap, err := storage.CreateSnapshot(ctx, kind, key, parent, opts...)
 		if err != nil {
 			return err
 		}
-		id, parentID := layerID(snap.ID), ""
-		if len(snap.ParentIDs) > 0 {
-			parentID = layerID(snap.ParentIDs[0])
-		}
-		if err := s.d.Create(ctx, id, parentID, graph.CreateOptions{}); err != nil {
+		id := layerID(snap.ID)
+		if err := s.createLayer(ctx, tx, id, snap.ParentIDs); err != nil {
 			return fmt.Errorf("snapshot %q: %w", key, mapErr(err))
 		}
 		// The transaction is rolled back on any error below: the layer
@@ -184,11 +219,24 @@ func (s *Snapshotter) create(ctx context.Context, kind snapshots.Kind, key, pare
 	return m, nil
 }
 
+// createLayer makes the layer of a new snapshot: a clone of its parent's
+// layer, or of the shared image its parent stands for.
+func (s *Snapshotter) createLayer(ctx context.Context, tx *bolt.Tx, id string, parentIDs []string) error {
+	if len(parentIDs) == 0 {
+		return s.d.Create(ctx, id, "", graph.CreateOptions{})
+	}
+	if image := sharedOf(tx, parentIDs[0]); image != "" {
+		return s.d.CreateFrom(ctx, id, graph.ImageRef{Image: image, Snapshot: graph.PublishedSnapshot}, graph.CreateOptions{})
+	}
+	return s.d.Create(ctx, id, layerID(parentIDs[0]), graph.CreateOptions{})
+}
+
 // Commit turns the active snapshot key into the committed snapshot name:
 // its device is detached, its layer snapshotted and protected, and the
-// record changed, in one transaction.
+// record changed, in one transaction. A layer with a chain ID
+// (containerd.io/snapshot.ref at Prepare) is published in the cluster.
 func (s *Snapshotter) Commit(ctx context.Context, name, key string, opts ...snapshots.Opt) error {
-	return s.ms.WithTransaction(ctx, true, func(ctx context.Context) error {
+	return s.withTx(ctx, true, func(ctx context.Context, tx *bolt.Tx) error {
 		id, info, _, err := storage.GetInfo(ctx, key)
 		if err != nil {
 			return err
@@ -217,17 +265,31 @@ func (s *Snapshotter) Commit(ctx context.Context, name, key string, opts ...snap
 		if _, err := storage.CommitActive(ctx, key, name, usage, opts...); err != nil {
 			return err
 		}
+		if image, ok := s.sharedName(info.Labels[labelSnapshotRef]); ok {
+			if err := s.publish(ctx, tx, id, image); err != nil {
+				return fmt.Errorf("commit %q: %w", key, err)
+			}
+		}
 		s.log.Debug("snapshot committed", "key", key, "name", name, "layer", layerID(id), "bytes", usage.Size)
 		return nil
 	})
 }
 
-// Remove deletes a snapshot that has no children, with its layer.
+// Remove deletes a snapshot that has no children, with its layer (or
+// this host's use of the shared layer it stands for).
 func (s *Snapshotter) Remove(ctx context.Context, key string) error {
-	return s.ms.WithTransaction(ctx, true, func(ctx context.Context) error {
+	var released string
+	err := s.withTx(ctx, true, func(ctx context.Context, tx *bolt.Tx) error {
 		id, _, err := storage.Remove(ctx, key)
 		if err != nil {
 			return fmt.Errorf("remove %q: %w", key, err)
+		}
+		if image := sharedOf(tx, id); image != "" {
+			if err := s.unuse(ctx, tx, id, image); err != nil {
+				return fmt.Errorf("remove %q: %w", key, err)
+			}
+			released = image
+			return nil
 		}
 		if err := s.d.DetachDevice(ctx, layerID(id)); err != nil {
 			return fmt.Errorf("remove %q: %w", key, mapErr(err))
@@ -237,27 +299,61 @@ func (s *Snapshotter) Remove(ctx context.Context, key string) error {
 		}
 		return nil
 	})
+	if err == nil && released != "" {
+		// After the commit: another host may still use it; a failure
+		// here leaves an unused image that the next Remove retries.
+		if rerr := s.releaseShared(ctx, released); rerr != nil {
+			s.log.Warn("could not delete an unused shared layer", "image", released, "err", rerr)
+		}
+	}
+	return err
 }
 
 // Walk calls fn for every snapshot matching the filters (containerd's
 // filter syntax over name, parent, kind and labels).
 func (s *Snapshotter) Walk(ctx context.Context, fn snapshots.WalkFunc, fs ...string) error {
-	return s.ms.WithTransaction(ctx, false, func(ctx context.Context) error {
+	return s.withTx(ctx, false, func(ctx context.Context, tx *bolt.Tx) error {
 		return storage.WalkInfo(ctx, fn, fs...)
 	})
 }
 
 // Cleanup deletes layers that no snapshot names (a crash between making
 // a layer and recording it), children before parents.
+//
+// It holds a write transaction throughout: Prepare makes its layer
+// inside one before the record is visible, so a Cleanup beside it would
+// take that layer for an orphan.
 func (s *Snapshotter) Cleanup(ctx context.Context) error {
-	var ids map[string]string
-	err := s.ms.WithTransaction(ctx, false, func(ctx context.Context) (err error) {
-		ids, err = storage.IDMap(ctx)
-		return err
+	return s.withTx(ctx, true, func(ctx context.Context, tx *bolt.Tx) error {
+		ids, err := storage.IDMap(ctx)
+		if err != nil {
+			return err
+		}
+		return s.removeOrphans(ctx, ids)
 	})
+}
+
+// withTx runs fn in a MetaStore transaction (committed if writable and
+// fn succeeds), with the bolt transaction for this package's own bucket.
+func (s *Snapshotter) withTx(ctx context.Context, writable bool, fn func(ctx context.Context, tx *bolt.Tx) error) error {
+	ctx, t, err := s.ms.TransactionContext(ctx, writable)
 	if err != nil {
 		return err
 	}
+	tx, ok := t.(*bolt.Tx)
+	if !ok {
+		return errors.Join(fmt.Errorf("snapshotter: MetaStore transaction is a %T, not a bolt one", t), t.Rollback())
+	}
+	if err := fn(ctx, tx); err != nil || !writable {
+		if rerr := tx.Rollback(); rerr != nil {
+			err = errors.Join(err, fmt.Errorf("rollback: %w", rerr))
+		}
+		return err
+	}
+	return tx.Commit()
+}
+
+func (s *Snapshotter) removeOrphans(ctx context.Context, ids map[string]string) error {
 	var orphans []string
 	for _, l := range s.d.Layers() {
 		id, ok := strings.CutPrefix(l, layerPrefix)

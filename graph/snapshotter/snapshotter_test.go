@@ -28,6 +28,10 @@ type env struct {
 	d     *graph.Driver
 	sn    *snapshotter.Snapshotter
 	fs    string
+	// host, prefix and shared: a host's identity, its image prefix and
+	// the cluster-wide prefix ("" for none), for tests of several hosts
+	// on one store.
+	host, prefix, shared string
 }
 
 func newEnv(t *testing.T) *env { return newEnvFS(t, "ext4") }
@@ -39,7 +43,22 @@ func newEnvFS(t *testing.T, fsType string) *env {
 	if err != nil {
 		t.Fatal(err)
 	}
-	e := &env{t: t, store: store, home: filepath.Join(t.TempDir(), "home"), fs: fsType}
+	e := &env{t: t, store: store, home: filepath.Join(t.TempDir(), "home"), fs: fsType, host: "host-a", prefix: "c-"}
+	e.start()
+	return e
+}
+
+// newHost is one more host on store, sharing layers under shared.
+func newHost(t *testing.T, store *graphtest.FileStore, host, shared string) *env {
+	t.Helper()
+	graphtest.RequireLoop(t)
+	e := &env{t: t, store: store, home: filepath.Join(t.TempDir(), host), fs: "ext4", host: host, prefix: host + "-", shared: shared}
+	e.start()
+	return e
+}
+
+func (e *env) start() {
+	t := e.t
 	e.open()
 	t.Cleanup(func() {
 		if err := e.sn.Close(); err != nil {
@@ -49,7 +68,6 @@ func newEnvFS(t *testing.T, fsType string) *env {
 			t.Errorf("devices left attached after Close: %v", left)
 		}
 	})
-	return e
 }
 
 // open starts a Driver and a Snapshotter on the env's store and home
@@ -62,17 +80,18 @@ func (e *env) open() {
 	if e.fs == "xfs" {
 		o.BaseSize = 320 << 20 // mkfs.xfs's minimum is 300 MiB
 	}
-	o.ImagePrefix = "c-"
+	o.ImagePrefix = e.prefix
 	e.att = graphtest.NewLoopAttacher(e.store)
 	log := slog.New(slog.NewTextHandler(testWriter{e.t}, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	d, err := graph.New(context.Background(), graph.Config{
 		Home: filepath.Join(e.home, "layers"), Options: o, Store: e.store, Attacher: e.att,
-		HostID: "host-a", Logger: log, BlockDevices: true,
+		HostID: e.host, Logger: log, BlockDevices: true,
 	})
 	if err != nil {
 		e.t.Fatal(err)
 	}
-	sn, err := snapshotter.New(context.Background(), snapshotter.Config{Home: e.home, Driver: d, Logger: log})
+	sn, err := snapshotter.New(context.Background(), snapshotter.Config{Home: e.home, Driver: d, Logger: log,
+		SharedPrefix: e.shared, Store: e.store, HostID: e.host})
 	if err != nil {
 		e.t.Fatal(err)
 	}
