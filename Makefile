@@ -44,7 +44,7 @@ deps:
 # Fast loop: no VM, and no Ceph unless CEPH_CONF names a running cluster
 # (the tests that need one skip; test-integration runs them).
 test-unit: deps
-	RBD_NBD_GRAPH_NO_CEPH=1 $(GO) test $(GOFLAGS_BUILD) -count=1 ./nbd/... ./graph/... ./bench/... ./cmd/...
+	RBD_NBD_GRAPH_NO_CEPH=1 $(GO) test $(GOFLAGS_BUILD) -count=1 ./nbd/... ./graph/... ./bench/... ./cmd/... ./internal/...
 
 # The protocol parsers under the fuzzer, FUZZTIME each: the handshake
 # and the transmission loop against a server, and the request and
@@ -78,10 +78,10 @@ cluster-stop:
 # Against a real Ceph cluster, started for the run in its own folder and
 # removed afterwards, also when a test fails or make is interrupted:
 # rbdio's integration tests and `export rbd:` with real clients
-# (test/rbdexport), the driver's RBD store (cmd), and rbdio's image close
+# (test/rbdexport), the driver's RBD store (graph/rbdstore), and rbdio's image close
 # and async IO again under the race detector. Packages with more Ceph tests go in CEPH_TEST_PKGS.
 CEPH_TEST_DIR  := $(BUILD)/ceph-test
-CEPH_TEST_PKGS ?= ./rbdio/... ./test/rbdexport/... ./cmd/...
+CEPH_TEST_PKGS ?= ./rbdio/... ./test/rbdexport/... ./graph/rbdstore/... ./cmd/...
 test-integration: deps build
 	@trap 'test/ceph/cluster purge $(CEPH_TEST_DIR) >/dev/null 2>&1' EXIT; \
 	test/ceph/cluster purge $(CEPH_TEST_DIR) >/dev/null 2>&1; \

@@ -25,10 +25,11 @@
 //     changed only by transition. New finishes or undoes what a crash
 //     interrupted and adopts devices still mounted from an earlier run.
 //
-// The boundaries are small interfaces: ImageStore (cmd adapts rbdio's
-// connection; graphtest.FileStore for tests), Attacher (cmd serves rbdio
-// images through package nbd; graphtest.LoopAttacher for tests) and
-// Filesystem (NewFilesystem: mkfs, mount(2), online grow, freeze).
+// The boundaries are small interfaces: ImageStore (graph/rbdstore on an
+// RBD pool; graphtest.FileStore for tests), Attacher (graph/nbdattach
+// serves images through package nbd; graphtest.LoopAttacher for tests)
+// and Filesystem (NewFilesystem: mkfs, mount(2), online grow, freeze).
+// This package imports neither adapter.
 //
 // Files: driver.go (Driver, New, Create, Get, Put, Remove), state.go (the
 // state machine), recover.go (start-up adoption), flatten.go (background

@@ -10,9 +10,11 @@ import (
 	"sync"
 	"syscall"
 	"testing"
+	"time"
 
 	"github.com/rbd-nbd-graph/rbd-nbd-graph/graph"
 	"github.com/rbd-nbd-graph/rbd-nbd-graph/graph/graphtest"
+	"github.com/rbd-nbd-graph/rbd-nbd-graph/internal/testkit"
 	"golang.org/x/sys/unix"
 )
 
@@ -309,7 +311,7 @@ func TestCloneDepthIsBoundedInTheBackground(t *testing.T) {
 	}
 	for i := 1; i <= 5; i++ {
 		id := fmt.Sprintf("l%d", i)
-		waitFor(t, "flattening of "+id, func() bool { return e.depth(id) <= 2 })
+		testkit.Eventually(t, 20*time.Second, "flattening of "+id, func() bool { return e.depth(id) <= 2 })
 	}
 	if got := e.read("l5", "l1"); got != "l1" {
 		t.Fatalf("l5 reads %q", got)
@@ -394,7 +396,7 @@ func TestUserNamespaceRoot(t *testing.T) {
 }
 
 func TestXFS(t *testing.T) {
-	graphtest.RequireTools(t, "mkfs.xfs", "xfs_growfs")
+	testkit.RequireTools(t, "mkfs.xfs", "xfs_growfs")
 	e := newEnv(t, func(c *graph.Config) {
 		c.Options.FS = "xfs"
 		c.Options.BaseSize = 320 << 20

@@ -10,7 +10,6 @@ import (
 	"strings"
 	"sync/atomic"
 	"testing"
-	"time"
 
 	"github.com/moby/sys/mountinfo"
 	"github.com/rbd-nbd-graph/rbd-nbd-graph/graph"
@@ -208,18 +207,6 @@ func (e *env) images(prefix string) []string {
 		e.t.Fatal(err)
 	}
 	return names
-}
-
-// waitFor polls cond for up to 20 s.
-func waitFor(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(20 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
 }
 
 func isMounted(t *testing.T, dir string) bool {

@@ -3,7 +3,7 @@ package graph
 import "context"
 
 // ImageStore is where layer images live. In production it is an RBD pool
-// (cmd wires rbdio to it); graphtest.FileStore implements it on local
+// (graph/rbdstore); graphtest.FileStore implements it on local
 // files for tests. Every method is safe for concurrent use on different
 // images; the Driver never runs two mutating calls on one image at once.
 //

@@ -12,6 +12,8 @@ import (
 	"time"
 
 	"github.com/ceph/go-ceph/rbd"
+
+	"github.com/rbd-nbd-graph/rbd-nbd-graph/internal/testkit"
 )
 
 func TestConnectListsImages(t *testing.T) {
@@ -35,7 +37,7 @@ func TestConnectListsImages(t *testing.T) {
 
 // Every Config field is used: a wrong value of each fails in its own way.
 func TestConnectErrors(t *testing.T) {
-	conf := cephConf(t)
+	conf := testkit.CephConf(t)
 	dir := t.TempDir()
 	ctx := testContext(t)
 
@@ -54,7 +56,7 @@ func TestConnectErrors(t *testing.T) {
 		}
 	})
 	t.Run("wrong key", func(t *testing.T) {
-		authtool := needTool(t, "ceph-authtool")
+		authtool := testkit.Tool(t, "ceph-authtool")
 		kr := filepath.Join(dir, "wrong.keyring")
 		if out, err := exec.Command(authtool, "--create-keyring", kr, "--gen-key", "-n", "client.admin").CombinedOutput(); err != nil {
 			t.Fatalf("ceph-authtool: %v: %s", err, out)
@@ -187,7 +189,7 @@ func TestNamespace(t *testing.T) {
 	if err := namespaceCreate(c, ns); err != nil {
 		t.Fatal(err)
 	}
-	nc, err := Connect(testContext(t), Config{ConfFile: cephConf(t), Namespace: ns})
+	nc, err := Connect(testContext(t), Config{ConfFile: testkit.CephConf(t), Namespace: ns})
 	if err != nil {
 		t.Fatal(err)
 	}

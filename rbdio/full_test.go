@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/rbd-nbd-graph/rbd-nbd-graph/internal/testkit"
 	"github.com/rbd-nbd-graph/rbd-nbd-graph/nbd"
 )
 
@@ -23,7 +24,7 @@ func requireMgr(t *testing.T, conf string) {
 	defer cancel()
 	out, err := exec.CommandContext(ctx, "ceph", "--conf", conf, "mgr", "stat").CombinedOutput()
 	if err != nil || !strings.Contains(string(out), `"available": true`) {
-		skipOrFail(t, "needs a ceph-mgr in the test cluster (pool quotas are enforced from its statistics): start it with RBD_NBD_GRAPH_CEPH_MGR=1 test/ceph/cluster start DIR")
+		testkit.Missing(t, "needs a ceph-mgr in the test cluster (pool quotas are enforced from its statistics): start it with RBD_NBD_GRAPH_CEPH_MGR=1 test/ceph/cluster start DIR")
 	}
 }
 
@@ -40,7 +41,7 @@ func cephCmd(t *testing.T, conf string, args ...string) {
 // (and then completes); with AbortOnFull it fails with EDQUOT or ENOSPC
 // at once.
 func TestPoolQuota(t *testing.T) {
-	conf := cephConf(t)
+	conf := testkit.CephConf(t)
 	requireMgr(t, conf)
 	c := testConn(t)
 	name := createImage(t, c, 64<<20)

@@ -2,44 +2,16 @@ package rbdio
 
 import (
 	"context"
-	"crypto/rand"
-	"encoding/hex"
 	"errors"
-	"os"
-	"os/exec"
-	"strings"
 	"testing"
 	"time"
+
+	"github.com/rbd-nbd-graph/rbd-nbd-graph/internal/testkit"
 )
 
 // The integration tests run against the cluster CEPH_CONF names
-// (test/ceph/cluster start DIR; eval "$(test/ceph/cluster env DIR)").
-// Without one they skip, unless RBD_NBD_GRAPH_REQUIRE=1 (make test),
-// when they fail.
-
-func required() bool { return os.Getenv("RBD_NBD_GRAPH_REQUIRE") == "1" }
-
-// skipOrFail skips the test, or fails it under RBD_NBD_GRAPH_REQUIRE=1.
-func skipOrFail(t testing.TB, why string) {
-	t.Helper()
-	if required() {
-		t.Fatalf("%s (RBD_NBD_GRAPH_REQUIRE=1, so this fails instead of skipping)", why)
-	}
-	t.Skip(why)
-}
-
-// cephConf returns the test cluster's ceph.conf.
-func cephConf(t testing.TB) string {
-	t.Helper()
-	conf := os.Getenv("CEPH_CONF")
-	if conf == "" {
-		skipOrFail(t, "no test cluster: set CEPH_CONF (test/ceph/cluster start DIR; eval \"$(test/ceph/cluster env DIR)\")")
-	}
-	if _, err := os.Stat(conf); err != nil {
-		t.Fatalf("CEPH_CONF=%s: %v", conf, err)
-	}
-	return conf
-}
+// (test/ceph/cluster start DIR; eval "$(test/ceph/cluster env DIR)"),
+// under internal/testkit's require-or-skip policy.
 
 func testContext(t testing.TB) context.Context {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
@@ -50,7 +22,7 @@ func testContext(t testing.TB) context.Context {
 // testConn connects to the test cluster's pool rbd; closed at cleanup.
 func testConn(t testing.TB) *Conn {
 	t.Helper()
-	conf := cephConf(t)
+	conf := testkit.CephConf(t)
 	c, err := Connect(testContext(t), Config{ConfFile: conf, ConnectTimeout: 20 * time.Second})
 	if err != nil {
 		t.Fatalf("Connect: %v", err)
@@ -68,15 +40,7 @@ func testConn(t testing.TB) *Conn {
 // after their parents: cleanups run last-in first-out.
 func imageName(t testing.TB, c *Conn) string {
 	t.Helper()
-	var b [4]byte
-	if _, err := rand.Read(b[:]); err != nil {
-		t.Fatal(err)
-	}
-	base := strings.NewReplacer("/", "-", " ", "-").Replace(t.Name())
-	if len(base) > 40 {
-		base = base[:40]
-	}
-	name := "rbdio-test-" + base + "-" + hex.EncodeToString(b[:])
+	name := testkit.UniqueName(t, "rbdio-test-")
 	t.Cleanup(func() {
 		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 		defer cancel()
@@ -107,16 +71,6 @@ func openImage(t testing.TB, c *Conn, name string, opts OpenOptions) *Image {
 	}
 	t.Cleanup(func() { im.Close() })
 	return im
-}
-
-// needTool returns the path of a command-line tool, or skips/fails.
-func needTool(t testing.TB, name string) string {
-	t.Helper()
-	p, err := exec.LookPath(name)
-	if err != nil {
-		skipOrFail(t, name+" not installed (make deps)")
-	}
-	return p
 }
 
 // pattern fills n bytes with a pattern derived from seed.

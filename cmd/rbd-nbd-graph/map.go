@@ -15,13 +15,9 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/rbd-nbd-graph/rbd-nbd-graph/graph/nbdattach"
 	"github.com/rbd-nbd-graph/rbd-nbd-graph/nbd"
 )
-
-// backendPrefix starts the NBD_ATTR_BACKEND_IDENTIFIER of every device
-// mapped by this command, so list, unmap TARGET and --reattach can tell
-// our devices (and their targets) apart from other NBD users'.
-const backendPrefix = "rbd-nbd-graph:"
 
 // mapFlags are map's (and attach's) command line.
 type mapFlags struct {
@@ -272,10 +268,10 @@ func serveMapped(ctx context.Context, env *environment, f *mapFlags, target stri
 	}
 	// The kernel's sysfs pid names the process that sent CONNECT, which
 	// after a reattach is dead; record who serves the device now.
-	if perr := writeServerPID(dev.Index()); perr != nil {
+	if perr := nbdattach.WriteServerPID(dev.Index()); perr != nil {
 		env.log.Warn("cannot record the serving pid", "err", perr)
 	}
-	defer removeServerPID(dev.Index())
+	defer nbdattach.RemoveServerPID(dev.Index())
 	if ready != nil {
 		fmt.Fprintf(ready, "ready %s\n", dev.Path())
 		ready.Close()
@@ -285,7 +281,7 @@ func serveMapped(ctx context.Context, env *environment, f *mapFlags, target stri
 	} else {
 		fmt.Fprintln(env.stdout, dev.Path())
 	}
-	stopState := followConnections(dev, env.log)
+	stopState := nbdattach.FollowConnections(dev, env.log)
 	defer stopState()
 	// Serve until the device ends (an unmap from another process
 	// disconnects it) or a signal comes: then hand the device over to
@@ -319,7 +315,7 @@ func backendID(target string) (string, error) {
 	if err != nil {
 		return "", err
 	}
-	return backendPrefix + norm, nil
+	return nbdattach.BackendPrefix + norm, nil
 }
 
 // normalizeTarget spells a target the same way however it was typed: a
@@ -349,7 +345,7 @@ func findMapped(ctx context.Context, id string) (int, error) {
 	}
 	switch len(devs) {
 	case 0:
-		return -1, fmt.Errorf("no connected NBD device is mapped to %s: nothing to reattach (map it instead)", strings.TrimPrefix(id, backendPrefix))
+		return -1, fmt.Errorf("no connected NBD device is mapped to %s: nothing to reattach (map it instead)", strings.TrimPrefix(id, nbdattach.BackendPrefix))
 	case 1:
 		return devs[0].Index, nil
 	}
@@ -357,7 +353,7 @@ func findMapped(ctx context.Context, id string) (int, error) {
 	for _, d := range devs {
 		paths = append(paths, d.Path)
 	}
-	return -1, fmt.Errorf("%s is mapped on several devices (%s): name one with --device", strings.TrimPrefix(id, backendPrefix), strings.Join(paths, ", "))
+	return -1, fmt.Errorf("%s is mapped on several devices (%s): name one with --device", strings.TrimPrefix(id, nbdattach.BackendPrefix), strings.Join(paths, ", "))
 }
 
 // refuseDoubleMap stops a second read-write mapping of the same target,
@@ -368,7 +364,7 @@ func refuseDoubleMap(ctx context.Context, id string) error {
 		return nil // no module loaded yet, or no such device: fine
 	}
 	return fmt.Errorf("%s is already mapped on %s (use that device, 'map --reattach' if its server died, or unmap it first)",
-		strings.TrimPrefix(id, backendPrefix), devs[0].Path)
+		strings.TrimPrefix(id, nbdattach.BackendPrefix), devs[0].Path)
 }
 
 // deviceIndex parses /dev/nbdN (or nbdN).
@@ -383,50 +379,4 @@ func deviceIndex(dev string) (int, error) {
 		return -1, fmt.Errorf("%q is not an NBD device (want /dev/nbdN)", dev)
 	}
 	return i, nil
-}
-
-// serverPIDDir holds nbdN.pid for each device a map process serves.
-const serverPIDDir = "/run/rbd-nbd-graph"
-
-func serverPIDFile(index int) string {
-	return filepath.Join(serverPIDDir, fmt.Sprintf("nbd%d.pid", index))
-}
-
-func writeServerPID(index int) error {
-	if err := os.MkdirAll(serverPIDDir, 0o755); err != nil {
-		return err
-	}
-	return os.WriteFile(serverPIDFile(index), []byte(strconv.Itoa(os.Getpid())+"\n"), 0o644)
-}
-
-func removeServerPID(index int) {
-	// Only our own record: a reattached server may have replaced it.
-	if readServerPID(index) == os.Getpid() {
-		os.Remove(serverPIDFile(index))
-	}
-}
-
-// readServerPID is the recorded server of device index, or 0.
-func readServerPID(index int) int {
-	b, err := os.ReadFile(serverPIDFile(index))
-	if err != nil {
-		return 0
-	}
-	pid, err := strconv.Atoi(strings.TrimSpace(string(b)))
-	if err != nil {
-		return 0
-	}
-	return pid
-}
-
-// serverPID is the live process serving device index: the recorded one,
-// else the one the kernel names, else 0.
-func serverPID(st nbd.DeviceStatus) int {
-	if pid := readServerPID(st.Index); pid > 0 && running(pid) {
-		return pid
-	}
-	if st.PID > 0 && running(st.PID) {
-		return st.PID
-	}
-	return 0
 }

@@ -10,6 +10,8 @@ import (
 	"strings"
 	"syscall"
 	"testing"
+
+	"github.com/rbd-nbd-graph/rbd-nbd-graph/internal/testkit"
 )
 
 // mapEntry is one line of `nbdinfo --map --json`.
@@ -24,7 +26,7 @@ type mapEntry struct {
 func sparseSource(t *testing.T, dir string) (string, []byte) {
 	t.Helper()
 	const size, at, n = 16 << 20, 4 << 20, 1 << 20
-	rnd, data := randomFile(t, dir, n, 13)
+	rnd, data := testkit.RandomFile(t, dir, n, 13)
 	all := make([]byte, size)
 	copy(all[at:], data)
 	p := sparseFile(t, dir, "sparse-src.img", size)

@@ -9,6 +9,8 @@ import (
 	"regexp"
 	"strings"
 	"testing"
+
+	"github.com/rbd-nbd-graph/rbd-nbd-graph/internal/testkit"
 )
 
 // nbdinfoExport is the part of `nbdinfo --json` the tests check.
@@ -88,7 +90,7 @@ func TestNbdinfoListsExportWithFlags(t *testing.T) {
 func TestNbdcopyRoundTrip(t *testing.T) {
 	dir := t.TempDir()
 	const size = 24<<20 + 4096 // not a multiple of nbdcopy's request size
-	src, data := randomFile(t, dir, size, 1)
+	src, data := testkit.RandomFile(t, dir, size, 1)
 	backing := sparseFile(t, dir, "backing.img", size)
 	for _, target := range []string{fmt.Sprintf("mem:%d", size), "file:" + backing} {
 		t.Run(strings.SplitN(target, ":", 2)[0], func(t *testing.T) {
@@ -116,7 +118,7 @@ func TestNbdcopyRoundTrip(t *testing.T) {
 func TestQemuImgCompare(t *testing.T) {
 	dir := t.TempDir()
 	const size = 16 << 20
-	src, data := randomFile(t, dir, size, 2)
+	src, data := testkit.RandomFile(t, dir, size, 2)
 	uri := export(t, fmt.Sprintf("mem:%d", size))
 	runTool(t, "nbdcopy", src, uri)
 	out := runTool(t, "qemu-img", "compare", "-f", "raw", "-F", "raw", src, uri)
@@ -192,7 +194,7 @@ func TestExportRefusesBadInput(t *testing.T) {
 		{[]string{"export"}, "exactly one TARGET"},
 	}
 	for _, tt := range tests {
-		out, err := runBinary(tt.args...)
+		out, err := runBinary(t, tt.args...)
 		if err == nil || !strings.Contains(out, tt.want) {
 			t.Errorf("rbd-nbd-graph %s: err %v, output %q; want a failure mentioning %q", strings.Join(tt.args, " "), err, out, tt.want)
 		}

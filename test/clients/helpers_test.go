@@ -3,9 +3,6 @@ package clients
 import (
 	"bufio"
 	"bytes"
-	"context"
-	"fmt"
-	"math/rand/v2"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -13,51 +10,11 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/rbd-nbd-graph/rbd-nbd-graph/internal/testkit"
 )
 
-// binary is the rbd-nbd-graph executable under test.
-var binary string
-
-func TestMain(m *testing.M) {
-	code, err := run(m)
-	if err != nil {
-		fmt.Fprintln(os.Stderr, "test/clients:", err)
-		os.Exit(1)
-	}
-	os.Exit(code)
-}
-
-func run(m *testing.M) (int, error) {
-	binary = os.Getenv("RBD_NBD_GRAPH_BIN")
-	if binary == "" {
-		dir, err := os.MkdirTemp("", "rbd-nbd-graph-clients-")
-		if err != nil {
-			return 0, err
-		}
-		defer os.RemoveAll(dir)
-		binary = filepath.Join(dir, "rbd-nbd-graph")
-		cmd := exec.Command("go", "build", "-tags", "pacific", "-o", binary, "github.com/rbd-nbd-graph/rbd-nbd-graph/cmd/rbd-nbd-graph")
-		cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
-		if err := cmd.Run(); err != nil {
-			return 0, fmt.Errorf("building rbd-nbd-graph: %w", err)
-		}
-	}
-	return m.Run(), nil
-}
-
-// requireTool returns the path of tool, skipping the test without it
-// unless RBD_NBD_GRAPH_REQUIRE=1, where it fails instead.
-func requireTool(t *testing.T, tool string) string {
-	t.Helper()
-	p, err := exec.LookPath(tool)
-	if err != nil {
-		if os.Getenv("RBD_NBD_GRAPH_REQUIRE") == "1" {
-			t.Fatalf("%s not found and RBD_NBD_GRAPH_REQUIRE=1: %v", tool, err)
-		}
-		t.Skipf("%s not installed (make deps installs it): %v", tool, err)
-	}
-	return p
-}
+func TestMain(m *testing.M) { testkit.Main(m) }
 
 // export runs `rbd-nbd-graph export --socket S args...` and returns the
 // NBD URI it prints once listening. At cleanup it sends SIGTERM and
@@ -65,7 +22,7 @@ func requireTool(t *testing.T, tool string) string {
 func export(t *testing.T, args ...string) string {
 	t.Helper()
 	sock := filepath.Join(t.TempDir(), "nbd.sock")
-	cmd := exec.Command(binary, append([]string{"export", "--socket", sock}, args...)...)
+	cmd := exec.Command(testkit.Binary(t), append([]string{"export", "--socket", sock}, args...)...)
 	var stderr bytes.Buffer
 	cmd.Stderr = &stderr
 	out, err := cmd.StdoutPipe()
@@ -120,43 +77,15 @@ func export(t *testing.T, args ...string) string {
 // output, failing the test on a non-zero exit.
 func runTool(t *testing.T, name string, args ...string) string {
 	t.Helper()
-	out, err := tool(t, name, args...)
-	if err != nil {
-		t.Fatalf("%s %s: %v\n%s", name, strings.Join(args, " "), err, out)
-	}
-	return out
+	return testkit.MustIn(t, t.TempDir(), 2*time.Minute, testkit.Tool(t, name), args...)
 }
 
+// tool is runTool for a command that may fail. Tools may leave files in
+// their working directory (fio's verify state): they run in a temporary
+// one, out of the source tree.
 func tool(t *testing.T, name string, args ...string) (string, error) {
 	t.Helper()
-	path := requireTool(t, name)
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
-	defer cancel()
-	cmd := exec.CommandContext(ctx, path, args...)
-	// Tools may leave files in their working directory (fio's verify
-	// state): keep them out of the source tree.
-	cmd.Dir = t.TempDir()
-	out, err := cmd.CombinedOutput()
-	return string(out), err
-}
-
-// randomFile writes size random bytes (seeded, so failures repeat) to a
-// new file and returns its path and contents.
-func randomFile(t *testing.T, dir string, size int, seed uint64) (string, []byte) {
-	t.Helper()
-	data := make([]byte, size)
-	rng := rand.New(rand.NewPCG(seed, seed^0x9e3779b97f4a7c15))
-	for i := 0; i+8 <= len(data); i += 8 {
-		v := rng.Uint64()
-		for j := range 8 {
-			data[i+j] = byte(v >> (8 * j))
-		}
-	}
-	p := filepath.Join(dir, fmt.Sprintf("random-%d.bin", seed))
-	if err := os.WriteFile(p, data, 0o600); err != nil {
-		t.Fatal(err)
-	}
-	return p, data
+	return testkit.RunIn(t, t.TempDir(), 2*time.Minute, testkit.Tool(t, name), args...)
 }
 
 // sparseFile creates an all-zero file of size bytes.
@@ -175,9 +104,7 @@ func sparseFile(t *testing.T, dir, name string, size int64) string {
 }
 
 // runBinary runs rbd-nbd-graph to completion and returns its output.
-func runBinary(args ...string) (string, error) {
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	out, err := exec.CommandContext(ctx, binary, args...).CombinedOutput()
-	return string(out), err
+func runBinary(t *testing.T, args ...string) (string, error) {
+	t.Helper()
+	return testkit.Run(t, 30*time.Second, testkit.Binary(t), args...)
 }

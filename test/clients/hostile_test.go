@@ -18,6 +18,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/rbd-nbd-graph/rbd-nbd-graph/internal/testkit"
 	"github.com/rbd-nbd-graph/rbd-nbd-graph/nbd"
 )
 
@@ -58,7 +59,7 @@ func (s *syncBuffer) String() string {
 // test already failed.
 func startWrapped(t *testing.T, wrapper []string, args ...string) *exportProc {
 	t.Helper()
-	argv := append(append(wrapper, binary, "export"), args...)
+	argv := append(append(wrapper, testkit.Binary(t), "export"), args...)
 	cmd := exec.Command(argv[0], argv[1:]...)
 	p := &exportProc{cmd: cmd, stderr: &syncBuffer{}, exited: make(chan error, 1)}
 	for i, a := range args {
@@ -256,7 +257,7 @@ func TestExportWarnsOfRemoteListen(t *testing.T) {
 // With fewer descriptors than clients, accept(2) fails with EMFILE: the
 // server must back off and keep serving, not exit.
 func TestExportSurvivesDescriptorLimit(t *testing.T) {
-	prlimit := requireTool(t, "prlimit")
+	prlimit := testkit.Tool(t, "prlimit")
 	sock := filepath.Join(t.TempDir(), "nbd.sock")
 	p := startWrapped(t, []string{prlimit, "--nofile=40:40", "--"}, "--socket", sock, "mem:1M")
 	var conns []net.Conn

@@ -9,6 +9,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/rbd-nbd-graph/rbd-nbd-graph/internal/testkit"
 )
 
 // Task flags in /proc/PID/task/TID/stat (field 9) that PR_SET_IO_FLUSHER
@@ -51,11 +53,11 @@ func threadFlags(t *testing.T, pid int) map[string]uint64 {
 // only) does not need it and does not get it.
 func TestServeIsIOFlusher(t *testing.T) {
 	if os.Geteuid() != 0 {
-		requireTool(t, "root (PR_SET_IO_FLUSHER needs CAP_SYS_RESOURCE)")
+		testkit.Tool(t, "root (PR_SET_IO_FLUSHER needs CAP_SYS_RESOURCE)")
 	}
 	dir := t.TempDir()
 	sock := filepath.Join(dir, "p.sock")
-	cmd := exec.Command(binary, "serve", "--socket", sock, "--state", filepath.Join(dir, "state.json"))
+	cmd := exec.Command(testkit.Binary(t), "serve", "--socket", sock, "--state", filepath.Join(dir, "state.json"))
 	var log strings.Builder
 	cmd.Stderr = &log
 	if err := cmd.Start(); err != nil {
@@ -95,7 +97,7 @@ func TestServeIsIOFlusher(t *testing.T) {
 		}
 	}
 
-	exp := exec.Command(binary, "export", "--socket", filepath.Join(dir, "e.sock"), "mem:1M")
+	exp := exec.Command(testkit.Binary(t), "export", "--socket", filepath.Join(dir, "e.sock"), "mem:1M")
 	if err := exp.Start(); err != nil {
 		t.Fatal(err)
 	}

@@ -16,6 +16,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/rbd-nbd-graph/rbd-nbd-graph/internal/testkit"
 )
 
 // tlsDir writes a throw-away CA and a server and a client certificate it
@@ -81,7 +83,7 @@ func tlsDir(t *testing.T) string {
 // export over TLS and move data through it intact; a plain client is
 // refused.
 func TestExportTLS(t *testing.T) {
-	requireTool(t, "nbdinfo")
+	testkit.Tool(t, "nbdinfo")
 	certs := tlsDir(t)
 	sock := filepath.Join(t.TempDir(), "nbd.sock")
 	p := startWrapped(t, nil, "--socket", sock, "--tls", "require",
@@ -106,7 +108,7 @@ func TestExportTLS(t *testing.T) {
 
 	// Data through TLS both ways.
 	dir := t.TempDir()
-	src, data := randomFile(t, dir, 4<<20, 13)
+	src, data := testkit.RandomFile(t, dir, 4<<20, 13)
 	runTool(t, "nbdcopy", src, uri)
 	back := filepath.Join(dir, "back.raw")
 	runTool(t, "nbdcopy", uri, back)
@@ -118,7 +120,7 @@ func TestExportTLS(t *testing.T) {
 		t.Fatal("data copied out over TLS differs from what was copied in")
 	}
 
-	requireTool(t, "qemu-img")
+	testkit.Tool(t, "qemu-img")
 	out := runTool(t, "qemu-img", "compare",
 		"--object", "tls-creds-x509,id=tls0,dir="+certs+",endpoint=client",
 		"--image-opts", "driver=raw,file.driver=file,file.filename="+src,
@@ -131,7 +133,7 @@ func TestExportTLS(t *testing.T) {
 // With --tls-ca a client without a certificate the CA signed is refused;
 // with --tls on (no CA) TLS is offered and plain clients still served.
 func TestExportTLSClientCertAndOptional(t *testing.T) {
-	requireTool(t, "nbdinfo")
+	testkit.Tool(t, "nbdinfo")
 	certs := tlsDir(t)
 	serverFlags := []string{"--tls-cert", filepath.Join(certs, "server-cert.pem"), "--tls-key", filepath.Join(certs, "server-key.pem")}
 

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/rbd-nbd-graph/rbd-nbd-graph/bench"
+	"github.com/rbd-nbd-graph/rbd-nbd-graph/internal/testkit"
 )
 
 // TestBenchDeviceTarget runs `bench --target device` for real: the tool
@@ -17,7 +18,7 @@ import (
 // mixed workload, and detaches it. The figures themselves are compared
 // with fio by bench/scripts/crosscheck-vm.sh (make bench-vm).
 func TestBenchDeviceTarget(t *testing.T) {
-	needKernelNBD(t)
+	testkit.RequireKernelNBD(t)
 	cases := []struct {
 		name    string
 		backend func(t *testing.T) []string
@@ -33,7 +34,7 @@ func TestBenchDeviceTarget(t *testing.T) {
 			args := append([]string{"bench", "--target", "device", "--rw", "mixed", "--rwmix", "60",
 				"--bs", "4k", "--iodepth", "8", "--connections", "2", "--total", "8M", "--verify", "--json"},
 				c.backend(t)...)
-			out := must(t, 5*time.Minute, bin(t), args...)
+			out := testkit.Must(t, 5*time.Minute, testkit.Binary(t), args...)
 			var rep bench.Report
 			if err := json.Unmarshal([]byte(out[strings.Index(out, "{"):]), &rep); err != nil {
 				t.Fatalf("bench --json: %v\n%s", err, out)
@@ -52,7 +53,7 @@ func TestBenchDeviceTarget(t *testing.T) {
 				t.Fatalf("nothing verified: %+v", r.Verify)
 			}
 			// The device is gone afterwards: bench detaches what it attached.
-			eventually(t, 30*time.Second, r.Device+" detached", func() bool { return !isConnected(t, r.Device) })
+			testkit.Eventually(t, 30*time.Second, r.Device+" detached", func() bool { return !isConnected(t, r.Device) })
 		})
 	}
 }
@@ -62,7 +63,7 @@ func TestBenchDeviceTarget(t *testing.T) {
 func TestBenchMissingImage(t *testing.T) {
 	needCeph(t)
 	for _, target := range []string{"raw", "export", "device"} {
-		out, err := run(t, time.Minute, bin(t), "bench", "--target", target, "--backend", "rbd:rbd/"+uniqueName(t),
+		out, err := testkit.Run(t, time.Minute, testkit.Binary(t), "bench", "--target", target, "--backend", "rbd:rbd/"+testkit.UniqueName(t, "e2e-"),
 			"--ceph-conf", os.Getenv("CEPH_CONF"), "--runtime", "1s")
 		if err == nil || !strings.Contains(out, "not found") || !strings.Contains(out, "create it first") || strings.Contains(out, "IOPS") {
 			t.Errorf("--target %s on a missing image: err %v, output:\n%s\nwant a not-found error naming the fix and no figures", target, err, out)

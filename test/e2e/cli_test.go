@@ -8,6 +8,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/rbd-nbd-graph/rbd-nbd-graph/internal/testkit"
 )
 
 type listEntry struct {
@@ -22,7 +24,7 @@ type listEntry struct {
 
 func listJSON(t *testing.T) []listEntry {
 	t.Helper()
-	out := must(t, time.Minute, bin(t), "list", "--format", "json")
+	out := testkit.Must(t, time.Minute, testkit.Binary(t), "list", "--format", "json")
 	var l []listEntry
 	if err := json.Unmarshal([]byte(out), &l); err != nil {
 		t.Fatalf("list --format json is not JSON: %v\n%s", err, out)
@@ -46,7 +48,7 @@ func unloadNBD(t *testing.T) {
 	if _, err := os.Stat("/sys/module/nbd"); err != nil {
 		return
 	}
-	out, err := run(t, time.Minute, "modprobe", "-r", "nbd")
+	out, err := testkit.Run(t, time.Minute, "modprobe", "-r", "nbd")
 	if err != nil {
 		t.Fatalf("the nbd module is loaded and cannot be unloaded (a device still in use?): %v\n%s", err, out)
 	}
@@ -58,7 +60,7 @@ func unloadNBD(t *testing.T) {
 // device and the background server exits; a second map (rbd: form) is
 // unmapped by its TARGET.
 func TestMapListUnmap(t *testing.T) {
-	needKernelNBD(t)
+	testkit.RequireKernelNBD(t)
 	needCeph(t)
 	t.Logf("nbd module loaded when the suite started: %v", nbdLoadedAtStart)
 	unloadNBD(t)
@@ -82,7 +84,7 @@ func TestMapListUnmap(t *testing.T) {
 		t.Errorf("backend identifier %q", got)
 	}
 
-	plain := must(t, time.Minute, bin(t), "list")
+	plain := testkit.Must(t, time.Minute, testkit.Binary(t), "list")
 	t.Logf("list:\n%s", plain)
 	if !strings.Contains(plain, dev) || !strings.Contains(plain, "rbd:"+image) || !strings.Contains(plain, "64.0 MiB") {
 		t.Errorf("plain list lacks the device, its target or its size:\n%s", plain)
@@ -121,10 +123,10 @@ func TestMapListUnmap(t *testing.T) {
 // Bad input: a missing image fails map with a clear error and leaves no
 // device behind; unmapping a device that is not mapped fails.
 func TestMapErrors(t *testing.T) {
-	needKernelNBD(t)
+	testkit.RequireKernelNBD(t)
 	needCeph(t)
 	before := len(listJSON(t))
-	out, err := run(t, 2*time.Minute, bin(t), "map", "rbd/no-such-image-e2e")
+	out, err := testkit.Run(t, 2*time.Minute, testkit.Binary(t), "map", "rbd/no-such-image-e2e")
 	if err == nil {
 		t.Fatalf("map of a missing image succeeded:\n%s", out)
 	}
@@ -134,11 +136,11 @@ func TestMapErrors(t *testing.T) {
 	if after := len(listJSON(t)); after != before {
 		t.Errorf("%d mapped devices after the failed map, %d before", after, before)
 	}
-	out, err = run(t, time.Minute, bin(t), "unmap", "/dev/nbd63")
+	out, err = testkit.Run(t, time.Minute, testkit.Binary(t), "unmap", "/dev/nbd63")
 	if err == nil {
 		t.Errorf("unmap of an unmapped device succeeded:\n%s", out)
 	}
-	out, err = run(t, time.Minute, bin(t), "map", "--connections", "0", "mem:64M")
+	out, err = testkit.Run(t, time.Minute, testkit.Binary(t), "map", "--connections", "0", "mem:64M")
 	if err == nil || !strings.Contains(out, "connections") {
 		t.Errorf("map --connections 0: err %v, output %q; want a usage error naming the flag", err, out)
 	}

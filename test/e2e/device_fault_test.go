@@ -13,6 +13,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/rbd-nbd-graph/rbd-nbd-graph/internal/testkit"
 	"github.com/rbd-nbd-graph/rbd-nbd-graph/nbd"
 )
 
@@ -78,7 +79,7 @@ func directRead(dev string, off int64, n int) error {
 // loses a connection every 30 s of a slow cluster and fails its IO
 // when the last one goes.
 func TestLostConnectionsAreReplaced(t *testing.T) {
-	needKernelNBD(t)
+	testkit.RequireKernelNBD(t)
 	mark := markKernelLog(t)
 	since := func() string { return strings.Join(mark.since(), "\n") }
 	b := newStuckBackend(64<<20, 8<<20)
@@ -118,7 +119,7 @@ func TestLostConnectionsAreReplaced(t *testing.T) {
 	if err := directRead(dev.Path(), 0, 4096); err != nil {
 		t.Fatalf("read after the slow period: %v", err)
 	}
-	eventually(t, 10*time.Second, "both connections live", func() bool { l, _, _ := dev.Connections(); return l == 2 })
+	testkit.Eventually(t, 10*time.Second, "both connections live", func() bool { l, _, _ := dev.Connections(); return l == 2 })
 	log := since()
 	if bad := ioErrorLines(mark.since()); len(bad) > 0 {
 		t.Fatalf("IO errors in the kernel log:\n%s", strings.Join(bad, "\n"))
@@ -130,7 +131,7 @@ func TestLostConnectionsAreReplaced(t *testing.T) {
 // EIO, the device stays connected, other IO goes on, and the stuck
 // block reads again once the backend answers.
 func TestIOTimeoutFailsTheRequestNotTheDevice(t *testing.T) {
-	needKernelNBD(t)
+	testkit.RequireKernelNBD(t)
 	b := newStuckBackend(64<<20, 8<<20)
 	defer b.release()
 	dev, err := nbd.Attach(context.Background(), b, nbd.AttachOptions{Index: nbd.IndexAny, IOTimeout: 2 * time.Second})
@@ -164,7 +165,7 @@ func TestIOTimeoutFailsTheRequestNotTheDevice(t *testing.T) {
 // the kernel, and Reattach (here in the same process, as a new server
 // would) serves it again with the data intact.
 func TestReleaseThenReattach(t *testing.T) {
-	needKernelNBD(t)
+	testkit.RequireKernelNBD(t)
 	mem := nbd.NewMemory(16 << 20)
 	dev, err := nbd.Attach(context.Background(), mem, nbd.AttachOptions{Index: nbd.IndexAny, DeadConnTimeout: time.Minute, BlockSize: 512})
 	if err != nil {
@@ -213,7 +214,7 @@ func TestReleaseThenReattach(t *testing.T) {
 // A handover with the backend hung is bounded: Release returns
 // ErrInFlight at its deadline instead of waiting for the backend.
 func TestReleaseIsBoundedWhenTheBackendHangs(t *testing.T) {
-	needKernelNBD(t)
+	testkit.RequireKernelNBD(t)
 	b := newStuckBackend(64<<20, 8<<20)
 	defer b.release()
 	dev, err := nbd.Attach(context.Background(), b, nbd.AttachOptions{Index: nbd.IndexAny, DeadConnTimeout: time.Minute})
@@ -241,7 +242,7 @@ func TestReleaseIsBoundedWhenTheBackendHangs(t *testing.T) {
 // anyway). The device must settle with what the kernel took instead of
 // handing it a new socket every second forever, and serve IO.
 func TestReattachWithMoreSocketsSettles(t *testing.T) {
-	needKernelNBD(t)
+	testkit.RequireKernelNBD(t)
 	mem := nbd.NewMemory(16 << 20)
 	dev, err := nbd.Attach(context.Background(), mem, nbd.AttachOptions{Index: nbd.IndexAny, DeadConnTimeout: time.Minute})
 	if err != nil {

@@ -6,12 +6,14 @@ import (
 	"encoding/json"
 	"testing"
 	"time"
+
+	"github.com/rbd-nbd-graph/rbd-nbd-graph/internal/testkit"
 )
 
 // rbdUsed is the image's used size as `rbd du` reports it.
 func rbdUsed(t *testing.T, image string) int64 {
 	t.Helper()
-	out := must(t, 2*time.Minute, "rbd", "du", "--format", "json", image)
+	out := testkit.Must(t, 2*time.Minute, "rbd", "du", "--format", "json", image)
 	var du struct {
 		Images []struct {
 			Name     string `json:"name"`
@@ -34,30 +36,30 @@ func rbdUsed(t *testing.T, image string) int64 {
 // Deleting files on a `-o discard` mount sends TRIM through the device to
 // librbd, and `rbd du` shrinks.
 func TestDiscardFreesSpace(t *testing.T) {
-	needTools(t, "mkfs.ext4", "dd")
+	testkit.RequireTools(t, "mkfs.ext4", "dd")
 	image := newImage(t, 256, "")
 	dev := mapDevice(t, image)
 	if got := sysBlock(t, dev, "queue/discard_max_bytes"); got == "" || got == "0" {
 		t.Fatalf("%s does not accept discards (queue/discard_max_bytes=%q)", dev, got)
 	}
 	// nodiscard: mkfs would otherwise discard the whole device first.
-	must(t, 5*time.Minute, "mkfs.ext4", "-q", "-F", "-E", "nodiscard", dev)
+	testkit.Must(t, 5*time.Minute, "mkfs.ext4", "-q", "-F", "-E", "nodiscard", dev)
 	dir := mountDev(t, dev, "-o", "discard")
-	must(t, 5*time.Minute, "dd", "if=/dev/urandom", "of="+dir+"/big", "bs=1M", "count=96", "conv=fsync", "status=none")
-	must(t, time.Minute, "sync")
+	testkit.Must(t, 5*time.Minute, "dd", "if=/dev/urandom", "of="+dir+"/big", "bs=1M", "count=96", "conv=fsync", "status=none")
+	testkit.Must(t, time.Minute, "sync")
 	full := rbdUsed(t, image)
 	t.Logf("rbd du after writing 96 MiB: %d MiB used", full>>20)
 	if full < 96<<20 {
 		t.Fatalf("only %d bytes used after writing 96 MiB", full)
 	}
-	must(t, time.Minute, "rm", dir+"/big")
-	must(t, time.Minute, "sync")
+	testkit.Must(t, time.Minute, "rm", dir+"/big")
+	testkit.Must(t, time.Minute, "sync")
 	var after int64
-	eventually(t, 2*time.Minute, "rbd du to shrink", func() bool {
+	testkit.Eventually(t, 2*time.Minute, "rbd du to shrink", func() bool {
 		after = rbdUsed(t, image)
 		return after <= full-64<<20
 	})
 	t.Logf("rbd du after deleting it: %d MiB used (was %d MiB)", after>>20, full>>20)
-	must(t, time.Minute, "umount", dir)
+	testkit.Must(t, time.Minute, "umount", dir)
 	unmap(t, dev)
 }

@@ -8,12 +8,13 @@
 // the guest; `make vmtest RUN=TestName` runs one. Run by hand elsewhere
 // they skip what they lack (root, the nbd module, CEPH_CONF, a tool)
 // unless RBD_NBD_GRAPH_REQUIRE=1, which `make vmtest` sets, turns every
-// such skip into a failure.
+// such skip into a failure (internal/testkit's policy).
 //
-// Environment: RBD_NBD_GRAPH_BIN (the binary under test; default
-// ../../bin/rbd-nbd-graph), CEPH_CONF (the test cluster).
+// Environment: RBD_NBD_GRAPH_BIN (the binary under test; without it the
+// kit builds one), CEPH_CONF (the test cluster).
 //
-// Files: helpers_test.go (requirements, commands, images, mappings);
+// Files: helpers_test.go (images, mappings, mounts; requirements and
+// commands are internal/testkit's);
 // one file per behaviour of the kernel path (lib_test.go: the Go API's attach and
 // detach, leaks; cli_test.go: module loading, map/list/unmap; fs_test.go,
 // fio_test.go, discard_test.go, resize_test.go, reattach_test.go,

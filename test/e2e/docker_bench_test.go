@@ -14,6 +14,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/rbd-nbd-graph/rbd-nbd-graph/internal/testkit"
 )
 
 // The layer lifecycle on our driver against the krbd graph driver's way (every
@@ -103,47 +105,49 @@ func newSeedKrbd(b *testing.B, e *dockerEnv) *seedKrbd {
 		b.Fatal(err)
 	}
 	// krbd: the rbd module (the seed used the kernel client).
-	dkMust(b, time.Minute, "modprobe", "rbd")
+	testkit.Must(b, time.Minute, "modprobe", "rbd")
 	// The parent, formatted as ours is (layering only: krbd's features).
 	base := s.prefix + "parent"
-	dkMust(b, time.Minute, "rbd", "create", "--size", "1G", "--image-feature", "layering", base)
+	testkit.Must(b, time.Minute, "rbd", "create", "--size", "1G", "--image-feature", "layering", base)
 	dev := s.mapImage(base)
-	dkMust(b, 5*time.Minute, "mkfs.ext4", "-F", "-q", "-E", "nodiscard,lazy_itable_init=0,lazy_journal_init=0", dev)
+	testkit.Must(b, 5*time.Minute, "mkfs.ext4", "-F", "-q", "-E", "nodiscard,lazy_itable_init=0,lazy_journal_init=0", dev)
 	s.unmap(dev)
 	s.snapshot(base)
 	b.Cleanup(func() {
-		dkRun(b, time.Minute, "rbd", "snap", "unprotect", base+"@layer")
-		dkRun(b, time.Minute, "rbd", "snap", "rm", "--no-progress", base+"@layer")
-		dkRun(b, time.Minute, "rbd", "rm", "--no-progress", base)
+		testkit.Run(b, time.Minute, "rbd", "snap", "unprotect", base+"@layer")
+		testkit.Run(b, time.Minute, "rbd", "snap", "rm", "--no-progress", base+"@layer")
+		testkit.Run(b, time.Minute, "rbd", "rm", "--no-progress", base)
 	})
 	return s
 }
 
 // noudev: the guest runs no udevd, and rbd would wait for its events.
 func (s *seedKrbd) mapImage(spec string) string {
-	return strings.TrimSpace(dkMust(s.tb, 2*time.Minute, "rbd", "device", "map", "-o", "noudev", spec))
+	return strings.TrimSpace(testkit.Must(s.tb, 2*time.Minute, "rbd", "device", "map", "-o", "noudev", spec))
 }
 func (s *seedKrbd) unmap(dev string) {
-	dkMust(s.tb, 2*time.Minute, "rbd", "device", "unmap", "-o", "noudev", dev)
+	testkit.Must(s.tb, 2*time.Minute, "rbd", "device", "unmap", "-o", "noudev", dev)
 }
 func (s *seedKrbd) snapshot(spec string) {
-	dkMust(s.tb, time.Minute, "rbd", "snap", "create", spec+"@layer")
-	dkMust(s.tb, time.Minute, "rbd", "snap", "protect", spec+"@layer")
+	testkit.Must(s.tb, time.Minute, "rbd", "snap", "create", spec+"@layer")
+	testkit.Must(s.tb, time.Minute, "rbd", "snap", "protect", spec+"@layer")
 }
 func (s *seedKrbd) unsnapshot(spec string) {
-	dkMust(s.tb, time.Minute, "rbd", "snap", "unprotect", spec+"@layer")
-	dkMust(s.tb, time.Minute, "rbd", "snap", "rm", "--no-progress", spec+"@layer")
+	testkit.Must(s.tb, time.Minute, "rbd", "snap", "unprotect", spec+"@layer")
+	testkit.Must(s.tb, time.Minute, "rbd", "snap", "rm", "--no-progress", spec+"@layer")
 }
 func (s *seedKrbd) clone(parent, child string) {
-	dkMust(s.tb, time.Minute, "rbd", "clone", parent+"@layer", child)
+	testkit.Must(s.tb, time.Minute, "rbd", "clone", parent+"@layer", child)
 }
-func (s *seedKrbd) rm(spec string) { dkMust(s.tb, time.Minute, "rbd", "rm", "--no-progress", spec) }
+func (s *seedKrbd) rm(spec string) {
+	testkit.Must(s.tb, time.Minute, "rbd", "rm", "--no-progress", spec)
+}
 
 // getPut is the seed's Get then Put: map, mount, umount, unmap.
 func (s *seedKrbd) getPut(spec string) {
 	dev := s.mapImage(spec)
-	dkMust(s.tb, time.Minute, "mount", "-t", "ext4", dev, s.mnt)
-	dkMust(s.tb, time.Minute, "umount", s.mnt)
+	testkit.Must(s.tb, time.Minute, "mount", "-t", "ext4", dev, s.mnt)
+	testkit.Must(s.tb, time.Minute, "umount", s.mnt)
 	s.unmap(dev)
 }
 

@@ -7,13 +7,14 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/rbd-nbd-graph/rbd-nbd-graph/internal/testkit"
 )
 
 // TestDockerDriver is the krbd graph driver's story on the NBD path, with a
@@ -130,14 +131,14 @@ func TestDockerDriver(t *testing.T) {
 	t.Run("PluginCrashWithARunningContainer", func(t *testing.T) {
 		e.mustDocker("run", "-d", "--name", "live", "busybox:e2e", "sh", "-c",
 			"i=0; while true; do echo $i > /counter; sync; i=$((i+1)); sleep 1; done")
-		dkEventually(t, time.Minute, "the container to write", func() bool {
+		testkit.Eventually(t, time.Minute, "the container to write", func() bool {
 			out, err := e.docker(time.Minute, "exec", "live", "cat", "/counter")
 			return err == nil && strings.TrimSpace(out) != ""
 		})
 		e.killPlugin()
 		time.Sleep(2 * time.Second)
 		e.startPlugin() // resumes dockerd's Init and adopts the device
-		dkEventually(t, 3*time.Minute, "the restarted plugin to adopt the running container's layer", func() bool {
+		testkit.Eventually(t, 3*time.Minute, "the restarted plugin to adopt the running container's layer", func() bool {
 			log, _ := os.ReadFile(filepath.Join(e.dir, "plugin.log"))
 			return strings.Contains(string(log), "adopted a layer still mounted")
 		})
@@ -178,7 +179,7 @@ func TestDockerDriver(t *testing.T) {
 			}
 			return md["CloneDepth"]
 		}
-		dkEventually(t, 5*time.Minute, "the deepest image layer to be flattened", func() bool {
+		testkit.Eventually(t, 5*time.Minute, "the deepest image layer to be flattened", func() bool {
 			d := depth()
 			return d == "0" || d == "1" || d == "2" || d == "3"
 		})
@@ -226,8 +227,7 @@ func TestDockerDriver(t *testing.T) {
 // (the seed's own patch): layer roots and files belong to the remapped
 // range, and containers run.
 func TestDockerDriverUsernsRemap(t *testing.T) {
-	_, err := exec.LookPath("useradd")
-	dkNeed(t, err == nil, "needs useradd: dockerd creates the dockremap user with it")
+	testkit.RequireTools(t, "useradd") // dockerd creates the dockremap user with it
 	e := newDockerEnv(t, "rbd-nbd-userns", "--userns-remap=default")
 	e.startPlugin()
 	e.startDockerd()

@@ -19,6 +19,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/rbd-nbd-graph/rbd-nbd-graph/internal/testkit"
 )
 
 // dockerEnv is one graph driver plugin (`rbd-nbd-graph serve`) and one
@@ -42,104 +44,15 @@ type dockerEnv struct {
 // The helpers of the docker tests take testing.TB so the benchmarks
 // (docker_bench_test.go) share them.
 
-// dkNeed skips (or, under RBD_NBD_GRAPH_REQUIRE=1, fails) when ok is false.
-func dkNeed(t testing.TB, ok bool, format string, args ...any) {
-	t.Helper()
-	if ok {
-		return
-	}
-	msg := fmt.Sprintf(format, args...)
-	if required() {
-		t.Fatalf("missing prerequisite (RBD_NBD_GRAPH_REQUIRE=1): %s", msg)
-	}
-	t.Skipf("skipped: %s (set RBD_NBD_GRAPH_REQUIRE=1 to fail instead)", msg)
-}
-
 // needDocker: everything a docker end-to-end test uses: root, a kernel
 // with the nbd module, the test cluster, dockerd and its helpers, busybox.
 func needDocker(t testing.TB) {
 	t.Helper()
-	dkNeed(t, os.Geteuid() == 0, "needs root (run it in the VM: make vmtest)")
-	rel, _ := os.ReadFile("/proc/sys/kernel/osrelease")
-	_, errMod := os.Stat("/sys/module/nbd")
-	_, errDep := os.Stat(filepath.Join("/lib/modules", strings.TrimSpace(string(rel)), "modules.dep"))
-	dkNeed(t, errMod == nil || errDep == nil, "needs a kernel with the nbd module (run it in the VM: make vmtest)")
-	dkNeed(t, os.Getenv("CEPH_CONF") != "", "needs CEPH_CONF naming a running cluster (test/ceph/cluster start DIR)")
-	for _, tool := range []string{"dockerd", "containerd", "runc", "rbd", "mkfs.ext4"} {
-		_, err := exec.LookPath(tool)
-		dkNeed(t, err == nil, "needs %s in PATH (make deps)", tool)
-	}
+	testkit.RequireKernelNBD(t)
+	testkit.CephConf(t)
+	testkit.RequireTools(t, "dockerd", "containerd", "runc", "rbd", "mkfs.ext4")
 	_, err := os.Stat("/bin/busybox")
-	dkNeed(t, err == nil, "needs /bin/busybox (package busybox-static) for the test image")
-}
-
-// dkBin is the rbd-nbd-graph binary under test.
-func dkBin(t testing.TB) string {
-	t.Helper()
-	p := os.Getenv("RBD_NBD_GRAPH_BIN")
-	if p == "" {
-		p = "../../bin/rbd-nbd-graph"
-	}
-	abs, err := filepath.Abs(p)
-	if err == nil {
-		_, err = os.Stat(abs)
-	}
-	dkNeed(t, err == nil, "needs the rbd-nbd-graph binary (make build, or RBD_NBD_GRAPH_BIN): %v", err)
-	return abs
-}
-
-// dkRun runs a command with a timeout and returns its combined output.
-func dkRun(t testing.TB, timeout time.Duration, name string, args ...string) (string, error) {
-	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), timeout)
-	defer cancel()
-	cmd := exec.CommandContext(ctx, name, args...)
-	cmd.WaitDelay = 5 * time.Second
-	var out bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &out, &out
-	err := cmd.Run()
-	if ctx.Err() != nil {
-		err = fmt.Errorf("%w (timed out after %v)", err, timeout)
-	}
-	return out.String(), err
-}
-
-// dkMust runs a command that has to succeed.
-func dkMust(t testing.TB, timeout time.Duration, name string, args ...string) string {
-	t.Helper()
-	out, err := dkRun(t, timeout, name, args...)
-	if err != nil {
-		t.Fatalf("%s %s: %v\n%s", name, strings.Join(args, " "), err, out)
-	}
-	return out
-}
-
-// dkWorkDir is a scratch folder removed at the end (E2E_WORKDIR: outside
-// the guest's small /tmp).
-func dkWorkDir(t testing.TB) string {
-	t.Helper()
-	base := os.Getenv("E2E_WORKDIR")
-	if base == "" {
-		base = os.TempDir()
-	}
-	dir, err := os.MkdirTemp(base, "docker-")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { os.RemoveAll(dir) })
-	return dir
-}
-
-// dkEventually polls cond until it holds or timeout passes.
-func dkEventually(t testing.TB, timeout time.Duration, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %v waiting for %s", timeout, what)
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
+	testkit.Require(t, err == nil, "needs /bin/busybox (package busybox-static) for the test image")
 }
 
 // dkPrefix is a fresh RBD image prefix for one test.
@@ -157,7 +70,7 @@ func newDockerEnv(t testing.TB, name string, dockerdArgs ...string) *dockerEnv {
 	e := &dockerEnv{
 		t:          t,
 		name:       name,
-		dir:        dkWorkDir(t),
+		dir:        workDir(t),
 		prefix:     dkPrefix(t),
 		dockerArgs: dockerdArgs,
 	}
@@ -227,7 +140,7 @@ func (e *dockerEnv) startPlugin(extra ...string) {
 		e.t.Fatal(err)
 	}
 	defer logf.Close()
-	cmd := exec.Command(dkBin(e.t), args...)
+	cmd := exec.Command(testkit.Binary(e.t), args...)
 	cmd.Stdout, cmd.Stderr = logf, logf
 	cmd.Env = append(os.Environ(), "RBD_NBD_GRAPH_LOG=debug")
 	sock := filepath.Join("/run/docker/plugins", e.name+".sock")
@@ -238,7 +151,7 @@ func (e *dockerEnv) startPlugin(extra ...string) {
 	e.plugin = cmd
 	e.pluginDone = make(chan error, 1)
 	go func() { e.pluginDone <- cmd.Wait() }()
-	dkEventually(e.t, 30*time.Second, "the plugin socket "+sock, func() bool {
+	testkit.Eventually(e.t, 30*time.Second, "the plugin socket "+sock, func() bool {
 		select {
 		case err := <-e.pluginDone:
 			e.pluginDone <- err
@@ -318,14 +231,14 @@ func (e *dockerEnv) startContainerd() {
 	e.ctrd = cmd
 	e.ctrdDone = make(chan error, 1)
 	go func() { e.ctrdDone <- cmd.Wait() }()
-	dkEventually(e.t, 5*time.Minute, "containerd to answer", func() bool {
+	testkit.Eventually(e.t, 5*time.Minute, "containerd to answer", func() bool {
 		select {
 		case err := <-e.ctrdDone:
 			e.ctrd = nil
 			e.t.Fatalf("containerd exited at start: %v", err)
 		default:
 		}
-		_, err := dkRun(e.t, time.Minute, "ctr", "--address", sock, "version")
+		_, err := testkit.Run(e.t, time.Minute, "ctr", "--address", sock, "version")
 		return err == nil
 	})
 	e.t.Logf("containerd up in %.1fs", time.Since(start).Seconds())
@@ -455,7 +368,7 @@ func (e *dockerEnv) importBusybox(ref string) {
 // rbdImages lists this env's images in pool rbd.
 func (e *dockerEnv) rbdImages() []string {
 	e.t.Helper()
-	out := dkMust(e.t, time.Minute, "rbd", "ls", "-p", "rbd")
+	out := testkit.Must(e.t, time.Minute, "rbd", "ls", "-p", "rbd")
 	var mine []string
 	for _, im := range strings.Fields(out) {
 		if strings.HasPrefix(im, e.prefix) {
@@ -476,9 +389,9 @@ func (e *dockerEnv) removeImages() {
 		}
 		for _, im := range left {
 			spec := "rbd/" + im
-			dkRun(e.t, time.Minute, "rbd", "snap", "unprotect", spec+"@layer")
-			dkRun(e.t, time.Minute, "rbd", "snap", "purge", "--no-progress", spec)
-			dkRun(e.t, time.Minute, "rbd", "rm", "--no-progress", spec)
+			testkit.Run(e.t, time.Minute, "rbd", "snap", "unprotect", spec+"@layer")
+			testkit.Run(e.t, time.Minute, "rbd", "snap", "purge", "--no-progress", spec)
+			testkit.Run(e.t, time.Minute, "rbd", "rm", "--no-progress", spec)
 		}
 	}
 	e.t.Errorf("images left in the pool: %v", e.rbdImages())
@@ -508,7 +421,7 @@ var busyboxFiles = []string{"sh", "uname", "cat", "echo", "ls", "mkdir", "sleep"
 // made from the host's static busybox, and returns its path.
 func busyboxRootfs(t testing.TB) string {
 	t.Helper()
-	path := filepath.Join(dkWorkDir(t), "busybox-rootfs.tar")
+	path := filepath.Join(workDir(t), "busybox-rootfs.tar")
 	bb, err := os.ReadFile("/bin/busybox")
 	if err != nil {
 		t.Fatal(err)

@@ -18,6 +18,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/rbd-nbd-graph/rbd-nbd-graph/internal/testkit"
 )
 
 // Helpers of the fault tests (restarts, slow clusters): kernel log since a marker, OSD
@@ -123,7 +125,7 @@ func pauseOSDs(t testing.TB) *osdPause {
 	t.Helper()
 	p := &osdPause{t: t}
 	t.Cleanup(p.cleanup)
-	out, err := dkRun(t, 3*time.Minute, "ceph", "osd", "pause")
+	out, err := testkit.Run(t, 3*time.Minute, "ceph", "osd", "pause")
 	if err != nil {
 		t.Fatalf("ceph osd pause: %v\n%s", err, out)
 	}
@@ -142,7 +144,7 @@ func (p *osdPause) unpause() time.Duration {
 	if !p.paused {
 		return 0
 	}
-	out, err := dkRun(p.t, 3*time.Minute, "ceph", "osd", "unpause")
+	out, err := testkit.Run(p.t, 3*time.Minute, "ceph", "osd", "unpause")
 	if err != nil {
 		p.t.Fatalf("ceph osd unpause: %v\n%s", err, out)
 	}
@@ -160,7 +162,7 @@ func (p *osdPause) cleanup() {
 		return
 	}
 	for i := 0; i < 3; i++ {
-		if out, err := dkRun(p.t, 3*time.Minute, "ceph", "osd", "unpause"); err == nil {
+		if out, err := testkit.Run(p.t, 3*time.Minute, "ceph", "osd", "unpause"); err == nil {
 			p.mu.Lock()
 			p.paused = false
 			p.mu.Unlock()
@@ -183,7 +185,7 @@ type connEntry struct {
 
 func listConns(t testing.TB, dev string) (connEntry, string) {
 	t.Helper()
-	out := dkMust(t, time.Minute, dkBin(t), "list", "--format", "json")
+	out := testkit.Must(t, time.Minute, testkit.Binary(t), "list", "--format", "json")
 	var l []connEntry
 	if err := json.Unmarshal([]byte(out), &l); err != nil {
 		t.Fatalf("list --format json is not JSON: %v\n%s", err, out)

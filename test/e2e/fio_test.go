@@ -7,6 +7,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/rbd-nbd-graph/rbd-nbd-graph/internal/testkit"
 )
 
 // fioVerify writes size bytes of the device at random with crc32c
@@ -16,7 +18,7 @@ func fioVerify(t *testing.T, dev, size string, extra ...string) string {
 	args := []string{"--name=verify", "--filename=" + dev, "--ioengine=libaio", "--direct=1",
 		"--rw=randwrite", "--bsrange=4k-64k", "--iodepth=16", "--size=" + size,
 		"--verify=crc32c", "--do_verify=1", "--verify_fatal=1", "--randrepeat=0"}
-	out := must(t, 10*time.Minute, "fio", append(args, extra...)...)
+	out := testkit.Must(t, 10*time.Minute, "fio", append(args, extra...)...)
 	if !strings.Contains(out, "err= 0") {
 		t.Fatalf("fio reported an error:\n%s", out)
 	}
@@ -26,7 +28,7 @@ func fioVerify(t *testing.T, dev, size string, extra ...string) string {
 // fio with verification on the device, with one and with four
 // connections per device.
 func TestFioVerify(t *testing.T) {
-	needTools(t, "fio")
+	testkit.RequireTools(t, "fio")
 	for _, conns := range []int{1, 4} {
 		t.Run(fmt.Sprintf("%d connections", conns), func(t *testing.T) {
 			image := newImage(t, 128, "")

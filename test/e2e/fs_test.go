@@ -12,6 +12,8 @@ import (
 	"path/filepath"
 	"testing"
 	"time"
+
+	"github.com/rbd-nbd-graph/rbd-nbd-graph/internal/testkit"
 )
 
 // writeTree writes a tree of random files (nested folders, sizes from 0
@@ -91,20 +93,20 @@ func TestFilesystemRoundTrip(t *testing.T) {
 		{"xfs", []string{"mkfs.xfs", "-q", "-f"}},
 	} {
 		t.Run(c.fs, func(t *testing.T) {
-			needTools(t, c.mkfs[0])
+			testkit.RequireTools(t, c.mkfs[0])
 			image := newImage(t, 320, "") // mkfs.xfs wants at least 300 MiB
 			dev := mapDevice(t, image)
-			must(t, 5*time.Minute, c.mkfs[0], append(c.mkfs[1:], dev)...)
+			testkit.Must(t, 5*time.Minute, c.mkfs[0], append(c.mkfs[1:], dev)...)
 			dir := mountDev(t, dev)
 			sums := writeTree(t, dir)
-			must(t, 2*time.Minute, "sync")
-			must(t, 2*time.Minute, "umount", dir)
+			testkit.Must(t, 2*time.Minute, "sync")
+			testkit.Must(t, 2*time.Minute, "umount", dir)
 			unmap(t, dev)
 
 			dev = mapDevice(t, image)
 			dir = mountDev(t, dev, "-o", "ro")
 			checkTree(t, dir, sums)
-			must(t, 2*time.Minute, "umount", dir)
+			testkit.Must(t, 2*time.Minute, "umount", dir)
 			unmap(t, dev)
 		})
 	}

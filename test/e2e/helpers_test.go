@@ -3,19 +3,16 @@
 package e2e
 
 import (
-	"bytes"
-	"context"
-	"crypto/rand"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/rbd-nbd-graph/rbd-nbd-graph/internal/testkit"
 )
 
 // nbdLoadedAtStart records whether the nbd module was loaded before any
@@ -25,112 +22,14 @@ var nbdLoadedAtStart bool
 func TestMain(m *testing.M) {
 	_, err := os.Stat("/sys/module/nbd")
 	nbdLoadedAtStart = err == nil
-	os.Exit(m.Run())
+	testkit.Main(m)
 }
 
-// required reports whether missing prerequisites must fail the test
-// instead of skipping it (make vmtest sets RBD_NBD_GRAPH_REQUIRE=1).
-func required() bool { return os.Getenv("RBD_NBD_GRAPH_REQUIRE") == "1" }
-
-// need skips (or, under RBD_NBD_GRAPH_REQUIRE=1, fails) when ok is false.
-func need(t *testing.T, ok bool, format string, args ...any) {
+// needCeph: a running test cluster named by CEPH_CONF, and its CLI.
+func needCeph(t testing.TB) {
 	t.Helper()
-	if ok {
-		return
-	}
-	msg := fmt.Sprintf(format, args...)
-	if required() {
-		t.Fatalf("missing prerequisite (RBD_NBD_GRAPH_REQUIRE=1): %s", msg)
-	}
-	t.Skipf("skipped: %s (set RBD_NBD_GRAPH_REQUIRE=1 to fail instead)", msg)
-}
-
-func needRoot(t *testing.T) {
-	t.Helper()
-	need(t, os.Geteuid() == 0, "needs root (run it in the VM: make vmtest)")
-}
-
-func needTools(t *testing.T, tools ...string) {
-	t.Helper()
-	for _, tool := range tools {
-		_, err := exec.LookPath(tool)
-		need(t, err == nil, "needs %s in PATH (make deps)", tool)
-	}
-}
-
-// needKernelNBD: the nbd module must be loadable here (the VM's kernel).
-func needKernelNBD(t *testing.T) {
-	t.Helper()
-	needRoot(t)
-	rel, _ := os.ReadFile("/proc/sys/kernel/osrelease")
-	_, err := os.Stat("/sys/module/nbd")
-	if err == nil {
-		return
-	}
-	_, err = os.Stat(filepath.Join("/lib/modules", strings.TrimSpace(string(rel)), "modules.dep"))
-	need(t, err == nil, "needs a kernel with the nbd module (run it in the VM: make vmtest)")
-}
-
-// needCeph: a running test cluster named by CEPH_CONF.
-func needCeph(t *testing.T) {
-	t.Helper()
-	needTools(t, "rbd", "ceph")
-	need(t, os.Getenv("CEPH_CONF") != "", "needs CEPH_CONF naming a running cluster (test/ceph/cluster start DIR)")
-}
-
-// bin is the rbd-nbd-graph binary under test.
-func bin(t *testing.T) string {
-	t.Helper()
-	p := os.Getenv("RBD_NBD_GRAPH_BIN")
-	if p == "" {
-		p = "../../bin/rbd-nbd-graph"
-	}
-	abs, err := filepath.Abs(p)
-	if err == nil {
-		_, err = os.Stat(abs)
-	}
-	need(t, err == nil, "needs the rbd-nbd-graph binary (make build, or RBD_NBD_GRAPH_BIN): %v", err)
-	return abs
-}
-
-// run runs a command with a timeout and returns its combined output.
-func run(t *testing.T, timeout time.Duration, name string, args ...string) (string, error) {
-	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), timeout)
-	defer cancel()
-	cmd := exec.CommandContext(ctx, name, args...)
-	cmd.WaitDelay = 5 * time.Second
-	var out bytes.Buffer
-	cmd.Stdout = &out
-	cmd.Stderr = &out
-	start := time.Now()
-	err := cmd.Run()
-	t.Logf("$ %s %s  (%.1fs)", name, strings.Join(args, " "), time.Since(start).Seconds())
-	if ctx.Err() != nil {
-		err = fmt.Errorf("%w (timed out after %v)", err, timeout)
-	}
-	return out.String(), err
-}
-
-// must runs a command that has to succeed.
-func must(t *testing.T, timeout time.Duration, name string, args ...string) string {
-	t.Helper()
-	out, err := run(t, timeout, name, args...)
-	if err != nil {
-		t.Fatalf("%s %s: %v\n%s", name, strings.Join(args, " "), err, out)
-	}
-	return out
-}
-
-// uniqueName is a fresh image name for one test.
-func uniqueName(t *testing.T) string {
-	var b [3]byte
-	rand.Read(b[:])
-	n := strings.ToLower(strings.NewReplacer("/", "-", "_", "-").Replace(t.Name()))
-	if len(n) > 40 {
-		n = n[:40]
-	}
-	return "e2e-" + n + "-" + hex.EncodeToString(b[:])
+	testkit.RequireTools(t, "rbd", "ceph")
+	testkit.CephConf(t)
 }
 
 // newImage creates an RBD image in pool rbd and removes it at the end
@@ -139,14 +38,14 @@ func uniqueName(t *testing.T) string {
 func newImage(t *testing.T, sizeMiB int, features string) string {
 	t.Helper()
 	needCeph(t)
-	spec := "rbd/" + uniqueName(t)
+	spec := "rbd/" + testkit.UniqueName(t, "e2e-")
 	args := []string{"create", "--size", fmt.Sprintf("%dM", sizeMiB)}
 	if features != "" {
 		args = append(args, "--image-feature", features)
 	}
-	must(t, time.Minute, "rbd", append(args, spec)...)
+	testkit.Must(t, time.Minute, "rbd", append(args, spec)...)
 	t.Cleanup(func() {
-		if out, err := run(t, 2*time.Minute, "rbd", "rm", "--no-progress", spec); err != nil {
+		if out, err := testkit.Run(t, 2*time.Minute, "rbd", "rm", "--no-progress", spec); err != nil {
 			t.Errorf("removing %s: %v\n%s", spec, err, out)
 		}
 	})
@@ -157,10 +56,10 @@ func newImage(t *testing.T, sizeMiB int, features string) string {
 // it printed. Cleanup unmaps it if the test has not.
 func mapDevice(t *testing.T, target string, flags ...string) string {
 	t.Helper()
-	needKernelNBD(t)
+	testkit.RequireKernelNBD(t)
 	args := append([]string{"map"}, flags...)
 	args = append(args, target)
-	out := must(t, 3*time.Minute, bin(t), args...)
+	out := testkit.Must(t, 3*time.Minute, testkit.Binary(t), args...)
 	dev := strings.TrimSpace(out)
 	if _, err := deviceIndex(dev); err != nil {
 		t.Fatalf("map printed %q, want a device path", out)
@@ -169,7 +68,7 @@ func mapDevice(t *testing.T, target string, flags ...string) string {
 		if !isConnected(t, dev) {
 			return
 		}
-		if out, err := run(t, 2*time.Minute, bin(t), "unmap", "--force", dev); err != nil {
+		if out, err := testkit.Run(t, 2*time.Minute, testkit.Binary(t), "unmap", "--force", dev); err != nil {
 			t.Errorf("cleanup: unmap %s: %v\n%s", dev, err, out)
 		}
 	})
@@ -178,7 +77,7 @@ func mapDevice(t *testing.T, target string, flags ...string) string {
 
 func unmap(t *testing.T, devOrTarget string) {
 	t.Helper()
-	must(t, 2*time.Minute, bin(t), "unmap", devOrTarget)
+	testkit.Must(t, 2*time.Minute, testkit.Binary(t), "unmap", devOrTarget)
 }
 
 func deviceIndex(dev string) (int, error) {
@@ -249,18 +148,6 @@ func processAlive(pid int) bool {
 	return i < 0 || i+2 >= len(s) || s[i+2] != 'Z'
 }
 
-// eventually polls cond every 50ms until it holds or timeout passes.
-func eventually(t *testing.T, timeout time.Duration, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %v waiting for %s", timeout, what)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
-}
-
 // mountDir mounts dev on a fresh folder (outside /tmp: the guest's /tmp
 // is a small tmpfs) and unmounts it at cleanup if still mounted.
 func mountDev(t *testing.T, dev string, opts ...string) string {
@@ -270,10 +157,10 @@ func mountDev(t *testing.T, dev string, opts ...string) string {
 		t.Fatal(err)
 	}
 	args := append(opts, dev, dir)
-	must(t, 2*time.Minute, "mount", args...)
+	testkit.Must(t, 2*time.Minute, "mount", args...)
 	t.Cleanup(func() {
 		if mounted(dir) {
-			run(t, time.Minute, "umount", dir)
+			testkit.Run(t, time.Minute, "umount", dir)
 		}
 	})
 	return dir
@@ -289,8 +176,9 @@ func mounted(dir string) bool {
 	return false
 }
 
-// workDir is a scratch folder for one test on a disk-backed path.
-func workDir(t *testing.T) string {
+// workDir is a scratch folder for one test, removed at the end, on a
+// disk-backed path (E2E_WORKDIR: outside the guest's small /tmp).
+func workDir(t testing.TB) string {
 	t.Helper()
 	base := os.Getenv("E2E_WORKDIR")
 	if base == "" {

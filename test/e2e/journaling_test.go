@@ -9,6 +9,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/rbd-nbd-graph/rbd-nbd-graph/internal/testkit"
 )
 
 // Why this project exists: an image with a feature the kernel's RBD
@@ -16,19 +18,19 @@ import (
 // same image maps through rbd-nbd-graph, passes fio verify, formats and
 // mounts. Both outcomes are logged side by side.
 func TestJournalingImageKrbdVersusOurs(t *testing.T) {
-	needTools(t, "fio", "mkfs.ext4", "dmesg")
+	testkit.RequireTools(t, "fio", "mkfs.ext4", "dmesg")
 	image := newImage(t, 128, "layering,exclusive-lock,journaling")
-	info := must(t, time.Minute, "rbd", "info", image)
+	info := testkit.Must(t, time.Minute, "rbd", "info", image)
 	if !strings.Contains(info, "journaling") {
 		t.Fatalf("the image lacks the journaling feature:\n%s", info)
 	}
 
 	// krbd. noudev: the guest runs no udevd, and rbd would wait for it.
-	krbdOut, krbdErr := run(t, 3*time.Minute, "rbd", "device", "map", "-o", "noudev", image)
-	dmesg, _ := run(t, time.Minute, "dmesg")
+	krbdOut, krbdErr := testkit.Run(t, 3*time.Minute, "rbd", "device", "map", "-o", "noudev", image)
+	dmesg, _ := testkit.Run(t, time.Minute, "dmesg")
 	if krbdErr == nil {
 		dev := strings.TrimSpace(krbdOut)
-		run(t, time.Minute, "rbd", "device", "unmap", "-o", "noudev", dev)
+		testkit.Run(t, time.Minute, "rbd", "device", "unmap", "-o", "noudev", dev)
 		t.Fatalf("krbd mapped the journaling image as %s; this kernel was expected to refuse it", dev)
 	}
 	if !strings.Contains(dmesg, "unsupported features: 0x40") {
@@ -40,12 +42,12 @@ func TestJournalingImageKrbdVersusOurs(t *testing.T) {
 	// Ours.
 	dev := mapDevice(t, image)
 	fioVerify(t, dev, "32M")
-	must(t, 5*time.Minute, "mkfs.ext4", "-q", "-F", dev)
+	testkit.Must(t, 5*time.Minute, "mkfs.ext4", "-q", "-F", dev)
 	dir := mountDev(t, dev)
 	if err := os.WriteFile(filepath.Join(dir, "proof"), []byte("journaled image via NBD\n"), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	must(t, time.Minute, "umount", dir)
+	testkit.Must(t, time.Minute, "umount", dir)
 	unmap(t, dev)
 	oursResult := fmt.Sprintf("mapped as %s; fio verify passed; ext4 formatted, mounted, written", dev)
 

@@ -13,6 +13,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/rbd-nbd-graph/rbd-nbd-graph/internal/testkit"
 	"github.com/rbd-nbd-graph/rbd-nbd-graph/nbd"
 )
 
@@ -68,7 +69,7 @@ func directIO(t *testing.T, dev string, off int64, data []byte) []byte {
 // /dev/nbdN, Detach (and, in the second case, cancel the context), and
 // nothing is left: no goroutine, no descriptor, the device free again.
 func TestAttachDetachNoLeaks(t *testing.T) {
-	needKernelNBD(t)
+	testkit.RequireKernelNBD(t)
 	for _, c := range []struct {
 		name    string
 		conns   int
@@ -149,7 +150,7 @@ func TestAttachDetachNoLeaks(t *testing.T) {
 // Index any: two attaches at once get two different devices; a fixed
 // index already in use is refused with EBUSY.
 func TestAttachIndexes(t *testing.T) {
-	needKernelNBD(t)
+	testkit.RequireKernelNBD(t)
 	ctx := context.Background()
 	a, err := nbd.Attach(ctx, nbd.NewMemory(8<<20), nbd.AttachOptions{Index: nbd.IndexAny})
 	if err != nil {

@@ -9,6 +9,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/rbd-nbd-graph/rbd-nbd-graph/internal/testkit"
 )
 
 // killServer kills the process serving dev (a crash: nothing cleaned up)
@@ -22,7 +24,7 @@ func killServer(t *testing.T, dev string) {
 	if err := syscall.Kill(pid, syscall.SIGKILL); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, 30*time.Second, "the server to die", func() bool { return !processAlive(pid) })
+	testkit.Eventually(t, 30*time.Second, "the server to die", func() bool { return !processAlive(pid) })
 	if !isConnected(t, dev) {
 		t.Fatalf("%s lost its configuration when its server died", dev)
 	}
@@ -36,7 +38,7 @@ func TestReattachSafety(t *testing.T) {
 	t.Run("MemRefused", func(t *testing.T) {
 		dev := mapDevice(t, "mem:64M")
 		killServer(t, dev)
-		out, err := run(t, time.Minute, bin(t), "attach", "mem:64M")
+		out, err := testkit.Run(t, time.Minute, testkit.Binary(t), "attach", "mem:64M")
 		if err == nil {
 			t.Fatalf("attach of a mem: target succeeded (a blank disk under the device):\n%s", out)
 		}
@@ -46,7 +48,7 @@ func TestReattachSafety(t *testing.T) {
 		if !isConnected(t, dev) {
 			t.Errorf("%s was detached by the refused attach", dev)
 		}
-		must(t, time.Minute, bin(t), "unmap", "--force", dev)
+		testkit.Must(t, time.Minute, testkit.Binary(t), "unmap", "--force", dev)
 	})
 
 	t.Run("BlockSize512Kept", func(t *testing.T) {
@@ -60,7 +62,7 @@ func TestReattachSafety(t *testing.T) {
 		}
 		killServer(t, dev)
 		// No --block-size: the default (4096) must not replace 512.
-		got := strings.TrimSpace(must(t, 3*time.Minute, bin(t), "attach", image))
+		got := strings.TrimSpace(testkit.Must(t, 3*time.Minute, testkit.Binary(t), "attach", image))
 		if got != dev {
 			t.Fatalf("attach printed %q, want %s", got, dev)
 		}
@@ -92,7 +94,7 @@ func TestReattachSafety(t *testing.T) {
 		// A read-write device: attaching it read-only is refused...
 		dev := mapDevice(t, image)
 		killServer(t, dev)
-		out, err := run(t, time.Minute, bin(t), "attach", "--read-only", image)
+		out, err := testkit.Run(t, time.Minute, testkit.Binary(t), "attach", "--read-only", image)
 		if err == nil {
 			t.Fatalf("attach --read-only of a read-write device succeeded without --force:\n%s", out)
 		}
@@ -103,7 +105,7 @@ func TestReattachSafety(t *testing.T) {
 			t.Fatalf("%s was detached by the refused attach", dev)
 		}
 		// ...and the same mode is not.
-		if got := strings.TrimSpace(must(t, 3*time.Minute, bin(t), "attach", image)); got != dev {
+		if got := strings.TrimSpace(testkit.Must(t, 3*time.Minute, testkit.Binary(t), "attach", image)); got != dev {
 			t.Fatalf("attach printed %q, want %s", got, dev)
 		}
 		if _, err := timedDirectIO(t, dev, true, 0, 4096, "rw", time.Minute); err != nil {
@@ -115,7 +117,7 @@ func TestReattachSafety(t *testing.T) {
 		// is the operator saying so.
 		dev = mapDevice(t, image, "--read-only")
 		killServer(t, dev)
-		out, err = run(t, time.Minute, bin(t), "attach", image)
+		out, err = testkit.Run(t, time.Minute, testkit.Binary(t), "attach", image)
 		if err == nil {
 			t.Fatalf("attach (read-write) of a read-only device succeeded without --force:\n%s", out)
 		}
@@ -125,7 +127,7 @@ func TestReattachSafety(t *testing.T) {
 		if !isConnected(t, dev) {
 			t.Fatalf("%s was detached by the refused attach", dev)
 		}
-		if got := strings.TrimSpace(must(t, 3*time.Minute, bin(t), "attach", "--force", image)); got != dev {
+		if got := strings.TrimSpace(testkit.Must(t, 3*time.Minute, testkit.Binary(t), "attach", "--force", image)); got != dev {
 			t.Fatalf("attach --force printed %q, want %s", got, dev)
 		}
 		if _, err := timedDirectIO(t, dev, false, 0, 4096, "", time.Minute); err != nil {
@@ -181,14 +183,14 @@ func TestIOFlusher(t *testing.T) {
 	}
 
 	t.Run("MapAndAttach", func(t *testing.T) {
-		needTools(t, "dd")
+		testkit.RequireTools(t, "dd")
 		image := newImage(t, 64, "")
 		dev := mapDevice(t, image, "--connections", "2")
-		must(t, 2*time.Minute, "dd", "if=/dev/urandom", "of="+dev, "bs=64k", "count=64", "oflag=direct")
+		testkit.Must(t, 2*time.Minute, "dd", "if=/dev/urandom", "of="+dev, "bs=64k", "count=64", "oflag=direct")
 		check(t, "the map server", servingPID(t, dev))
 		killServer(t, dev)
-		must(t, 3*time.Minute, bin(t), "attach", image)
-		must(t, 2*time.Minute, "dd", "if="+dev, "of=/dev/null", "bs=64k", "count=64", "iflag=direct")
+		testkit.Must(t, 3*time.Minute, testkit.Binary(t), "attach", image)
+		testkit.Must(t, 2*time.Minute, "dd", "if="+dev, "of=/dev/null", "bs=64k", "count=64", "iflag=direct")
 		e := findEntry(listJSON(t), dev)
 		if e == nil || e.PID <= 0 {
 			t.Fatalf("list shows no serving process of %s after attach: %+v", dev, e)

@@ -10,6 +10,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/rbd-nbd-graph/rbd-nbd-graph/internal/testkit"
 )
 
 // The serving process dies (SIGKILL) while fio writes with verification;
@@ -22,7 +24,7 @@ import (
 // default), so nothing the kernel counts as written dies with the
 // killed process, and verify reads every block back.
 func TestReattachAfterKill(t *testing.T) {
-	needTools(t, "fio")
+	testkit.RequireTools(t, "fio")
 	image := newImage(t, 256, "")
 	dev := mapDevice(t, image, "--dead-conn-timeout", "180s")
 	pid := servingPID(t, dev)
@@ -34,14 +36,14 @@ func TestReattachAfterKill(t *testing.T) {
 	if err := syscall.Kill(pid, syscall.SIGKILL); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, 30*time.Second, "the server to die", func() bool { return !processAlive(pid) })
+	testkit.Eventually(t, 30*time.Second, "the server to die", func() bool { return !processAlive(pid) })
 	t.Logf("killed the server (pid %d) while fio was writing", pid)
 	if !isConnected(t, dev) {
 		t.Fatalf("%s lost its configuration when its server died; the kernel should wait for a reattach", dev)
 	}
 	time.Sleep(2 * time.Second) // IO piles up in the kernel meanwhile
 
-	got := strings.TrimSpace(must(t, 3*time.Minute, bin(t), "attach", "--dead-conn-timeout", "180s", image))
+	got := strings.TrimSpace(testkit.Must(t, 3*time.Minute, testkit.Binary(t), "attach", "--dead-conn-timeout", "180s", image))
 	if got != dev {
 		t.Fatalf("attach printed %q, want the live device %s", got, dev)
 	}

@@ -11,6 +11,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/rbd-nbd-graph/rbd-nbd-graph/internal/testkit"
 )
 
 // counterScript appends an incrementing counter to /counter every 0.1 s
@@ -41,7 +43,7 @@ func checkCounter(s string) (int, string) {
 // memory (a device detached under its filesystem) shows as lost then.
 func dropCaches(t testing.TB) {
 	t.Helper()
-	if out, err := dkRun(t, 3*time.Minute, "sync"); err != nil {
+	if out, err := testkit.Run(t, 3*time.Minute, "sync"); err != nil {
 		t.Logf("sync: %v\n%s", err, out) // the IO errors it meets are checked in dmesg
 	}
 	if err := os.WriteFile("/proc/sys/vm/drop_caches", []byte("3\n"), 0o200); err != nil {
@@ -71,7 +73,7 @@ func TestPluginRestartUnderContainer(t *testing.T) {
 			e.mustDocker("run", "-d", "--name", ctr, "busybox:e2e", "sh", "-c", counterScript)
 			defer e.docker(2*time.Minute, "rm", "-f", ctr)
 			read := func() (string, error) { return e.docker(2*time.Minute, "exec", ctr, "cat", "/counter") }
-			dkEventually(t, 2*time.Minute, "the container to write 20 lines", func() bool {
+			testkit.Eventually(t, 2*time.Minute, "the container to write 20 lines", func() bool {
 				out, err := read()
 				n, _ := checkCounter(out)
 				return err == nil && n >= 20
@@ -107,7 +109,7 @@ func TestPluginRestartUnderContainer(t *testing.T) {
 				t.Errorf("the counter file read back from the device: %s (%d good lines)", fault, n)
 			}
 			// The container is still writing, and it lands on the device.
-			dkEventually(t, 2*time.Minute, "the counter to grow after the restart", func() bool {
+			testkit.Eventually(t, 2*time.Minute, "the counter to grow after the restart", func() bool {
 				out, err := read()
 				m, _ := checkCounter(out)
 				return err == nil && m > n+10
@@ -130,7 +132,7 @@ func TestPluginRestartUnderContainer(t *testing.T) {
 // makes SIGTERM detach.
 func TestMapSIGTERMHandover(t *testing.T) {
 	t.Run("Handover", func(t *testing.T) {
-		needTools(t, "fio")
+		testkit.RequireTools(t, "fio")
 		image := newImage(t, 256, "")
 		dev := mapDevice(t, image)
 		pid := servingPID(t, dev)
@@ -144,14 +146,14 @@ func TestMapSIGTERMHandover(t *testing.T) {
 		if err := syscall.Kill(pid, syscall.SIGTERM); err != nil {
 			t.Fatal(err)
 		}
-		eventually(t, 2*time.Minute, "the server to exit after SIGTERM", func() bool { return !processAlive(pid) })
+		testkit.Eventually(t, 2*time.Minute, "the server to exit after SIGTERM", func() bool { return !processAlive(pid) })
 		t.Logf("the server (pid %d) exited %.1fs after SIGTERM", pid, time.Since(start).Seconds())
 		if !isConnected(t, dev) {
 			t.Fatalf("%s was detached by SIGTERM; it should stay connected for the next server", dev)
 		}
 		time.Sleep(2 * time.Second)
 
-		got := strings.TrimSpace(must(t, 3*time.Minute, bin(t), "attach", image))
+		got := strings.TrimSpace(testkit.Must(t, 3*time.Minute, testkit.Binary(t), "attach", image))
 		if got != dev {
 			t.Fatalf("attach printed %q, want the live device %s", got, dev)
 		}
@@ -168,8 +170,8 @@ func TestMapSIGTERMHandover(t *testing.T) {
 		if err := syscall.Kill(pid, syscall.SIGTERM); err != nil {
 			t.Fatal(err)
 		}
-		eventually(t, time.Minute, "the server to exit after SIGTERM", func() bool { return !processAlive(pid) })
-		eventually(t, 30*time.Second, dev+" to be detached by its server's SIGTERM (--detach-on-exit)", func() bool {
+		testkit.Eventually(t, time.Minute, "the server to exit after SIGTERM", func() bool { return !processAlive(pid) })
+		testkit.Eventually(t, 30*time.Second, dev+" to be detached by its server's SIGTERM (--detach-on-exit)", func() bool {
 			return !isConnected(t, dev)
 		})
 	})

@@ -8,6 +8,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/rbd-nbd-graph/rbd-nbd-graph/internal/testkit"
 )
 
 // SIGTERM to a map server while the cluster is hung (OSDs paused) with
@@ -16,7 +18,7 @@ import (
 // `attach` serves it again and the writer finishes with no IO error and
 // its data verified.
 func TestMapSIGTERMBoundedWhileOSDsPaused(t *testing.T) {
-	needTools(t, "fio")
+	testkit.RequireTools(t, "fio")
 	image := newImage(t, 256, "")
 	dev := mapDevice(t, image, "--dead-conn-timeout", "300s", "--shutdown-timeout", "5s")
 	pid := servingPID(t, dev)
@@ -28,11 +30,11 @@ func TestMapSIGTERMBoundedWhileOSDsPaused(t *testing.T) {
 	unpaused := false
 	unpause := func() {
 		if !unpaused {
-			must(t, 3*time.Minute, "ceph", "osd", "unpause")
+			testkit.Must(t, 3*time.Minute, "ceph", "osd", "unpause")
 			unpaused = true
 		}
 	}
-	must(t, 3*time.Minute, "ceph", "osd", "pause")
+	testkit.Must(t, 3*time.Minute, "ceph", "osd", "pause")
 	t.Cleanup(unpause)
 	time.Sleep(3 * time.Second) // writes pile up in librbd
 
@@ -40,7 +42,7 @@ func TestMapSIGTERMBoundedWhileOSDsPaused(t *testing.T) {
 	if err := syscall.Kill(pid, syscall.SIGTERM); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, 60*time.Second, "the server to exit after SIGTERM with the OSDs paused", func() bool { return !processAlive(pid) })
+	testkit.Eventually(t, 60*time.Second, "the server to exit after SIGTERM with the OSDs paused", func() bool { return !processAlive(pid) })
 	took := time.Since(start)
 	t.Logf("server exited %v after SIGTERM with the OSDs paused (--shutdown-timeout 5s)", took.Round(100*time.Millisecond))
 	if took > 30*time.Second {
@@ -51,7 +53,7 @@ func TestMapSIGTERMBoundedWhileOSDsPaused(t *testing.T) {
 	}
 
 	unpause()
-	got := strings.TrimSpace(must(t, 3*time.Minute, bin(t), "attach", "--dead-conn-timeout", "300s", image))
+	got := strings.TrimSpace(testkit.Must(t, 3*time.Minute, testkit.Binary(t), "attach", "--dead-conn-timeout", "300s", image))
 	if got != dev {
 		t.Fatalf("attach printed %q, want %s", got, dev)
 	}

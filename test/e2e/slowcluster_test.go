@@ -11,6 +11,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/rbd-nbd-graph/rbd-nbd-graph/internal/testkit"
 )
 
 // osdPauseLength is how long TestOSDPause100s keeps the cluster from
@@ -27,7 +29,7 @@ const osdPauseLength = 100 * time.Second
 // stays writable, every device stays connected and `list` reports all
 // their connections live (lost ones replaced through RECONFIGURE).
 func TestOSDPause100s(t *testing.T) {
-	needTools(t, "mkfs.ext4", "ceph")
+	testkit.RequireTools(t, "mkfs.ext4", "ceph")
 	type dev struct {
 		conns int
 		path  string
@@ -41,7 +43,7 @@ func TestOSDPause100s(t *testing.T) {
 	for _, d := range devs {
 		image := newImage(t, 256, "")
 		d.path = mapDevice(t, image, "--connections", fmt.Sprint(d.conns))
-		must(t, 5*time.Minute, "mkfs.ext4", "-q", "-F", d.path)
+		testkit.Must(t, 5*time.Minute, "mkfs.ext4", "-q", "-F", d.path)
 		d.mnt = mountDev(t, d.path)
 		t.Logf("%s: %d connection(s), ext4 on %s", d.path, d.conns, d.mnt)
 	}
@@ -50,7 +52,7 @@ func TestOSDPause100s(t *testing.T) {
 		name := filepath.Base(d.path)
 		d.w = startDirectWriter(t, name, filepath.Join(d.mnt, "data"), 4096, 8192, 50*time.Millisecond)
 	}
-	eventually(t, 2*time.Minute, "every writer to write 20 blocks before the pause", func() bool {
+	testkit.Eventually(t, 2*time.Minute, "every writer to write 20 blocks before the pause", func() bool {
 		for _, d := range devs {
 			if d.w.blocks() < 20 {
 				return false
@@ -116,7 +118,7 @@ func TestOSDPause100s(t *testing.T) {
 		f := filepath.Join(d.mnt, "after-pause")
 		if err := os.WriteFile(f, []byte("after the pause\n"), 0o644); err != nil {
 			t.Errorf("%s: writing a file after the pause: %v", d.path, err)
-		} else if out, err := run(t, 2*time.Minute, "sync", "-f", f); err != nil {
+		} else if out, err := testkit.Run(t, 2*time.Minute, "sync", "-f", f); err != nil {
 			t.Errorf("%s: sync -f after the pause: %v\n%s", d.path, err, out)
 		}
 	}
@@ -140,7 +142,7 @@ func TestOSDPause100s(t *testing.T) {
 // 30 s, not never); the device stays connected through it, and once the
 // cluster serves IO again a write and a read back work.
 func TestIOTimeout(t *testing.T) {
-	needTools(t, "ceph")
+	testkit.RequireTools(t, "ceph")
 	image := newImage(t, 64, "")
 	dev := mapDevice(t, image, "--io-timeout", "10s")
 	if _, err := timedDirectIO(t, dev, true, 0, 4096, "before", time.Minute); err != nil {

@@ -13,6 +13,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/rbd-nbd-graph/rbd-nbd-graph/internal/testkit"
 )
 
 // soakScript is what each soak container runs: it writes 64 KiB of random
@@ -77,7 +79,7 @@ func TestSoak(t *testing.T) {
 	if err != nil || duration <= 0 {
 		t.Fatalf("E2E_SOAK_DURATION=%q: want a positive Go duration such as 10m", spec)
 	}
-	needTools(t, "ceph")
+	testkit.RequireTools(t, "ceph")
 	const nContainers = 3
 	e := newDockerEnv(t, "rbd-nbd-soak")
 	e.startPlugin()

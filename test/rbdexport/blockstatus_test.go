@@ -8,6 +8,7 @@ import (
 	"syscall"
 	"testing"
 
+	"github.com/rbd-nbd-graph/rbd-nbd-graph/internal/testkit"
 	"github.com/rbd-nbd-graph/rbd-nbd-graph/rbdio"
 )
 
@@ -19,8 +20,8 @@ import (
 // objects. Before block status, nbdinfo --map failed (no
 // base:allocation context).
 func TestBlockStatusMap(t *testing.T) {
-	requireTool(t, "nbdinfo")
-	requireTool(t, "nbdcopy")
+	testkit.Tool(t, "nbdinfo")
+	testkit.Tool(t, "nbdcopy")
 	c := cluster(t)
 	const size = 64 << 20
 	img := newImage(t, c, size)

@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/rbd-nbd-graph/rbd-nbd-graph/internal/testkit"
 	"github.com/rbd-nbd-graph/rbd-nbd-graph/rbdio"
 )
 
@@ -17,7 +18,7 @@ import (
 // from the image, and what nbdcopy reads back out; zero runs in the
 // source become zeroes in the image even where it held data before.
 func TestNbdcopyRoundTrip(t *testing.T) {
-	requireTool(t, "nbdcopy")
+	testkit.Tool(t, "nbdcopy")
 	c := cluster(t)
 	const size = 37<<20 + 512<<10 // not a whole number of objects
 	img := newImage(t, c, size)
@@ -33,7 +34,7 @@ func TestNbdcopyRoundTrip(t *testing.T) {
 	}
 	im.Close()
 
-	src, data := randomFile(t, size, 1)
+	src, data := testkit.RandomFile(t, t.TempDir(), size, 1)
 	copy(data[5<<20:9<<20], make([]byte, 4<<20)) // a run of zeroes across an object boundary
 	if err := os.WriteFile(src, data, 0o600); err != nil {
 		t.Fatal(err)
@@ -103,7 +104,7 @@ func TestFioVerify(t *testing.T) {
 // Single requests with nbdsh: write zeroes (with and without holes) and
 // trim reach librbd; a flush succeeds.
 func TestZeroTrimFlush(t *testing.T) {
-	requireTool(t, "nbdsh")
+	testkit.Tool(t, "nbdsh")
 	c := cluster(t)
 	img := newImage(t, c, 16<<20)
 	exp := export(t, "rbd:rbd/"+img)
@@ -134,7 +135,7 @@ print("ok")
 // error reply (EPERM, NBD's value for EROFS) and the connection goes on.
 // The same for a --read-only export of the image head.
 func TestReadOnlyExports(t *testing.T) {
-	requireTool(t, "nbdsh")
+	testkit.Tool(t, "nbdsh")
 	c := cluster(t)
 	img := newImage(t, c, 4<<20)
 	im, err := c.OpenImage(testContext(t), img, rbdio.OpenOptions{})
@@ -190,7 +191,7 @@ print("then read", h.pread(4096, 0)[:1].hex())
 // The failures the issue lists, each a clear message and exit status 1.
 func TestExportFailures(t *testing.T) {
 	t.Parallel() // the no-cluster case waits 30 s
-	conf := cephConf(t)
+	conf := testkit.CephConf(t)
 	c := cluster(t)
 	dir := t.TempDir()
 
@@ -208,7 +209,7 @@ func TestExportFailures(t *testing.T) {
 		mustMatch(t, out, `open pool nopool: not found .*ceph osd pool create nopool`)
 	})
 	t.Run("wrong key", func(t *testing.T) {
-		authtool := requireTool(t, "ceph-authtool")
+		authtool := testkit.Tool(t, "ceph-authtool")
 		kr := filepath.Join(dir, "wrong.keyring")
 		runTool(t, authtool, "--create-keyring", kr, "--gen-key", "-n", "client.admin")
 		out := runExportFailing(t, "--ceph-conf", conf, "--keyring", kr, "rbd:rbd/x")
@@ -233,7 +234,7 @@ func TestExportFailures(t *testing.T) {
 		}
 	})
 	t.Run("image held by another export", func(t *testing.T) {
-		requireTool(t, "nbdinfo")
+		testkit.Tool(t, "nbdinfo")
 		img := newImage(t, c, 1<<20)
 		first := export(t, "rbd:rbd/"+img)
 		out := runExportFailing(t, "--ceph-conf", conf, "rbd:rbd/"+img)
@@ -257,10 +258,10 @@ func mustMatch(t *testing.T, out, pattern string) {
 // 30 s), breaks its exclusive lock and serves, with the data intact.
 func TestExportAfterCrash(t *testing.T) {
 	t.Parallel() // mostly waiting for the watch to time out
-	requireTool(t, "nbdcopy")
+	testkit.Tool(t, "nbdcopy")
 	c := cluster(t)
 	img := newImage(t, c, 8<<20)
-	src, data := randomFile(t, 8<<20, 7)
+	src, data := testkit.RandomFile(t, t.TempDir(), 8<<20, 7)
 	first, err := startExport(t, "rbd:rbd/"+img)
 	if err != nil {
 		t.Fatal(err)

@@ -13,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/rbd-nbd-graph/rbd-nbd-graph/internal/testkit"
 	"github.com/rbd-nbd-graph/rbd-nbd-graph/rbdio"
 )
 
@@ -24,10 +25,10 @@ import (
 // cephCLI runs the ceph command against the test cluster, bounded.
 func cephCLI(t *testing.T, args ...string) string {
 	t.Helper()
-	path := requireTool(t, "ceph")
+	path := testkit.Tool(t, "ceph")
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
-	all := append([]string{"--conf", cephConf(t), "--connect-timeout", "30"}, args...)
+	all := append([]string{"--conf", testkit.CephConf(t), "--connect-timeout", "30"}, args...)
 	out, err := exec.CommandContext(ctx, path, all...).CombinedOutput()
 	if err != nil {
 		t.Fatalf("ceph %s: %v\n%s", strings.Join(args, " "), err, out)
@@ -60,10 +61,10 @@ func pauseOSDs(t *testing.T) (unpause func()) {
 // kills it).
 func nbdPython(t *testing.T, uri, script string, limit time.Duration) (string, error) {
 	t.Helper()
-	requireTool(t, "nbdsh")
+	testkit.Tool(t, "nbdsh")
 	py := "/usr/bin/python3"
 	if _, err := os.Stat(py); err != nil {
-		py = requireTool(t, "python3")
+		py = testkit.Tool(t, "python3")
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), limit)
 	defer cancel()
@@ -79,7 +80,7 @@ func nbdPython(t *testing.T, uri, script string, limit time.Duration) (string, e
 // (EIO: NBD has no ETIMEDOUT) after about the timeout, instead of
 // hanging; the export stays up and serves again once the OSDs are back.
 func TestOSDTimeoutFailsStuckIO(t *testing.T) {
-	requireTool(t, "nbdsh")
+	testkit.Tool(t, "nbdsh")
 	c := cluster(t)
 	img := newImage(t, c, 8<<20)
 	p := export(t, "--osd-timeout", "5s", "rbd:rbd/"+img)
@@ -132,7 +133,7 @@ print(h.pread(512, 0)[:1].decode(), h.pread(512, 4096 * 20)[:1].decode())
 // export stops reading, waits for the requests up to the deadline, then
 // exits 1 without calling into librbd again.
 func TestSIGTERMWithPausedOSDsIsBounded(t *testing.T) {
-	requireTool(t, "nbdsh")
+	testkit.Tool(t, "nbdsh")
 	c := cluster(t)
 	img := newImage(t, c, 8<<20)
 	// The killed export's watch outlives it by about 30 s, and the image
@@ -200,11 +201,11 @@ while time.time() - t0 < 90:
 // it can be removed, for at most limit.
 func waitNoWatchers(t *testing.T, image string, limit time.Duration) {
 	t.Helper()
-	rbd := requireTool(t, "rbd")
+	rbd := testkit.Tool(t, "rbd")
 	end := time.Now().Add(limit)
 	for time.Now().Before(end) {
 		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-		out, err := exec.CommandContext(ctx, rbd, "--conf", cephConf(t), "status", "rbd/"+image).CombinedOutput()
+		out, err := exec.CommandContext(ctx, rbd, "--conf", testkit.CephConf(t), "status", "rbd/"+image).CombinedOutput()
 		cancel()
 		if err == nil && strings.Contains(string(out), "Watchers: none") {
 			return
@@ -220,15 +221,15 @@ func waitNoWatchers(t *testing.T, image string, limit time.Duration) {
 // next requests succeed, with the data written before intact; the
 // blocklist entry stays.
 func TestBlocklistedExportReopens(t *testing.T) {
-	requireTool(t, "nbdsh")
-	rbd := requireTool(t, "rbd")
+	testkit.Tool(t, "nbdsh")
+	rbd := testkit.Tool(t, "rbd")
 	c := cluster(t)
 	img := newImage(t, c, 8<<20)
 	p := export(t, "rbd:rbd/"+img)
 	nbdsh(t, p.uri, "h.pwrite(b'a' * 4096, 0); h.flush()")
 
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	out, err := exec.CommandContext(ctx, rbd, "--conf", cephConf(t), "status", "rbd/"+img).CombinedOutput()
+	out, err := exec.CommandContext(ctx, rbd, "--conf", testkit.CephConf(t), "status", "rbd/"+img).CombinedOutput()
 	cancel()
 	if err != nil {
 		t.Fatalf("rbd status: %v\n%s", err, out)
@@ -270,15 +271,15 @@ print(h.pread(512, 0)[:1].decode(), h.pread(512, 4096)[:1].decode())
 // back; its requests keep failing until that client lets go, then it
 // reopens and serves.
 func TestBlocklistedExportDoesNotStealTheLock(t *testing.T) {
-	requireTool(t, "nbdsh")
-	rbd := requireTool(t, "rbd")
+	testkit.Tool(t, "nbdsh")
+	rbd := testkit.Tool(t, "rbd")
 	c := cluster(t)
 	img := newImage(t, c, 8<<20)
 	p := export(t, "rbd:rbd/"+img)
 	nbdsh(t, p.uri, "h.pwrite(b'a' * 4096, 0); h.flush()")
 
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	out, err := exec.CommandContext(ctx, rbd, "--conf", cephConf(t), "status", "rbd/"+img).CombinedOutput()
+	out, err := exec.CommandContext(ctx, rbd, "--conf", testkit.CephConf(t), "status", "rbd/"+img).CombinedOutput()
 	cancel()
 	m := regexp.MustCompile(`watcher=(\S+)`).FindSubmatch(out)
 	if err != nil || m == nil {

@@ -4,11 +4,8 @@ import (
 	"bufio"
 	"bytes"
 	"context"
-	"crypto/rand"
-	"encoding/hex"
 	"errors"
 	"fmt"
-	mrand "math/rand/v2"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -17,66 +14,11 @@ import (
 	"testing"
 	"time"
 
+	"github.com/rbd-nbd-graph/rbd-nbd-graph/internal/testkit"
 	"github.com/rbd-nbd-graph/rbd-nbd-graph/rbdio"
 )
 
-// binary is the rbd-nbd-graph executable under test.
-var binary string
-
-func TestMain(m *testing.M) {
-	code, err := run(m)
-	if err != nil {
-		fmt.Fprintln(os.Stderr, "test/rbdexport:", err)
-		os.Exit(1)
-	}
-	os.Exit(code)
-}
-
-func run(m *testing.M) (int, error) {
-	binary = os.Getenv("RBD_NBD_GRAPH_BIN")
-	if binary == "" {
-		dir, err := os.MkdirTemp("", "rbd-nbd-graph-rbdexport-")
-		if err != nil {
-			return 0, err
-		}
-		defer os.RemoveAll(dir)
-		binary = filepath.Join(dir, "rbd-nbd-graph")
-		cmd := exec.Command("go", "build", "-tags", "pacific", "-o", binary, "github.com/rbd-nbd-graph/rbd-nbd-graph/cmd/rbd-nbd-graph")
-		cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
-		if err := cmd.Run(); err != nil {
-			return 0, fmt.Errorf("building rbd-nbd-graph: %w", err)
-		}
-	}
-	return m.Run(), nil
-}
-
-// skipOrFail skips, or fails under RBD_NBD_GRAPH_REQUIRE=1.
-func skipOrFail(t *testing.T, why string) {
-	t.Helper()
-	if os.Getenv("RBD_NBD_GRAPH_REQUIRE") == "1" {
-		t.Fatalf("%s (RBD_NBD_GRAPH_REQUIRE=1, so this fails instead of skipping)", why)
-	}
-	t.Skip(why)
-}
-
-func requireTool(t *testing.T, tool string) string {
-	t.Helper()
-	p, err := exec.LookPath(tool)
-	if err != nil {
-		skipOrFail(t, tool+" not installed (make deps installs it)")
-	}
-	return p
-}
-
-// cephConf is the test cluster's ceph.conf (CEPH_CONF).
-func cephConf(t *testing.T) string {
-	t.Helper()
-	conf := os.Getenv("CEPH_CONF")
-	if conf == "" {
-		skipOrFail(t, "no test cluster: set CEPH_CONF (test/ceph/cluster start DIR; eval \"$(test/ceph/cluster env DIR)\")")
-	}
-	return conf
-}
+func TestMain(m *testing.M) { testkit.Main(m) }
 
 func testContext(t *testing.T) context.Context {
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
@@ -87,7 +29,7 @@ func testContext(t *testing.T) context.Context {
 // cluster connects to pool rbd of the test cluster.
 func cluster(t *testing.T) *rbdio.Conn {
 	t.Helper()
-	c, err := rbdio.Connect(testContext(t), rbdio.Config{ConfFile: cephConf(t), ConnectTimeout: 20 * time.Second})
+	c, err := rbdio.Connect(testContext(t), rbdio.Config{ConfFile: testkit.CephConf(t), ConnectTimeout: 20 * time.Second})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -99,9 +41,7 @@ func cluster(t *testing.T) *rbdio.Conn {
 // snapshots) at cleanup.
 func newImage(t *testing.T, c *rbdio.Conn, size int64) string {
 	t.Helper()
-	var b [4]byte
-	rand.Read(b[:])
-	name := "rbdexport-" + strings.ReplaceAll(t.Name(), "/", "-") + "-" + hex.EncodeToString(b[:])
+	name := testkit.UniqueName(t, "rbdexport-")
 	ctx := testContext(t)
 	if err := c.CreateImage(ctx, name, rbdio.CreateOptions{Size: size}); err != nil {
 		t.Fatal(err)
@@ -157,8 +97,8 @@ func export(t *testing.T, args ...string) *exportProc {
 func startExport(t *testing.T, args ...string) (*exportProc, error) {
 	t.Helper()
 	sock := filepath.Join(t.TempDir(), "nbd.sock")
-	all := append([]string{"export", "--socket", sock, "--ceph-conf", cephConf(t)}, args...)
-	p := &exportProc{cmd: exec.Command(binary, all...), stderr: &bytes.Buffer{}, exited: make(chan error, 1)}
+	all := append([]string{"export", "--socket", sock, "--ceph-conf", testkit.CephConf(t)}, args...)
+	p := &exportProc{cmd: exec.Command(testkit.Binary(t), all...), stderr: &bytes.Buffer{}, exited: make(chan error, 1)}
 	p.cmd.Stderr = p.stderr
 	out, err := p.cmd.StdoutPipe()
 	if err != nil {
@@ -220,7 +160,7 @@ func runExportFailing(t *testing.T, args ...string) string {
 	defer cancel()
 	sock := filepath.Join(t.TempDir(), "nbd.sock")
 	all := append([]string{"export", "--socket", sock}, args...)
-	out, err := exec.CommandContext(ctx, binary, all...).CombinedOutput()
+	out, err := exec.CommandContext(ctx, testkit.Binary(t), all...).CombinedOutput()
 	var exit *exec.ExitError
 	if !errors.As(err, &exit) || exit.ExitCode() != 1 {
 		t.Fatalf("export %v: %v (want exit status 1)\n%s", args, err, out)
@@ -239,33 +179,11 @@ func runTool(t *testing.T, name string, args ...string) string {
 	return out
 }
 
+// tool is runTool for a command that may fail; it runs in a temporary
+// folder (fio leaves verify state files behind).
 func tool(t *testing.T, name string, args ...string) (string, error) {
 	t.Helper()
-	path := requireTool(t, name)
-	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
-	defer cancel()
-	cmd := exec.CommandContext(ctx, path, args...)
-	cmd.Dir = t.TempDir() // fio leaves verify state files behind
-	out, err := cmd.CombinedOutput()
-	return string(out), err
-}
-
-// randomFile writes size seeded random bytes to a new file.
-func randomFile(t *testing.T, size int, seed uint64) (string, []byte) {
-	t.Helper()
-	data := make([]byte, size)
-	rng := mrand.New(mrand.NewPCG(seed, seed^0x9e3779b97f4a7c15))
-	for i := 0; i+8 <= len(data); i += 8 {
-		v := rng.Uint64()
-		for j := range 8 {
-			data[i+j] = byte(v >> (8 * j))
-		}
-	}
-	p := filepath.Join(t.TempDir(), fmt.Sprintf("random-%d.bin", seed))
-	if err := os.WriteFile(p, data, 0o600); err != nil {
-		t.Fatal(err)
-	}
-	return p, data
+	return testkit.RunIn(t, t.TempDir(), 3*time.Minute, testkit.Tool(t, name), args...)
 }
 
 // firstDiff is the offset of the first differing byte, or -1.
@@ -288,7 +206,7 @@ func firstDiff(a, b []byte) int {
 // virtualenvs): use Debian's interpreter when there is one.
 func nbdsh(t *testing.T, uri, script string) string {
 	t.Helper()
-	sh := requireTool(t, "nbdsh")
+	sh := testkit.Tool(t, "nbdsh")
 	if _, err := os.Stat("/usr/bin/python3"); err == nil {
 		return runTool(t, "/usr/bin/python3", "-m", "nbd", "-u", uri, "-c", script)
 	}

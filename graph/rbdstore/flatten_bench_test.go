@@ -1,4 +1,4 @@
-package main
+package rbdstore
 
 import (
 	"context"
@@ -25,12 +25,12 @@ import (
 //	BenchmarkChainOpen/depth=N     opening the top of such a chain (librbd
 //	                               opens every parent too): part of each Get
 //
-// go test -tags pacific -run '^$' -bench 'Flatten|Chain' ./cmd/rbd-nbd-graph
+// go test -tags pacific -run '^$' -bench 'Flatten|Chain' ./graph/rbdstore
 
 const benchData = 64 << 20
 
 type benchChain struct {
-	store  *rbdStore
+	store  *Store
 	prefix string
 	images []string // bottom first
 }
@@ -49,14 +49,14 @@ func newBenchChain(b *testing.B, depth int) *benchChain {
 	b.Cleanup(func() { conn.Close() })
 	var r [4]byte
 	rand.Read(r[:])
-	c := &benchChain{store: &rbdStore{conn: conn, pool: "rbd"}, prefix: "flatbench-" + hex.EncodeToString(r[:]) + "-"}
+	c := &benchChain{store: New(conn, Config{Pool: "rbd"}), prefix: "flatbench-" + hex.EncodeToString(r[:]) + "-"}
 	b.Cleanup(c.removeAll)
 	base := c.prefix + "0"
 	if err := c.store.CreateImage(ctx, base, 1<<30); err != nil {
 		b.Fatal(err)
 	}
 	c.images = append(c.images, base)
-	be, closeImg, err := c.store.openImage(ctx, graph.ImageRef{Image: base}, false)
+	be, closeImg, err := c.store.OpenImage(ctx, graph.ImageRef{Image: base}, false)
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -132,7 +132,7 @@ func BenchmarkChainRead(b *testing.B) {
 		b.Run(fmt.Sprintf("depth=%d", depth), func(b *testing.B) {
 			c := newBenchChain(b, depth)
 			top := c.images[len(c.images)-1]
-			be, closeImg, err := c.store.openImage(context.Background(), graph.ImageRef{Image: top}, true)
+			be, closeImg, err := c.store.OpenImage(context.Background(), graph.ImageRef{Image: top}, true)
 			if err != nil {
 				b.Fatal(err)
 			}
@@ -158,7 +158,7 @@ func BenchmarkChainOpen(b *testing.B) {
 			top := c.images[len(c.images)-1]
 			ctx := context.Background()
 			for b.Loop() {
-				_, closeImg, err := c.store.openImage(ctx, graph.ImageRef{Image: top}, false)
+				_, closeImg, err := c.store.OpenImage(ctx, graph.ImageRef{Image: top}, false)
 				if err != nil {
 					b.Fatal(err)
 				}

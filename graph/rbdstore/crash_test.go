@@ -1,4 +1,4 @@
-package main
+package rbdstore
 
 import (
 	"context"
@@ -37,7 +37,7 @@ func TestRBDStoreCrashChild(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	store := &rbdStore{conn: conn, pool: "rbd", crash: graph.CrashAtFromEnv()}
+	store := New(conn, Config{Pool: "rbd", Crash: graph.CrashAtFromEnv()})
 	if op == "create" {
 		err = store.CreateSnapshot(ctx, image, snapForCrash)
 	} else {
@@ -62,7 +62,7 @@ func TestRBDStoreCrashWindows(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { conn.Close() })
-	store := &rbdStore{conn: conn, pool: "rbd"}
+	store := New(conn, Config{Pool: "rbd"})
 	for _, tc := range []struct{ op, step string }{
 		{"create", graph.StepSnapshotCreated},
 		{"create", graph.StepSnapshotProtected},
