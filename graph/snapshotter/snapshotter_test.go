@@ -15,6 +15,7 @@ import (
 	"github.com/rbd-nbd-graph/rbd-nbd-graph/graph"
 	"github.com/rbd-nbd-graph/rbd-nbd-graph/graph/graphtest"
 	"github.com/rbd-nbd-graph/rbd-nbd-graph/graph/snapshotter"
+	"github.com/rbd-nbd-graph/rbd-nbd-graph/internal/testkit"
 	"golang.org/x/sys/unix"
 )
 
@@ -441,7 +442,7 @@ func TestCleanupRemovesOrphans(t *testing.T) {
 // shares its parent's filesystem UUID: two views of one layer mounted at
 // once fail without it.
 func TestXFSMountOptions(t *testing.T) {
-	graphtest.RequireTools(t, "mkfs.xfs", "xfs_growfs")
+	testkit.RequireTools(t, "mkfs.xfs", "xfs_growfs")
 	e := newEnvFS(t, "xfs")
 	ctx := context.Background()
 	ms, err := e.sn.Prepare(ctx, "a", "")

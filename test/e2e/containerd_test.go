@@ -18,6 +18,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/rbd-nbd-graph/rbd-nbd-graph/internal/testkit"
 )
 
 // ctrEnv is one `rbd-nbd-graph snapshotter` and one containerd with a
@@ -43,12 +45,12 @@ const ctrNamespace = "e2e"
 
 func newCtrEnv(t *testing.T) *ctrEnv {
 	t.Helper()
-	needKernelNBD(t)
+	testkit.RequireKernelNBD(t)
 	needCeph(t)
-	needTools(t, "containerd", "ctr", "runc", "mkfs.ext4")
+	testkit.RequireTools(t, "containerd", "ctr", "runc", "mkfs.ext4")
 	_, err := os.Stat("/bin/busybox")
-	need(t, err == nil, "needs /bin/busybox (package busybox-static) for the test image")
-	e := &ctrEnv{t: t, dir: dkWorkDir(t), prefix: dkPrefix(t), name: "rbd-nbd"}
+	testkit.Require(t, err == nil, "needs /bin/busybox (package busybox-static) for the test image")
+	e := &ctrEnv{t: t, dir: workDir(t), prefix: dkPrefix(t), name: "rbd-nbd"}
 	e.sock = filepath.Join(e.dir, "snapshotter.sock")
 	t.Cleanup(func() {
 		if e.ctrd != nil {
@@ -88,7 +90,7 @@ func (e *ctrEnv) startSnapshotter(extra ...string) {
 		e.t.Fatal(err)
 	}
 	defer logf.Close()
-	cmd := exec.Command(dkBin(e.t), args...)
+	cmd := exec.Command(testkit.Binary(e.t), args...)
 	cmd.Stdout, cmd.Stderr = logf, logf
 	cmd.Env = append(os.Environ(), "RBD_NBD_GRAPH_LOG=debug")
 	start := time.Now()
@@ -99,7 +101,7 @@ func (e *ctrEnv) startSnapshotter(extra ...string) {
 	go func() { e.snDone <- cmd.Wait() }()
 	// The socket appears before the driver is ready (it listens first),
 	// so wait for a call to succeed: the ready line in its log.
-	dkEventually(e.t, 3*time.Minute, "the snapshotter to be ready", func() bool {
+	testkit.Eventually(e.t, 3*time.Minute, "the snapshotter to be ready", func() bool {
 		select {
 		case err := <-e.snDone:
 			e.sn = nil
@@ -171,14 +173,14 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
 	}
 	e.ctrd, e.ctrdCh = cmd, make(chan error, 1)
 	go func() { e.ctrdCh <- cmd.Wait() }()
-	dkEventually(e.t, 5*time.Minute, "containerd to answer", func() bool {
+	testkit.Eventually(e.t, 5*time.Minute, "containerd to answer", func() bool {
 		select {
 		case err := <-e.ctrdCh:
 			e.ctrd = nil
 			e.t.Fatalf("containerd exited at start: %v", err)
 		default:
 		}
-		_, err := dkRun(e.t, time.Minute, "ctr", "--address", e.ctrdSock(), "version")
+		_, err := testkit.Run(e.t, time.Minute, "ctr", "--address", e.ctrdSock(), "version")
 		return err == nil
 	})
 	e.t.Logf("containerd up in %.1fs", time.Since(start).Seconds())
@@ -201,7 +203,7 @@ func (e *ctrEnv) ctrdSock() string { return filepath.Join(e.dir, "containerd.soc
 func (e *ctrEnv) ctr(timeout time.Duration, args ...string) (string, error) {
 	e.t.Helper()
 	start := time.Now()
-	out, err := dkRun(e.t, timeout, "ctr", append([]string{"--address", e.ctrdSock(), "--namespace", ctrNamespace}, args...)...)
+	out, err := testkit.Run(e.t, timeout, "ctr", append([]string{"--address", e.ctrdSock(), "--namespace", ctrNamespace}, args...)...)
 	e.t.Logf("$ ctr %s  (%.1fs)", strings.Join(args, " "), time.Since(start).Seconds())
 	return out, err
 }
@@ -232,7 +234,7 @@ func (e *ctrEnv) snapshots() map[string]string {
 // rbdImagesWithPrefix lists the images of pool rbd starting with prefix.
 func rbdImagesWithPrefix(t testing.TB, prefix string) []string {
 	t.Helper()
-	out := dkMust(t, time.Minute, "rbd", "ls", "-p", "rbd")
+	out := testkit.Must(t, time.Minute, "rbd", "ls", "-p", "rbd")
 	var mine []string
 	for _, im := range strings.Fields(out) {
 		if strings.HasPrefix(im, prefix) {
@@ -253,9 +255,9 @@ func removeRBDImages(t testing.TB, prefix string) {
 		}
 		for _, im := range left {
 			spec := "rbd/" + im
-			dkRun(t, time.Minute, "rbd", "snap", "unprotect", spec+"@layer")
-			dkRun(t, time.Minute, "rbd", "snap", "purge", "--no-progress", spec)
-			dkRun(t, time.Minute, "rbd", "rm", "--no-progress", spec)
+			testkit.Run(t, time.Minute, "rbd", "snap", "unprotect", spec+"@layer")
+			testkit.Run(t, time.Minute, "rbd", "snap", "purge", "--no-progress", spec)
+			testkit.Run(t, time.Minute, "rbd", "rm", "--no-progress", spec)
 		}
 	}
 	t.Errorf("images left in the pool: %v", rbdImagesWithPrefix(t, prefix))
@@ -411,9 +413,9 @@ func TestContainerdSnapshotter(t *testing.T) {
 	if !strings.Contains(mounts, "/dev/nbd") || !strings.Contains(mounts, "ext4") || !strings.Contains(mounts, "ro") {
 		t.Fatalf("ctr snapshots mounts = %q, want a read-only ext4 mount of /dev/nbdN", mounts)
 	}
-	dkMust(t, time.Minute, "sh", "-c", mounts)
+	testkit.Must(t, time.Minute, "sh", "-c", mounts)
 	b, err := os.ReadFile(filepath.Join(target, "data"))
-	dkRun(t, time.Minute, "umount", target)
+	testkit.Run(t, time.Minute, "umount", target)
 	if err != nil || string(b) != "written-by-writer\n" {
 		t.Fatalf("the view of the committed container snapshot reads %q, %v", b, err)
 	}
@@ -448,11 +450,11 @@ func TestContainerdSnapshotter(t *testing.T) {
 	// A restart of the snapshotter under a running container.
 	e.mustCtr("run", "-d", "--snapshotter", e.name, ref, "live", "sh", "-c",
 		"i=0; while true; do echo $i >> /log; i=$((i+1)); sync; sleep 0.2; done")
-	dkEventually(t, 2*time.Minute, "the live container to write", func() bool {
+	testkit.Eventually(t, 2*time.Minute, "the live container to write", func() bool {
 		out, err := e.ctr(time.Minute, "task", "exec", "--exec-id", "c0", "live", "cat", "/log")
 		return err == nil && strings.Count(out, "\n") >= 3
 	})
-	dmesgBefore, _ := dkRun(t, time.Minute, "dmesg")
+	dmesgBefore, _ := testkit.Run(t, time.Minute, "dmesg")
 	e.stopSnapshotter(syscall.SIGTERM)
 	time.Sleep(3 * time.Second) // the container keeps writing meanwhile
 	e.startSnapshotter()
@@ -467,12 +469,12 @@ func TestContainerdSnapshotter(t *testing.T) {
 	if len(lines) < 20 {
 		t.Fatalf("the live container wrote only %d lines across the restart", len(lines))
 	}
-	dmesg, _ := dkRun(t, time.Minute, "dmesg")
+	dmesg, _ := testkit.Run(t, time.Minute, "dmesg")
 	if fresh := dmesg[min(len(dmesg), len(dmesgBefore)):]; strings.Contains(fresh, "I/O error") {
 		t.Fatalf("IO errors across the restart:\n%s", tail([]byte(fresh), 3000))
 	}
 	e.mustCtr("task", "kill", "-s", "SIGKILL", "live")
-	dkEventually(t, 2*time.Minute, "the live task to stop", func() bool {
+	testkit.Eventually(t, 2*time.Minute, "the live task to stop", func() bool {
 		out, _ := e.ctr(time.Minute, "task", "ls")
 		return !strings.Contains(out, "RUNNING")
 	})
@@ -483,7 +485,7 @@ func TestContainerdSnapshotter(t *testing.T) {
 	// Removing the image frees every layer (containerd's GC removes the
 	// snapshots through the proxy): only the base image stays.
 	e.mustCtr("images", "rm", "--sync", ref)
-	dkEventually(t, 3*time.Minute, "containerd's GC to remove our snapshots", func() bool {
+	testkit.Eventually(t, 3*time.Minute, "containerd's GC to remove our snapshots", func() bool {
 		return len(e.snapshots()) == 0
 	})
 	if left := rbdImagesWithPrefix(t, e.prefix); len(left) != 1 || !strings.HasSuffix(left[0], "base") {
