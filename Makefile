@@ -22,7 +22,7 @@ DEBS := gcc pkg-config librbd-dev librados-dev \
 	libnbd-bin nbdkit fio qemu-utils qemu-block-extra \
 	qemu-system-x86 busybox-static cpio kmod \
 	docker.io iproute2 e2fsprogs xfsprogs util-linux procps jq librsvg2-bin \
-	python3-libnbd golang-go
+	python3-libnbd golang-go systemd
 
 .PHONY: all build deps test test-dist test-vm-clone test-unit test-fuzz test-clients test-integration check bench demo demo-containerd cluster cluster-stop vmtest soak bench-vm bench-vm-crosscheck clean
 
@@ -102,7 +102,10 @@ test-integration: deps build
 # by skipping.
 test test-dist test-unit test-clients test-integration vmtest: export RBD_NBD_GRAPH_REQUIRE := 1
 
+# check also verifies the systemd units (test/dist/units-test.sh:
+# systemd-analyze verify, Type=notify, ordering, stop timeouts).
 check:
+	test/dist/units-test.sh
 	@test -z "$$(gofmt -l $$(git ls-files '*.go'))" || { gofmt -l $$(git ls-files '*.go'); echo "gofmt: files above need formatting"; exit 1; }
 	$(GO) vet $(GOFLAGS_BUILD) ./...
 	@mkdir -p $(BUILD)/bin

@@ -9,6 +9,9 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/rbd-nbd-graph/rbd-nbd-graph/graph"
+	"github.com/rbd-nbd-graph/rbd-nbd-graph/graph/nbdattach"
+	"github.com/rbd-nbd-graph/rbd-nbd-graph/graph/rbdstore"
 	"github.com/rbd-nbd-graph/rbd-nbd-graph/nbd"
 	"github.com/rbd-nbd-graph/rbd-nbd-graph/rbdio"
 )
@@ -38,19 +41,35 @@ func readmeOptions(t *testing.T) []readmeOption {
 
 var backticked = regexp.MustCompile("`([^`]*)`")
 
+// driverOptions are the option sets of serve's driver: the layers',
+// the RBD store's and the NBD attacher's, at their defaults.
+type driverOptions struct {
+	layer  graph.Options
+	store  rbdstore.Options
+	attach nbdattach.Options
+}
+
+func defaultDriverOptions() *driverOptions {
+	return &driverOptions{graph.DefaultOptions(), rbdstore.DefaultOptions(), nbdattach.DefaultOptions()}
+}
+
+func (d *driverOptions) sets() []graph.OptionSet {
+	return []graph.OptionSet{&d.layer, &d.store, &d.attach}
+}
+
 // effective resolves the zero values other packages give a meaning to,
 // so that the table's defaults compare with what actually happens.
-func effective(o backendOptions) backendOptions {
-	if o.nbd.Connections == 0 {
-		o.nbd.Connections = 1 // nbd.AttachOptions: 0 or less means one
+func (d driverOptions) effective() driverOptions {
+	if d.attach.Connections == 0 {
+		d.attach.Connections = 1 // nbd.AttachOptions: 0 or less means one
 	}
-	if o.nbd.QueueDepth == 0 {
-		o.nbd.QueueDepth = nbd.DefaultQueueDepth
+	if d.attach.QueueDepth == 0 {
+		d.attach.QueueDepth = nbd.DefaultQueueDepth
 	}
-	if o.store.ConnectTimeout == 0 {
-		o.store.ConnectTimeout = rbdio.DefaultConnectTimeout
+	if d.store.ConnectTimeout == 0 {
+		d.store.ConnectTimeout = rbdio.DefaultConnectTimeout
 	}
-	return o
+	return d
 }
 
 // TestREADMEOptionsTable keeps README's options table true: the same keys
@@ -62,10 +81,10 @@ func TestREADMEOptionsTable(t *testing.T) {
 		keys = append(keys, r.key)
 	}
 	slices.Sort(keys)
-	if want := backendOptionKeys(); !slices.Equal(keys, want) {
+	if want := graph.OptionKeys(defaultDriverOptions().sets()...); !slices.Equal(keys, want) {
 		t.Errorf("README options table has keys\n%q\nthe code has\n%q", keys, want)
 	}
-	defaults := effective(defaultBackendOptions())
+	defaults := defaultDriverOptions().effective()
 	for _, r := range rows {
 		if r.key == "rbd.imageprefix" {
 			continue // a digest of the host and home: see TestDefaultPrefix in graph
@@ -76,12 +95,12 @@ func TestREADMEOptionsTable(t *testing.T) {
 		if m := backticked.FindStringSubmatch(r.def); m != nil {
 			val = m[1]
 		}
-		o, err := parseBackendOptions([]string{r.key + "=" + val})
-		if err != nil {
+		o := defaultDriverOptions()
+		if err := graph.ParseOptionSets([]string{r.key + "=" + val}, o.sets()...); err != nil {
 			t.Errorf("README default of %s (%q): %v", r.key, val, err)
 			continue
 		}
-		if got := effective(o); !reflect.DeepEqual(got, defaults) {
+		if got := o.effective(); !reflect.DeepEqual(got, defaults) {
 			t.Errorf("README says %s defaults to %q, but setting it changes the options:\n%+v\nfrom the defaults\n%+v", r.key, val, got, defaults)
 		}
 	}
@@ -90,12 +109,14 @@ func TestREADMEOptionsTable(t *testing.T) {
 // TestREADMECachePolicy: the table's rbd.cachepolicy row and serve's
 // help name every policy the code takes, and the same default.
 func TestREADMECachePolicy(t *testing.T) {
-	var policies []string
-	for _, p := range rbdio.CachePolicies() {
-		policies = append(policies, string(p))
+	policies := []string{string(rbdio.CacheNone), string(rbdio.CacheWritethrough), string(rbdio.CacheWriteback), string(rbdio.CacheWritearound)}
+	for _, p := range policies {
+		if _, err := rbdio.ParseCachePolicy(p); err != nil {
+			t.Fatalf("rbdio does not take its own policy %q: %v", p, err)
+		}
 	}
-	if def := defaultBackendOptions().store.CachePolicy; string(def) != policies[0] {
-		t.Fatalf("rbdio.CachePolicies()[0] = %q is not the default %q", policies[0], def)
+	if def := string(rbdstore.DefaultOptions().CachePolicy); def != policies[0] {
+		t.Fatalf("the default cache policy is %q, not %q", def, policies[0])
 	}
 	var row *readmeOption
 	for _, r := range readmeOptions(t) {
@@ -124,7 +145,7 @@ func TestREADMECachePolicy(t *testing.T) {
 		t.Fatalf("serve -h: exit %d: %s", code, errb)
 	}
 	help := errb.String()
-	for _, k := range backendOptionKeys() {
+	for _, k := range graph.OptionKeys(defaultDriverOptions().sets()...) {
 		if !strings.Contains(help, k) {
 			t.Errorf("serve -h does not list option %s", k)
 		}
