@@ -18,7 +18,7 @@ DEBS := gcc pkg-config librbd-dev librados-dev \
 	libnbd-bin nbdkit fio qemu-utils qemu-block-extra \
 	qemu-system-x86 busybox-static cpio kmod \
 	docker.io iproute2 e2fsprogs xfsprogs util-linux procps jq librsvg2-bin \
-	python3-libnbd
+	python3-libnbd docker-registry
 
 .PHONY: all build deps test test-unit test-fuzz test-clients test-integration check bench demo demo-containerd cluster cluster-stop vmtest soak bench-vm bench-vm-crosscheck clean
 
