@@ -35,7 +35,8 @@
 // state machine), recover.go (start-up adoption), flatten.go (background
 // flattening), options.go (the option vocabulary), naming.go (IDs, image
 // names, metadata keys), store.go, attach.go and fs.go (the boundaries),
-// status.go (docker info).
+// status.go (docker info), block.go (devices for a front end that mounts
+// them itself) and shared.go (layers published under cluster-wide names).
 //
 // This package has no cgo.
 package graph
