@@ -25,4 +25,8 @@
 //     into gRPC codes.
 //   - Release hands attached devices over to the next process (a restart
 //     under running containers); graph.New adopts them.
+//   - With Config.SharedPrefix, committed layers carrying a chain ID are
+//     published cluster-wide under it and found again by other hosts
+//     (remote snapshots, remote.go: atomic publish by rename, per-host
+//     uses recorded on the shared image, one wins on a concurrent commit).
 package snapshotter

@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/rbd-nbd-graph/rbd-nbd-graph/internal/testkit"
 	"github.com/rbd-nbd-graph/rbd-nbd-graph/rbdio"
 )
 
@@ -20,9 +21,9 @@ import (
 // test's cleanup purges it.
 func ownCluster(t *testing.T) (script, dir, conf string) {
 	t.Helper()
-	cephConf(t) // the same precondition as the other Ceph tests
+	testkit.CephConf(t) // the same precondition as the other Ceph tests
 	for _, tool := range []string{"ceph-mon", "ceph-osd", "ceph", "rbd"} {
-		requireTool(t, tool)
+		testkit.Tool(t, tool)
 	}
 	script, err := filepath.Abs(filepath.Join("..", "ceph", "cluster"))
 	if err != nil {
@@ -64,7 +65,7 @@ func clusterCmd(t *testing.T, script, cmd, dir string) time.Duration {
 // time while it is away and works once it is back, the data is intact
 // and SIGTERM still ends the export.
 func TestMonitorLostMidRun(t *testing.T) {
-	requireTool(t, "nbdsh")
+	testkit.Tool(t, "nbdsh")
 	script, dir, conf := ownCluster(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
