@@ -4,7 +4,7 @@ import "context"
 
 // Attacher makes images visible to the kernel as block devices. In
 // production it opens the image with rbdio and serves it through package
-// nbd (cmd wires it); graphtest.LoopAttacher uses loop devices over
+// nbd (graph/nbdattach); graphtest.LoopAttacher uses loop devices over
 // graphtest.FileStore files for tests on hosts without NBD.
 type Attacher interface {
 	// Attach opens the image (or the snapshot, read-only) and returns

@@ -25,16 +25,22 @@
 //     changed only by transition. New finishes or undoes what a crash
 //     interrupted and adopts devices still mounted from an earlier run.
 //
-// The boundaries are small interfaces: ImageStore (cmd adapts rbdio's
-// connection; graphtest.FileStore for tests), Attacher (cmd serves rbdio
-// images through package nbd; graphtest.LoopAttacher for tests) and
-// Filesystem (NewFilesystem: mkfs, mount(2), online grow, freeze).
+// The boundaries are small interfaces: ImageStore (graph/rbdstore on an
+// RBD pool; graphtest.FileStore for tests), Attacher (graph/nbdattach
+// serves images through package nbd; graphtest.LoopAttacher for tests)
+// and Filesystem (NewFilesystem: mkfs, mount(2), online grow, freeze).
+// This package imports neither adapter.
 //
-// Files: driver.go (Driver, New, Create, Get, Put, Remove), state.go (the
-// state machine), recover.go (start-up adoption), flatten.go (background
-// flattening), options.go (the option vocabulary), naming.go (IDs, image
-// names, metadata keys), store.go, attach.go and fs.go (the boundaries),
-// status.go (docker info).
+// Files: driver.go (Driver, Config), startup.go (New), layers.go
+// (Create, Remove), mount.go (Get, Put), shutdown.go (Close, Release),
+// undo.go (the undo stack), state.go (the state machine), recover.go
+// (start-up adoption), flatten.go (background flattening), options.go
+// (the layer options, and OptionSet: how a front end parses them with
+// the store's and the attacher's), naming.go (IDs, image names, metadata
+// keys), store.go, attach.go and fs.go (the boundaries), status.go
+// (docker info), space.go (a full pool, for Status and the log),
+// block.go (devices for a front end that mounts them itself) and
+// shared.go (layers published under cluster-wide names).
 //
 // This package has no cgo.
 package graph

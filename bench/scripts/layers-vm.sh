@@ -36,7 +36,7 @@ while [ $# -gt 0 ]; do
 done
 vm_host_out
 testbin=$repo/.build/e2e-bench.test
-(cd "$repo" && CGO_ENABLED=1 go test -c -tags 'pacific vmtest' -o "$testbin" ./test/e2e)
+(cd "$repo" && CGO_ENABLED=1 "${GO:-go}" test -c -tags 'pacific vmtest' -o "$testbin" ./test/e2e)
 vm_host_run "${LAYERS_VM_TIMEOUT:-1800}" layers-vm-guest.sh --env LAYERS_TEST_BIN="$testbin" --env LAYERS_COUNT="$count"
 if [ ! -s "$out/vm/bench.txt" ]; then
 	vm_host_no_results 40

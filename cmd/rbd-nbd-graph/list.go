@@ -5,9 +5,9 @@ import (
 	"encoding/json"
 	"flag"
 	"fmt"
-	"strings"
 	"text/tabwriter"
 
+	"github.com/rbd-nbd-graph/rbd-nbd-graph/graph/nbdattach"
 	"github.com/rbd-nbd-graph/rbd-nbd-graph/nbd"
 )
 
@@ -50,17 +50,17 @@ func runList(ctx context.Context, env *environment, args []string) error {
 	}
 	out := []mapping{}
 	for _, d := range devs {
-		ours := strings.HasPrefix(d.BackendID, backendPrefix)
+		id, ours := nbdattach.ParseBackendID(d.BackendID)
 		if !*all && !(d.Connected && ours) {
 			continue
 		}
-		m := mapping{Device: d.Path, Index: d.Index, PID: serverPID(d), Size: d.Size, ReadOnly: d.ReadOnly,
+		m := mapping{Device: d.Path, Index: d.Index, PID: nbdattach.ServerPID(d), Size: d.Size, ReadOnly: d.ReadOnly,
 			Connected: d.Connected, BackendID: d.BackendID}
-		if st, ok := readConnState(d.Index); ok {
+		if st, ok := nbdattach.ReadConnState(d.Index); ok {
 			m.Connections, m.ConnectionsLive, m.ConnectionsReplaced = st.Configured, st.Live, st.Replaced
 		}
 		if ours {
-			m.Target = strings.TrimPrefix(d.BackendID, backendPrefix)
+			m.Target = id.Target
 		}
 		out = append(out, m)
 	}

@@ -15,13 +15,9 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/rbd-nbd-graph/rbd-nbd-graph/graph/nbdattach"
 	"github.com/rbd-nbd-graph/rbd-nbd-graph/nbd"
 )
-
-// backendPrefix starts the NBD_ATTR_BACKEND_IDENTIFIER of every device
-// mapped by this command, so list, unmap TARGET and --reattach can tell
-// our devices (and their targets) apart from other NBD users'.
-const backendPrefix = "rbd-nbd-graph:"
 
 // mapFlags are map's (and attach's) command line.
 type mapFlags struct {
@@ -146,7 +142,9 @@ func daemonize(ctx context.Context, env *environment, name string, args []string
 		return err
 	}
 	defer readR.Close()
-	cmd := exec.Command(self, append([]string{name, "--foreground", "--ready-fd=3"}, args...)...)
+	// The log flags were taken out of args (run): hand them on.
+	childArgs := append([]string{name, "--foreground", "--ready-fd=3"}, env.logArgs...)
+	cmd := exec.Command(self, append(childArgs, args...)...)
 	cmd.Stdin = nil
 	cmd.Stdout = logOut
 	cmd.Stderr = logOut
@@ -272,10 +270,10 @@ func serveMapped(ctx context.Context, env *environment, f *mapFlags, target stri
 	}
 	// The kernel's sysfs pid names the process that sent CONNECT, which
 	// after a reattach is dead; record who serves the device now.
-	if perr := writeServerPID(dev.Index()); perr != nil {
+	if perr := nbdattach.WriteServerPID(dev.Index()); perr != nil {
 		env.log.Warn("cannot record the serving pid", "err", perr)
 	}
-	defer removeServerPID(dev.Index())
+	defer nbdattach.RemoveServerPID(dev.Index())
 	if ready != nil {
 		fmt.Fprintf(ready, "ready %s\n", dev.Path())
 		ready.Close()
@@ -285,7 +283,7 @@ func serveMapped(ctx context.Context, env *environment, f *mapFlags, target stri
 	} else {
 		fmt.Fprintln(env.stdout, dev.Path())
 	}
-	stopState := followConnections(dev, env.log)
+	stopState := nbdattach.FollowConnections(dev, env.log)
 	defer stopState()
 	// Serve until the device ends (an unmap from another process
 	// disconnects it) or a signal comes: then hand the device over to
@@ -315,30 +313,17 @@ func serveMapped(ctx context.Context, env *environment, f *mapFlags, target stri
 
 // backendID is the identifier recorded in the kernel for target.
 func backendID(target string) (string, error) {
-	norm, err := normalizeTarget(target)
-	if err != nil {
-		return "", err
+	id, err := nbdattach.TargetID(target)
+	if errors.Is(err, nbdattach.ErrEmptyTarget) {
+		return "", fmt.Errorf("%w: %v", errUsage, err)
 	}
-	return backendPrefix + norm, nil
+	return id, err
 }
 
-// normalizeTarget spells a target the same way however it was typed: a
-// bare POOL/IMAGE is rbd:POOL/IMAGE and file paths are absolute.
-func normalizeTarget(target string) (string, error) {
-	switch {
-	case target == "":
-		return "", fmt.Errorf("%w: empty TARGET", errUsage)
-	case strings.HasPrefix(target, "mem:"), strings.HasPrefix(target, "rbd:"):
-		return target, nil
-	case strings.HasPrefix(target, "file:"):
-		abs, err := filepath.Abs(strings.TrimPrefix(target, "file:"))
-		if err != nil {
-			return "", err
-		}
-		return "file:" + abs, nil
-	default:
-		return "rbd:" + target, nil
-	}
+// targetOf is what an identifier of ours names, for messages.
+func targetOf(id string) string {
+	b, _ := nbdattach.ParseBackendID(id)
+	return b.Target
 }
 
 // findMapped returns the index of the one connected device mapped to id.
@@ -349,7 +334,7 @@ func findMapped(ctx context.Context, id string) (int, error) {
 	}
 	switch len(devs) {
 	case 0:
-		return -1, fmt.Errorf("no connected NBD device is mapped to %s: nothing to reattach (map it instead)", strings.TrimPrefix(id, backendPrefix))
+		return -1, fmt.Errorf("no connected NBD device is mapped to %s: nothing to reattach (map it instead)", targetOf(id))
 	case 1:
 		return devs[0].Index, nil
 	}
@@ -357,7 +342,7 @@ func findMapped(ctx context.Context, id string) (int, error) {
 	for _, d := range devs {
 		paths = append(paths, d.Path)
 	}
-	return -1, fmt.Errorf("%s is mapped on several devices (%s): name one with --device", strings.TrimPrefix(id, backendPrefix), strings.Join(paths, ", "))
+	return -1, fmt.Errorf("%s is mapped on several devices (%s): name one with --device", targetOf(id), strings.Join(paths, ", "))
 }
 
 // refuseDoubleMap stops a second read-write mapping of the same target,
@@ -368,7 +353,7 @@ func refuseDoubleMap(ctx context.Context, id string) error {
 		return nil // no module loaded yet, or no such device: fine
 	}
 	return fmt.Errorf("%s is already mapped on %s (use that device, 'map --reattach' if its server died, or unmap it first)",
-		strings.TrimPrefix(id, backendPrefix), devs[0].Path)
+		targetOf(id), devs[0].Path)
 }
 
 // deviceIndex parses /dev/nbdN (or nbdN).
@@ -383,50 +368,4 @@ func deviceIndex(dev string) (int, error) {
 		return -1, fmt.Errorf("%q is not an NBD device (want /dev/nbdN)", dev)
 	}
 	return i, nil
-}
-
-// serverPIDDir holds nbdN.pid for each device a map process serves.
-const serverPIDDir = "/run/rbd-nbd-graph"
-
-func serverPIDFile(index int) string {
-	return filepath.Join(serverPIDDir, fmt.Sprintf("nbd%d.pid", index))
-}
-
-func writeServerPID(index int) error {
-	if err := os.MkdirAll(serverPIDDir, 0o755); err != nil {
-		return err
-	}
-	return os.WriteFile(serverPIDFile(index), []byte(strconv.Itoa(os.Getpid())+"\n"), 0o644)
-}
-
-func removeServerPID(index int) {
-	// Only our own record: a reattached server may have replaced it.
-	if readServerPID(index) == os.Getpid() {
-		os.Remove(serverPIDFile(index))
-	}
-}
-
-// readServerPID is the recorded server of device index, or 0.
-func readServerPID(index int) int {
-	b, err := os.ReadFile(serverPIDFile(index))
-	if err != nil {
-		return 0
-	}
-	pid, err := strconv.Atoi(strings.TrimSpace(string(b)))
-	if err != nil {
-		return 0
-	}
-	return pid
-}
-
-// serverPID is the live process serving device index: the recorded one,
-// else the one the kernel names, else 0.
-func serverPID(st nbd.DeviceStatus) int {
-	if pid := readServerPID(st.Index); pid > 0 && running(pid) {
-		return pid
-	}
-	if st.PID > 0 && running(st.PID) {
-		return st.PID
-	}
-	return 0
 }

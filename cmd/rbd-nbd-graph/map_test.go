@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"io"
 	"log/slog"
 	"os"
@@ -11,7 +12,7 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/rbd-nbd-graph/rbd-nbd-graph/graph"
+	"github.com/rbd-nbd-graph/rbd-nbd-graph/internal/testkit"
 )
 
 func testEnv() (*environment, *bytes.Buffer, *bytes.Buffer) {
@@ -19,27 +20,18 @@ func testEnv() (*environment, *bytes.Buffer, *bytes.Buffer) {
 	return &environment{stdout: &out, stderr: &errb, log: slog.New(slog.NewTextHandler(io.Discard, nil))}, &out, &errb
 }
 
-func TestNormalizeTarget(t *testing.T) {
-	cwd, _ := os.Getwd()
-	for _, c := range []struct{ in, want string }{
-		{"rbd/img", "rbd:rbd/img"},
-		{"rbd:rbd/img@snap", "rbd:rbd/img@snap"},
-		{"pool/img@s1", "rbd:pool/img@s1"},
-		{"mem:64M", "mem:64M"},
-		{"file:disk.img", "file:" + filepath.Join(cwd, "disk.img")},
-		{"file:/abs/disk", "file:/abs/disk"},
-	} {
-		got, err := normalizeTarget(c.in)
-		if err != nil || got != c.want {
-			t.Errorf("normalizeTarget(%q) = %q, %v; want %q", c.in, got, err, c.want)
-		}
+// map's identifier is the one codec's (nbdattach, whose round-trip
+// test covers the spellings); an empty target is a usage error.
+func TestBackendID(t *testing.T) {
+	id, err := backendID("rbd/img")
+	if err != nil || id != "rbd-nbd-graph:rbd:rbd/img" {
+		t.Errorf("backendID = %q, %v", id, err)
 	}
-	if _, err := normalizeTarget(""); err == nil {
-		t.Error("empty target accepted")
+	if _, err := backendID(""); !errors.Is(err, errUsage) {
+		t.Errorf("empty target: %v, want a usage error", err)
 	}
-	id, _ := backendID("rbd/img")
-	if id != "rbd-nbd-graph:rbd:rbd/img" {
-		t.Errorf("backendID = %q", id)
+	if got := targetOf(id); got != "rbd:rbd/img" {
+		t.Errorf("targetOf(%q) = %q", id, got)
 	}
 }
 
@@ -143,34 +135,5 @@ func TestMain(m *testing.M) {
 	if os.Getenv("RBD_NBD_GRAPH_TEST_MAIN") == "1" {
 		main()
 	}
-	os.Exit(m.Run())
-}
-
-// A layer device's backend identifier round-trips, names its owner,
-// and the format of earlier versions (no owner) still decodes; other
-// pools' and other tools' identifiers do not.
-func TestLayerBackendID(t *testing.T) {
-	ref := graph.ImageRef{Image: "docker-0123456789ab-layer-x", Snapshot: "layer"}
-	id := layerBackendID("a1b2c3d4e5f6", "rbd/ns", ref)
-	if id != "rbd-nbd-graph:layer@a1b2c3d4e5f6:rbd/ns/docker-0123456789ab-layer-x@layer" {
-		t.Fatalf("identifier %q", id)
-	}
-	req, ok := parseLayerBackendID(id, "rbd/ns")
-	if !ok || req.Owner != "a1b2c3d4e5f6" || req.Ref() != ref {
-		t.Fatalf("decoded %+v, %v", req, ok)
-	}
-	old, ok := parseLayerBackendID("rbd-nbd-graph:layer:rbd/docker-x-layer-y", "rbd")
-	if !ok || old.Owner != "" || old.Image != "docker-x-layer-y" || old.Snapshot != "" {
-		t.Fatalf("old format decoded %+v, %v", old, ok)
-	}
-	for _, other := range []string{
-		"rbd-nbd-graph:layer@a1b2c3d4e5f6:other/img",
-		"rbd-nbd-graph:rbd:rbd/img",
-		"rbd-nbd-graph:layer@:rbd/img",
-		"something-else",
-	} {
-		if req, ok := parseLayerBackendID(other, "rbd"); ok {
-			t.Errorf("%q decoded as ours: %+v", other, req)
-		}
-	}
+	testkit.Main(m)
 }

@@ -3,8 +3,6 @@ package main
 import (
 	"bytes"
 	"context"
-	"crypto/rand"
-	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"flag"
@@ -18,89 +16,10 @@ import (
 	"testing"
 	"time"
 
-	"github.com/rbd-nbd-graph/rbd-nbd-graph/graph"
-	"github.com/rbd-nbd-graph/rbd-nbd-graph/graph/graphtest"
+	"github.com/rbd-nbd-graph/rbd-nbd-graph/graph/rbdstore"
+	"github.com/rbd-nbd-graph/rbd-nbd-graph/internal/testkit"
 	"github.com/rbd-nbd-graph/rbd-nbd-graph/rbdio"
 )
-
-// The RBD store keeps the ImageStore contract on a real cluster.
-func TestRBDStoreKeepsTheStoreContract(t *testing.T) {
-	conf := graphtest.RequireCeph(t)
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
-	defer cancel()
-	conn, err := rbdio.Connect(ctx, rbdio.Config{ConfFile: conf})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { conn.Close() }) // after the suite's cleanups
-	store := &rbdStore{conn: conn, pool: "rbd", version: cephVersion(ctx)}
-	var b [4]byte
-	rand.Read(b[:])
-	graphtest.StoreSuite(t, store, "storesuite-"+hex.EncodeToString(b[:])+"-")
-
-	// Data: a clone reads its parent's snapshot, writes stay its own.
-	p, c := "storesuite-data-"+hex.EncodeToString(b[:]), "storesuite-data-kid-"+hex.EncodeToString(b[:])
-	t.Cleanup(func() {
-		store.RemoveImage(context.Background(), c)
-		store.RemoveSnapshot(context.Background(), p, "s")
-		store.RemoveImage(context.Background(), p)
-	})
-	if err := store.CreateImage(ctx, p, 4<<20); err != nil {
-		t.Fatal(err)
-	}
-	write := func(image string, data []byte) {
-		be, closeImg, err := store.openImage(ctx, graph.ImageRef{Image: image}, false)
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer closeImg()
-		if _, err := be.WriteAt(data, 0); err != nil {
-			t.Fatal(err)
-		}
-	}
-	read := func(ref graph.ImageRef) string {
-		be, closeImg, err := store.openImage(ctx, ref, true)
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer closeImg()
-		buf := make([]byte, 6)
-		if _, err := be.ReadAt(buf, 0); err != nil {
-			t.Fatal(err)
-		}
-		return string(buf)
-	}
-	write(p, []byte("parent"))
-	if err := store.CreateSnapshot(ctx, p, "s"); err != nil {
-		t.Fatal(err)
-	}
-	write(p, []byte("later!"))
-	if err := store.CloneImage(ctx, p, "s", c); err != nil {
-		t.Fatal(err)
-	}
-	if got := read(graph.ImageRef{Image: c}); got != "parent" {
-		t.Fatalf("clone reads %q, want its parent's snapshot", got)
-	}
-	write(c, []byte("child!"))
-	if got := read(graph.ImageRef{Image: p, Snapshot: "s"}); got != "parent" {
-		t.Fatalf("snapshot reads %q after the clone wrote", got)
-	}
-	if got := read(graph.ImageRef{Image: c}); got != "child!" {
-		t.Fatalf("clone reads %q after writing", got)
-	}
-	if err := store.FlattenImage(ctx, c); err != nil {
-		t.Fatal(err)
-	}
-	if err := store.RemoveSnapshot(ctx, p, "s"); err != nil {
-		t.Fatalf("removing the snapshot after flattening its only clone: %v", err)
-	}
-	if got := read(graph.ImageRef{Image: c}); got != "child!" {
-		t.Fatalf("flattened clone reads %q", got)
-	}
-	if label, ver := store.StoreVersion(); label != "Ceph Version" || !strings.Contains(ver, ".") || strings.Contains(ver, "unknown") {
-		t.Errorf("StoreVersion = %q, %q", label, ver)
-	}
-}
 
 func TestReadOptionFile(t *testing.T) {
 	p := filepath.Join(t.TempDir(), "opts")
@@ -139,7 +58,7 @@ func TestServeWithoutKernelNBD(t *testing.T) {
 	if _, err := os.Stat("/sys/module/nbd"); err == nil {
 		t.Skip("this kernel has NBD: the VM tests cover the full path")
 	}
-	graphtest.RequireRoot(t)
+	testkit.RequireRoot(t)
 	dir := t.TempDir()
 	sock := filepath.Join(dir, "p.sock")
 	env := &environment{stdout: io.Discard, stderr: io.Discard, log: slog.New(slog.NewTextHandler(io.Discard, nil))}
@@ -184,24 +103,21 @@ func TestServeWithoutKernelNBD(t *testing.T) {
 	}
 }
 
-// The driver option rbd.cachepolicy (graph, no cgo) accepts exactly the
-// policies rbdio does, and serve's flag reaches it.
-func TestCachePolicyNamesAgree(t *testing.T) {
-	for _, name := range []string{"none", "writethrough", "writeback", "writearound", "off", "WriteBack", ""} {
-		_, rerr := rbdio.ParseCachePolicy(name)
-		_, gerr := graph.ParseOptions(graph.DefaultOptions(), []string{"rbd.cachepolicy=" + name})
-		if (rerr == nil) != (gerr == nil) {
-			t.Errorf("%q: rbdio says %v, graph says %v", name, rerr, gerr)
-		}
-	}
+// The Ceph flags' cache policy defaults to none, as the driver option
+// rbd.cachepolicy does (one parser, rbdio's, reads both).
+func TestCachePolicyFlag(t *testing.T) {
 	var c cephFlags
 	fs := flag.NewFlagSet("t", flag.ContinueOnError)
+	fs.SetOutput(io.Discard)
 	c.register(fs)
-	if c.config("rbd", "").CachePolicy != rbdio.CacheNone {
-		t.Errorf("default policy %q, want none", c.cachePolicy)
+	if c.config("rbd", "").CachePolicy != rbdio.CacheNone || defaultBackendOptions().store.CachePolicy != rbdio.CacheNone {
+		t.Errorf("default policy %q (flag), %q (driver option); want none", c.cachePolicy, defaultBackendOptions().store.CachePolicy)
 	}
 	if err := fs.Parse([]string{"--rbd-cache-policy", "writeback"}); err != nil || c.config("rbd", "").CachePolicy != rbdio.CacheWriteback {
 		t.Errorf("--rbd-cache-policy writeback: %v, %q", err, c.cachePolicy)
+	}
+	if err := fs.Parse([]string{"--rbd-cache-policy", "off"}); err == nil {
+		t.Error("--rbd-cache-policy off accepted")
 	}
 }
 
@@ -211,15 +127,18 @@ func TestServeCephFlagsBecomeDriverOptions(t *testing.T) {
 	fs := flag.NewFlagSet("serve", flag.ContinueOnError)
 	var c cephFlags
 	c.register(fs)
-	if err := fs.Parse([]string{"--osd-timeout", "7s", "--connect-timeout", "3s", "--abort-on-full", "--id", "driver"}); err != nil {
+	if err := fs.Parse([]string{"--osd-timeout", "7s", "--connect-timeout", "3s", "--abort-on-full", "--id", "driver",
+		"--rbd-cache-policy", "writethrough", "--ceph-conf", "/etc/ceph/x.conf", "--keyring", "/k"}); err != nil {
 		t.Fatal(err)
 	}
-	o, err := graph.ParseOptions(graph.DefaultOptions(), c.driverOptions(fs))
+	o, err := parseBackendOptions(c.driverOptions(fs))
 	if err != nil {
 		t.Fatal(err)
 	}
-	if o.OSDTimeout != 7*time.Second || o.ConnectTimeout != 3*time.Second || !o.AbortOnFull || o.Client != "driver" {
-		t.Fatalf("options from the flags: osd timeout %v, connect timeout %v, abort on full %v, client %q",
-			o.OSDTimeout, o.ConnectTimeout, o.AbortOnFull, o.Client)
+	want := rbdstore.DefaultOptions()
+	want.OSDTimeout, want.ConnectTimeout, want.AbortOnFull, want.Client = 7*time.Second, 3*time.Second, true, "driver"
+	want.CachePolicy, want.ConfigFile, want.Keyring = rbdio.CacheWritethrough, "/etc/ceph/x.conf", "/k"
+	if o.store != want {
+		t.Fatalf("store options from the flags: %+v, want %+v", o.store, want)
 	}
 }

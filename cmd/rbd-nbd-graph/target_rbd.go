@@ -8,6 +8,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/rbd-nbd-graph/rbd-nbd-graph/graph/rbdstore"
 	"github.com/rbd-nbd-graph/rbd-nbd-graph/nbd"
 	"github.com/rbd-nbd-graph/rbd-nbd-graph/rbdio"
 )
@@ -128,6 +129,6 @@ func openRBDTarget(ctx context.Context, spec string, c cephFlags, readOnly bool)
 	if log == nil {
 		log = slog.Default()
 	}
-	r := newReopener(conn, im, open, log)
+	r := rbdstore.NewReopener(conn, im, open, log)
 	return r, r.Close, nil
 }

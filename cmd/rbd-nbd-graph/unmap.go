@@ -9,6 +9,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/rbd-nbd-graph/rbd-nbd-graph/graph/nbdattach"
 	"github.com/rbd-nbd-graph/rbd-nbd-graph/nbd"
 )
 
@@ -76,7 +77,7 @@ func runUnmap(ctx context.Context, env *environment, args []string) error {
 	defer cancel()
 	for _, i := range indexes {
 		st, _ := nbd.Status(ctx, i)
-		server := serverPID(st)
+		server := nbdattach.ServerPID(st)
 		if err := nbd.Disconnect(ctx, i); err != nil {
 			return err
 		}
@@ -118,7 +119,7 @@ func mountedAt(dev string) string {
 // /proc; a zombie (exited, not yet reaped by its new parent) has exited.
 func waitExit(ctx context.Context, pid int) error {
 	for {
-		if !running(pid) {
+		if !nbdattach.Running(pid) {
 			return nil
 		}
 		select {
@@ -127,17 +128,4 @@ func waitExit(ctx context.Context, pid int) error {
 		case <-time.After(20 * time.Millisecond):
 		}
 	}
-}
-
-// running: pid exists and is not a zombie.
-func running(pid int) bool {
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
-	if err != nil {
-		return false
-	}
-	// The state follows the command name, which is in parentheses and
-	// may itself contain ") ".
-	s := string(b)
-	i := strings.LastIndexByte(s, ')')
-	return i < 0 || i+2 >= len(s) || s[i+2] != 'Z'
 }

@@ -3,6 +3,6 @@
 // its files) so the driver runs against the real kernel, mkfs and mount
 // on a host without Ceph or NBD; StoreSuite, the contract every
 // ImageStore must keep (run against FileStore here and against the RBD
-// store on a real cluster in cmd); and RequireLoop, what the driver
-// tests on them need, under internal/testkit's require-or-skip policy.
+// store on a real cluster in graph/rbdstore); and RequireLoop, what the
+// driver tests on them need, under internal/testkit's require-or-skip policy.
 package graphtest

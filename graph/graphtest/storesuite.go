@@ -10,7 +10,7 @@ import (
 )
 
 // StoreSuite checks that an ImageStore keeps the contract the Driver
-// relies on. cmd runs it against the RBD store on a real cluster; the
+// relies on. graph/rbdstore runs it against a real cluster; the
 // graph tests run it against FileStore. prefix keeps the images of one
 // run apart (the suite removes what it made).
 func StoreSuite(t *testing.T, store graph.ImageStore, prefix string) {

@@ -1,69 +1,21 @@
-package main
+package rbdstore
 
 import (
 	"context"
 	"errors"
 	"fmt"
-	"log/slog"
 	"os/exec"
 	"strings"
 	"time"
 
 	"github.com/rbd-nbd-graph/rbd-nbd-graph/graph"
-	"github.com/rbd-nbd-graph/rbd-nbd-graph/graph/dockerplugin"
 	"github.com/rbd-nbd-graph/rbd-nbd-graph/nbd"
 	"github.com/rbd-nbd-graph/rbd-nbd-graph/rbdio"
 )
 
-// openRBDBackend connects to the cluster the options name and returns
-// the graph driver's store (the pool, through rbdio) and attacher (the
-// images served to the kernel through package nbd, in this process). It
-// fails early, with the kernel-support message, where NBD is missing.
-func openRBDBackend(ctx context.Context, o graph.Options, log *slog.Logger) (dockerplugin.Backend, error) {
-	if err := probeNBD(ctx, log); err != nil {
-		return dockerplugin.Backend{}, err
-	}
-	conn, err := rbdio.Connect(ctx, rbdio.Config{
-		ConfFile:  o.ConfigFile,
-		Keyring:   o.Keyring,
-		ID:        o.Client,
-		Pool:      o.Pool,
-		Namespace: o.Namespace,
-		// Layers are remounted under a restarted driver: writes it
-		// acknowledged must be in the cluster, not in a dead cache.
-		CachePolicy: rbdio.CachePolicy(o.CachePolicy),
-		// A stuck cluster fails IO after this instead of hanging the
-		// layers' devices, Remove and Cleanup (0 waits, as krbd).
-		OSDTimeout:     o.OSDTimeout,
-		ConnectTimeout: o.ConnectTimeout,
-		AbortOnFull:    o.AbortOnFull,
-	})
-	if err != nil {
-		return dockerplugin.Backend{}, fmt.Errorf("connect to the cluster (rbd.pool=%s rbd.client=%s rbd.configfile=%q): %w", o.Pool, o.Client, o.ConfigFile, err)
-	}
-	store := &rbdStore{conn: conn, dataPool: o.DataPool, pool: o.Pool, namespace: o.Namespace, version: cephVersion(ctx),
-		crash: graph.CrashAtFromEnv()}
-	att := &nbdAttacher{open: store.openImage, where: store.where(), opts: o.NBD, log: log}
-	return dockerplugin.Backend{Store: store, Attacher: att, Close: conn.Close}, nil
-}
-
-// probeNBD attaches a tiny in-memory device and detaches it again, so a
-// host without NBD is told so when dockerd starts rather than at the
-// first `docker run`. It also loads the nbd module.
-func probeNBD(ctx context.Context, log *slog.Logger) error {
-	dev, err := nbd.Attach(ctx, nbd.NewMemory(1<<20), nbd.AttachOptions{Index: nbd.IndexAny, ReadOnly: true,
-		BackendID: backendPrefix + "probe", Logger: log})
-	if err != nil {
-		return fmt.Errorf("the graph driver needs kernel NBD devices: %w", err)
-	}
-	dctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
-	defer cancel()
-	return dev.Detach(dctx)
-}
-
-// cephVersion is the installed Ceph client's version (the librbd this
+// CephVersion is the installed Ceph client's version (the librbd this
 // binary links), for Status.
-func cephVersion(ctx context.Context) string {
+func CephVersion(ctx context.Context) string {
 	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
 	out, err := exec.CommandContext(ctx, "rbd", "--version").Output()
@@ -82,28 +34,44 @@ func cephVersion(ctx context.Context) string {
 	return strings.TrimSpace(string(out))
 }
 
-// rbdStore is graph's ImageStore on an RBD pool through rbdio.
-type rbdStore struct {
-	conn      *rbdio.Conn
-	dataPool  string
-	pool      string
-	namespace string
-	version   string
+// Store is graph's ImageStore on an RBD pool through rbdio.
+type Store struct {
+	conn    *rbdio.Conn
+	opts    Options
+	version string
 	// crash, for tests, is called between the steps of CreateSnapshot
 	// and RemoveSnapshot (graph.CrashEnv); nil does nothing.
 	crash graph.CrashHook
 }
 
-func (s *rbdStore) step(name string) {
+// Connect opens the cluster connection o names, for New.
+func Connect(ctx context.Context, o Options) (*rbdio.Conn, error) {
+	conn, err := rbdio.Connect(ctx, o.Config())
+	if err != nil {
+		return nil, fmt.Errorf("connect to the cluster (rbd.pool=%s rbd.client=%s rbd.configfile=%q): %w", o.Pool, o.Client, o.ConfigFile, err)
+	}
+	return conn, nil
+}
+
+// New is the store on conn, a connection to o's pool and namespace
+// (Connect); the caller closes conn after the store's last use. ctx
+// bounds asking the Ceph client's version (for Status). Under
+// graph.CrashEnv (tests) the store kills its process at that step.
+func New(ctx context.Context, conn *rbdio.Conn, o Options) *Store {
+	return &Store{conn: conn, opts: o, version: CephVersion(ctx), crash: graph.CrashAtFromEnv()}
+}
+
+func (s *Store) step(name string) {
 	if s.crash != nil {
 		s.crash(name)
 	}
 }
 
 var (
-	_ graph.ImageStore     = (*rbdStore)(nil)
-	_ graph.StoreDescriber = (*rbdStore)(nil)
-	_ graph.StoreVersioner = (*rbdStore)(nil)
+	_ graph.ImageStore     = (*Store)(nil)
+	_ graph.StoreDescriber = (*Store)(nil)
+	_ graph.StoreVersioner = (*Store)(nil)
+	_ graph.StoreStatuser  = (*Store)(nil)
 )
 
 // storeErr adds graph's kind to an rbdio error, so the driver can tell a
@@ -123,29 +91,29 @@ func storeErr(err error) error {
 	return err
 }
 
-func (s *rbdStore) CreateImage(ctx context.Context, name string, size int64) error {
-	return storeErr(s.conn.CreateImage(ctx, name, rbdio.CreateOptions{Size: size, DataPool: s.dataPool}))
+func (s *Store) CreateImage(ctx context.Context, name string, size int64) error {
+	return storeErr(s.conn.CreateImage(ctx, name, rbdio.CreateOptions{Size: size, DataPool: s.opts.DataPool}))
 }
 
-func (s *rbdStore) CloneImage(ctx context.Context, parent, snap, name string) error {
-	return storeErr(s.conn.Clone(ctx, parent, snap, name, rbdio.CreateOptions{DataPool: s.dataPool}))
+func (s *Store) CloneImage(ctx context.Context, parent, snap, name string) error {
+	return storeErr(s.conn.Clone(ctx, parent, snap, name, rbdio.CreateOptions{DataPool: s.opts.DataPool}))
 }
 
-func (s *rbdStore) RemoveImage(ctx context.Context, name string) error {
+func (s *Store) RemoveImage(ctx context.Context, name string) error {
 	return storeErr(s.conn.RemoveImage(ctx, name, rbdio.RemoveOptions{}))
 }
 
-func (s *rbdStore) ResizeImage(ctx context.Context, name string, size int64) error {
+func (s *Store) ResizeImage(ctx context.Context, name string, size int64) error {
 	return storeErr(s.conn.Resize(ctx, name, size, rbdio.ResizeOptions{}))
 }
 
-func (s *rbdStore) FlattenImage(ctx context.Context, name string) error {
+func (s *Store) FlattenImage(ctx context.Context, name string) error {
 	return storeErr(s.conn.Flatten(ctx, name))
 }
 
 // CreateSnapshot makes and protects image@snap; after a failure half way
 // a retry finds the snapshot and only protects it.
-func (s *rbdStore) CreateSnapshot(ctx context.Context, image, snap string) error {
+func (s *Store) CreateSnapshot(ctx context.Context, image, snap string) error {
 	if err := s.conn.CreateSnapshot(ctx, image, snap); err != nil && !errors.Is(err, rbdio.ErrExists) {
 		return storeErr(err)
 	}
@@ -159,7 +127,7 @@ func (s *rbdStore) CreateSnapshot(ctx context.Context, image, snap string) error
 
 // RemoveSnapshot unprotects and deletes image@snap; ErrImageBusy while
 // clones of it exist, nothing when it does not exist (but the image does).
-func (s *rbdStore) RemoveSnapshot(ctx context.Context, image, snap string) error {
+func (s *Store) RemoveSnapshot(ctx context.Context, image, snap string) error {
 	err := s.conn.UnprotectSnapshot(ctx, image, snap)
 	if errors.Is(err, rbdio.ErrNotFound) {
 		// The image, or only its snapshot? Asking costs an open, but only
@@ -180,14 +148,14 @@ func (s *rbdStore) RemoveSnapshot(ctx context.Context, image, snap string) error
 	return nil
 }
 
-func (s *rbdStore) Children(ctx context.Context, image, snap string) ([]string, error) {
+func (s *Store) Children(ctx context.Context, image, snap string) ([]string, error) {
 	kids, err := s.conn.Children(ctx, image, snap)
 	if err != nil {
 		return nil, storeErr(err)
 	}
 	out := make([]string, 0, len(kids))
 	for _, k := range kids {
-		if k.Pool == s.pool && k.Namespace == s.namespace && !k.Trash {
+		if k.Pool == s.opts.Pool && k.Namespace == s.opts.Namespace && !k.Trash {
 			out = append(out, k.Image)
 		} else {
 			out = append(out, k.String()) // elsewhere: still a child
@@ -196,7 +164,7 @@ func (s *rbdStore) Children(ctx context.Context, image, snap string) ([]string, 
 	return out, nil
 }
 
-func (s *rbdStore) ListImages(ctx context.Context, prefix string) ([]string, error) {
+func (s *Store) ListImages(ctx context.Context, prefix string) ([]string, error) {
 	all, err := s.conn.ListImages(ctx)
 	if err != nil {
 		return nil, storeErr(err)
@@ -210,7 +178,7 @@ func (s *rbdStore) ListImages(ctx context.Context, prefix string) ([]string, err
 	return out, nil
 }
 
-func (s *rbdStore) StatImage(ctx context.Context, name string) (graph.ImageInfo, error) {
+func (s *Store) StatImage(ctx context.Context, name string) (graph.ImageInfo, error) {
 	st, err := s.conn.Stat(ctx, name)
 	if err != nil {
 		return graph.ImageInfo{}, storeErr(err)
@@ -222,7 +190,7 @@ func (s *rbdStore) StatImage(ctx context.Context, name string) (graph.ImageInfo,
 	info := graph.ImageInfo{Size: st.Size, Metadata: md}
 	if st.HasParent {
 		info.Parent = graph.ImageRef{Image: st.Parent.Image, Snapshot: st.Parent.Snapshot}
-		if st.Parent.Pool != s.pool || st.Parent.Namespace != s.namespace {
+		if st.Parent.Pool != s.opts.Pool || st.Parent.Namespace != s.opts.Namespace {
 			info.Parent.Image = st.Parent.String() // not one of ours, but a parent all the same
 		}
 	}
@@ -235,7 +203,7 @@ func (s *rbdStore) StatImage(ctx context.Context, name string) (graph.ImageInfo,
 // SetMetadata writes the keys one by one (rbd_metadata_set); the driver
 // puts the state key, the one that matters after a crash, in the same
 // call as the keys it depends on and reads a missing one as "creating".
-func (s *rbdStore) SetMetadata(ctx context.Context, name string, kv map[string]string) error {
+func (s *Store) SetMetadata(ctx context.Context, name string, kv map[string]string) error {
 	for k, v := range kv {
 		var err error
 		if v == "" {
@@ -250,31 +218,37 @@ func (s *rbdStore) SetMetadata(ctx context.Context, name string, kv map[string]s
 	return nil
 }
 
-// where is POOL or POOL/NAMESPACE.
-func (s *rbdStore) where() string {
-	if s.namespace != "" {
-		return s.pool + "/" + s.namespace
+// Where is POOL or POOL/NAMESPACE.
+func (s *Store) Where() string {
+	if s.opts.Namespace != "" {
+		return s.opts.Pool + "/" + s.opts.Namespace
 	}
-	return s.pool
+	return s.opts.Pool
 }
 
-func (s *rbdStore) Location() string {
-	loc := s.where()
-	if s.dataPool != "" {
-		loc += " (data in " + s.dataPool + ")"
+func (s *Store) Location() string {
+	loc := s.Where()
+	if s.opts.DataPool != "" {
+		loc += " (data in " + s.opts.DataPool + ")"
 	}
 	return loc
 }
 
-func (s *rbdStore) Qualify(image string) string { return s.where() + "/" + image }
+func (s *Store) Qualify(image string) string { return s.Where() + "/" + image }
 
-func (s *rbdStore) StoreVersion() (string, string) { return "Ceph Version", s.version }
+func (s *Store) StoreVersion() (string, string) { return "Ceph Version", s.version }
 
-// openImage opens a layer image for a device. After a crash the dead
+// StoreStatus is the line about librbd's cache.
+func (s *Store) StoreStatus() [][2]string {
+	return [][2]string{{"librbd Cache", cacheStatus(s.opts.CachePolicy)}}
+}
+
+// OpenImage opens a layer image for a device. After a crash the dead
 // process may still hold the exclusive lock until its watch times out
-// (about 30 s), so a locked image is retried for a while.
-func (s *rbdStore) openImage(ctx context.Context, ref graph.ImageRef, readOnly bool) (nbd.Backend, func() error, error) {
-	deadline := time.Now().Add(90 * time.Second)
+// (about 30 s), so a locked image is retried for Options.LockWait, every
+// Options.LockRetry.
+func (s *Store) OpenImage(ctx context.Context, ref graph.ImageRef, readOnly bool) (nbd.Backend, func() error, error) {
+	deadline := time.Now().Add(s.opts.LockWait)
 	for {
 		im, err := s.conn.OpenImage(ctx, ref.Image, rbdio.OpenOptions{ReadOnly: readOnly, Snapshot: ref.Snapshot})
 		if err == nil {
@@ -286,7 +260,7 @@ func (s *rbdStore) openImage(ctx context.Context, ref graph.ImageRef, readOnly b
 		select {
 		case <-ctx.Done():
 			return nil, nil, errors.Join(storeErr(err), ctx.Err())
-		case <-time.After(2 * time.Second):
+		case <-time.After(s.opts.LockRetry):
 		}
 	}
 }

@@ -1,4 +1,4 @@
-package main
+package rbdstore
 
 import (
 	"context"
@@ -11,7 +11,7 @@ import (
 	"github.com/rbd-nbd-graph/rbd-nbd-graph/rbdio"
 )
 
-// reopener serves an rbd: target and recovers from blocklisting: once a
+// Reopener serves an rbd: target and recovers from blocklisting: once a
 // request fails with ESHUTDOWN (ceph osd blocklist add of this client;
 // librados never recovers such a client) it opens a new connection and
 // the image again and sends the next requests there. Requests in flight
@@ -23,7 +23,7 @@ import (
 // client that has no watch left, as our blocklisted one); a live holder
 // (another client took the image meanwhile) makes the reopen fail, and it
 // is retried, never forced, while IO keeps failing with ESHUTDOWN.
-type reopener struct {
+type Reopener struct {
 	open func(ctx context.Context) (*rbdio.Conn, *rbdio.Image, error)
 	log  *slog.Logger
 
@@ -39,11 +39,11 @@ type opened struct {
 }
 
 var (
-	_ nbd.AsyncBackend = (*reopener)(nil)
-	_ nbd.Discarder    = (*reopener)(nil)
-	_ nbd.ZeroWriter   = (*reopener)(nil)
-	_ nbd.Resizer      = (*reopener)(nil)
-	_ nbd.Extenter     = (*reopener)(nil)
+	_ nbd.AsyncBackend = (*Reopener)(nil)
+	_ nbd.Discarder    = (*Reopener)(nil)
+	_ nbd.ZeroWriter   = (*Reopener)(nil)
+	_ nbd.Resizer      = (*Reopener)(nil)
+	_ nbd.Extenter     = (*Reopener)(nil)
 )
 
 // Reopen attempts back off from reopenMin to reopenMax.
@@ -53,37 +53,39 @@ const (
 	reopenTimeout = time.Minute // one attempt: connect and open
 )
 
-func newReopener(conn *rbdio.Conn, im *rbdio.Image, open func(context.Context) (*rbdio.Conn, *rbdio.Image, error), log *slog.Logger) *reopener {
-	r := &reopener{open: open, log: log, sizeCh: make(chan int64, 1), stop: make(chan struct{}), done: make(chan struct{})}
+// NewReopener serves im (opened on conn) and, after a blocklisting,
+// what open returns; it owns all three from now on (Close).
+func NewReopener(conn *rbdio.Conn, im *rbdio.Image, open func(context.Context) (*rbdio.Conn, *rbdio.Image, error), log *slog.Logger) *Reopener {
+	r := &Reopener{open: open, log: log, sizeCh: make(chan int64, 1), stop: make(chan struct{}), done: make(chan struct{})}
 	r.cur.Store(&opened{conn: conn, im: im})
 	go r.loop()
 	return r
 }
 
-func (r *reopener) image() *rbdio.Image { return r.cur.Load().im }
+func (r *Reopener) image() *rbdio.Image { return r.cur.Load().im }
 
-func (r *reopener) ReadAt(p []byte, off int64) (int, error)  { return r.image().ReadAt(p, off) }
-func (r *reopener) WriteAt(p []byte, off int64) (int, error) { return r.image().WriteAt(p, off) }
-func (r *reopener) Flush() error                             { return r.image().Flush() }
-func (r *reopener) Size() int64                              { return r.image().Size() }
-func (r *reopener) Discard(off, length int64) error          { return r.image().Discard(off, length) }
-func (r *reopener) WriteZeroes(off, length int64, mayUnmap bool) error {
+func (r *Reopener) ReadAt(p []byte, off int64) (int, error)  { return r.image().ReadAt(p, off) }
+func (r *Reopener) WriteAt(p []byte, off int64) (int, error) { return r.image().WriteAt(p, off) }
+func (r *Reopener) Flush() error                             { return r.image().Flush() }
+func (r *Reopener) Size() int64                              { return r.image().Size() }
+func (r *Reopener) Discard(off, length int64) error          { return r.image().Discard(off, length) }
+func (r *Reopener) WriteZeroes(off, length int64, mayUnmap bool) error {
 	return r.image().WriteZeroes(off, length, mayUnmap)
 }
-func (r *reopener) StartReadAt(p []byte, off int64, c nbd.Completer, tag uint64) {
+func (r *Reopener) StartReadAt(p []byte, off int64, c nbd.Completer, tag uint64) {
 	r.image().StartReadAt(p, off, c, tag)
 }
-func (r *reopener) StartWriteAt(p []byte, off int64, c nbd.Completer, tag uint64) {
+func (r *Reopener) StartWriteAt(p []byte, off int64, c nbd.Completer, tag uint64) {
 	r.image().StartWriteAt(p, off, c, tag)
 }
-func (r *reopener) StartFlush(c nbd.Completer, tag uint64) { r.image().StartFlush(c, tag) }
-func (r *reopener) SizeChanges() <-chan int64              { return r.sizeCh }
-func (r *reopener) Extents(ctx context.Context, off, length int64, limit int) ([]nbd.Extent, error) {
+func (r *Reopener) StartFlush(c nbd.Completer, tag uint64) { r.image().StartFlush(c, tag) }
+func (r *Reopener) SizeChanges() <-chan int64              { return r.sizeCh }
+func (r *Reopener) Extents(ctx context.Context, off, length int64, limit int) ([]nbd.Extent, error) {
 	return r.image().Extents(ctx, off, length, limit)
 }
 
 // loop forwards size changes and reopens after a blocklisting.
-func (r *reopener) loop() {
+func (r *Reopener) loop() {
 	defer close(r.done)
 	defer close(r.sizeCh)
 	for {
@@ -120,8 +122,8 @@ func (r *reopener) loop() {
 	}
 }
 
-// reopen tries until it succeeds or the reopener is closed.
-func (r *reopener) reopen() (*opened, bool) {
+// reopen tries until it succeeds or the Reopener is closed.
+func (r *Reopener) reopen() (*opened, bool) {
 	wait := reopenMin
 	for {
 		ctx, cancel := context.WithTimeout(context.Background(), reopenTimeout)
@@ -144,7 +146,7 @@ func (r *reopener) reopen() (*opened, bool) {
 	}
 }
 
-func (r *reopener) sendSize(n int64) {
+func (r *Reopener) sendSize(n int64) {
 	select {
 	case r.sizeCh <- n:
 	default:
@@ -165,7 +167,7 @@ func closeOpened(o *opened) error {
 }
 
 // Close stops recovering and closes the image and its connection.
-func (r *reopener) Close() error {
+func (r *Reopener) Close() error {
 	close(r.stop)
 	<-r.done
 	return closeOpened(r.cur.Load())

@@ -1,16 +1,14 @@
-package main
+package rbdstore
 
 import (
 	"context"
-	"crypto/rand"
-	"encoding/hex"
 	"fmt"
 	mrand "math/rand/v2"
 	"testing"
 	"time"
 
 	"github.com/rbd-nbd-graph/rbd-nbd-graph/graph"
-	"github.com/rbd-nbd-graph/rbd-nbd-graph/graph/graphtest"
+	"github.com/rbd-nbd-graph/rbd-nbd-graph/internal/testkit"
 	"github.com/rbd-nbd-graph/rbd-nbd-graph/rbdio"
 )
 
@@ -25,12 +23,12 @@ import (
 //	BenchmarkChainOpen/depth=N     opening the top of such a chain (librbd
 //	                               opens every parent too): part of each Get
 //
-// go test -tags pacific -run '^$' -bench 'Flatten|Chain' ./cmd/rbd-nbd-graph
+// go test -tags pacific -run '^$' -bench 'Flatten|Chain' ./graph/rbdstore
 
 const benchData = 64 << 20
 
 type benchChain struct {
-	store  *rbdStore
+	store  *Store
 	prefix string
 	images []string // bottom first
 }
@@ -39,7 +37,7 @@ type benchChain struct {
 // chain of depth clones above it (each a clone of the previous one's
 // snapshot "layer", as the driver makes them).
 func newBenchChain(b *testing.B, depth int) *benchChain {
-	conf := graphtest.RequireCeph(b)
+	conf := testkit.CephConf(b)
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
 	b.Cleanup(cancel)
 	conn, err := rbdio.Connect(ctx, rbdio.Config{ConfFile: conf})
@@ -47,21 +45,18 @@ func newBenchChain(b *testing.B, depth int) *benchChain {
 		b.Fatal(err)
 	}
 	b.Cleanup(func() { conn.Close() })
-	var r [4]byte
-	rand.Read(r[:])
-	c := &benchChain{store: &rbdStore{conn: conn, pool: "rbd"}, prefix: "flatbench-" + hex.EncodeToString(r[:]) + "-"}
+	c := &benchChain{store: New(ctx, conn, DefaultOptions()), prefix: testkit.UniqueName(b, "flatbench") + "-"}
 	b.Cleanup(c.removeAll)
 	base := c.prefix + "0"
 	if err := c.store.CreateImage(ctx, base, 1<<30); err != nil {
 		b.Fatal(err)
 	}
 	c.images = append(c.images, base)
-	be, closeImg, err := c.store.openImage(ctx, graph.ImageRef{Image: base}, false)
+	be, closeImg, err := c.store.OpenImage(ctx, graph.ImageRef{Image: base}, false)
 	if err != nil {
 		b.Fatal(err)
 	}
-	buf := make([]byte, 1<<20)
-	rand.Read(buf)
+	buf := testkit.RandomBytes(1<<20, 1)
 	for off := int64(0); off < benchData; off += int64(len(buf)) {
 		if _, err := be.WriteAt(buf, off); err != nil {
 			b.Fatal(err)
@@ -132,7 +127,7 @@ func BenchmarkChainRead(b *testing.B) {
 		b.Run(fmt.Sprintf("depth=%d", depth), func(b *testing.B) {
 			c := newBenchChain(b, depth)
 			top := c.images[len(c.images)-1]
-			be, closeImg, err := c.store.openImage(context.Background(), graph.ImageRef{Image: top}, true)
+			be, closeImg, err := c.store.OpenImage(context.Background(), graph.ImageRef{Image: top}, true)
 			if err != nil {
 				b.Fatal(err)
 			}
@@ -158,7 +153,7 @@ func BenchmarkChainOpen(b *testing.B) {
 			top := c.images[len(c.images)-1]
 			ctx := context.Background()
 			for b.Loop() {
-				_, closeImg, err := c.store.openImage(ctx, graph.ImageRef{Image: top}, false)
+				_, closeImg, err := c.store.OpenImage(ctx, graph.ImageRef{Image: top}, false)
 				if err != nil {
 					b.Fatal(err)
 				}

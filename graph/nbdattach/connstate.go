@@ -1,4 +1,4 @@
-package main
+package nbdattach
 
 import (
 	"encoding/json"
@@ -11,10 +11,10 @@ import (
 	"github.com/rbd-nbd-graph/rbd-nbd-graph/nbd"
 )
 
-// connState is what the process serving a device records about its
+// ConnState is what the process serving a device records about its
 // connections, for `list`: the kernel's STATUS says only whether a
 // device is connected, not how many of its sockets are alive.
-type connState struct {
+type ConnState struct {
 	PID        int   `json:"pid"`
 	Configured int   `json:"configured"`
 	Live       int   `json:"live"`
@@ -25,21 +25,21 @@ func connStateFile(index int) string {
 	return filepath.Join(serverPIDDir, fmt.Sprintf("nbd%d.conns", index))
 }
 
-// followConnections keeps dev's connection counts in its state file
+// FollowConnections keeps dev's connection counts in its state file
 // (checked every second, written when they change) until the returned
 // function is called, which removes the file if it is still ours.
-func followConnections(dev *nbd.Device, log *slog.Logger) (stop func()) {
+func FollowConnections(dev *nbd.Device, log *slog.Logger) (stop func()) {
 	done := make(chan struct{})
 	exited := make(chan struct{})
 	path := connStateFile(dev.Index())
 	go func() {
 		defer close(exited)
-		var last connState
+		var last ConnState
 		t := time.NewTicker(time.Second)
 		defer t.Stop()
 		for {
 			live, configured, replaced := dev.Connections()
-			cur := connState{PID: os.Getpid(), Configured: configured, Live: live, Replaced: replaced}
+			cur := ConnState{PID: os.Getpid(), Configured: configured, Live: live, Replaced: replaced}
 			if cur != last {
 				if err := writeConnState(path, cur); err != nil {
 					log.Warn("cannot record the device's connections", "file", path, "err", err)
@@ -58,13 +58,13 @@ func followConnections(dev *nbd.Device, log *slog.Logger) (stop func()) {
 	return func() {
 		close(done)
 		<-exited
-		if st, ok := readConnState(dev.Index()); ok && st.PID == os.Getpid() {
+		if st, ok := ReadConnState(dev.Index()); ok && st.PID == os.Getpid() {
 			os.Remove(path)
 		}
 	}
 }
 
-func writeConnState(path string, st connState) error {
+func writeConnState(path string, st ConnState) error {
 	b, err := json.Marshal(st)
 	if err != nil {
 		return err
@@ -79,16 +79,16 @@ func writeConnState(path string, st connState) error {
 	return os.Rename(tmp, path)
 }
 
-// readConnState is the recorded state of device index, if its recorder
+// ReadConnState is the recorded state of device index, if its recorder
 // is alive.
-func readConnState(index int) (connState, bool) {
+func ReadConnState(index int) (ConnState, bool) {
 	b, err := os.ReadFile(connStateFile(index))
 	if err != nil {
-		return connState{}, false
+		return ConnState{}, false
 	}
-	var st connState
-	if json.Unmarshal(b, &st) != nil || st.PID <= 0 || !running(st.PID) {
-		return connState{}, false
+	var st ConnState
+	if json.Unmarshal(b, &st) != nil || st.PID <= 0 || !Running(st.PID) {
+		return ConnState{}, false
 	}
 	return st, true
 }

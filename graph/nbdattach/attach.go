@@ -1,4 +1,4 @@
-package main
+package nbdattach
 
 import (
 	"context"
@@ -7,7 +7,6 @@ import (
 	"log/slog"
 	"os"
 	"strconv"
-	"strings"
 	"sync"
 	"time"
 
@@ -15,63 +14,37 @@ import (
 	"github.com/rbd-nbd-graph/rbd-nbd-graph/nbd"
 )
 
-// layerBackendPrefix starts the NBD backend identifier of every device
-// the graph driver attaches:
-// "rbd-nbd-graph:layer@OWNER:POOL[/NAMESPACE]/IMAGE[@SNAP]", OWNER being
-// the driver's identity (graph.Driver.Identity). `rbd-nbd-graph list`
-// shows them (target "layer@..."), and a restarted driver finds its
-// devices by it. oldLayerBackendPrefix ("rbd-nbd-graph:layer:POOL/...",
-// no owner) is what earlier versions recorded: still adopted.
-const (
-	layerBackendPrefix    = backendPrefix + "layer@"
-	oldLayerBackendPrefix = backendPrefix + "layer:"
-)
-
-// layerBackendID encodes a layer device's identifier.
-func layerBackendID(owner, where string, ref graph.ImageRef) string {
-	return layerBackendPrefix + owner + ":" + where + "/" + ref.String()
-}
-
-// parseLayerBackendID decodes one for the pool (and namespace) where;
-// ok is false for any other device's.
-func parseLayerBackendID(id, where string) (req graph.AttachRequest, ok bool) {
-	var spec string
-	if rest, found := strings.CutPrefix(id, layerBackendPrefix); found {
-		owner, tail, found := strings.Cut(rest, ":")
-		if !found || owner == "" {
-			return req, false
-		}
-		if spec, found = strings.CutPrefix(tail, where+"/"); !found {
-			return req, false
-		}
-		req.Owner = owner
-	} else if spec, found = strings.CutPrefix(id, oldLayerBackendPrefix+where+"/"); !found {
-		return req, false
-	}
-	req.Image, req.Snapshot, _ = strings.Cut(spec, "@")
-	return req, req.Image != ""
-}
-
-// imageOpener opens a layer image (or a snapshot, read-only) as an NBD
+// ImageOpener opens a layer image (or a snapshot, read-only) as an NBD
 // backend; close releases it.
-type imageOpener func(ctx context.Context, ref graph.ImageRef, readOnly bool) (b nbd.Backend, close func() error, err error)
+type ImageOpener func(ctx context.Context, ref graph.ImageRef, readOnly bool) (b nbd.Backend, close func() error, err error)
 
-// nbdAttacher is graph's Attacher for production: it opens the image in
+// Attacher is graph's Attacher for production: it opens the image in
 // this process and serves it to the kernel through package nbd (netlink,
 // socketpairs, the Go IO loop), no helper process and no krbd.
-type nbdAttacher struct {
-	open  imageOpener
+type Attacher struct {
+	open  ImageOpener
 	where string // POOL or POOL/NAMESPACE, part of every backend identifier
-	opts  graph.NBDOptions
+	opts  Options
 	log   *slog.Logger
 }
 
+// New returns the attacher serving the images open opens, with the
+// device options o. where (POOL or POOL/NAMESPACE) is part of every
+// device's backend identifier: a restarted attacher finds only the
+// devices of its own pool. A nil log means slog.Default().
+func New(open ImageOpener, where string, o Options, log *slog.Logger) *Attacher {
+	if log == nil {
+		log = slog.Default()
+	}
+	return &Attacher{open: open, where: where, opts: o, log: log}
+}
+
 var (
-	_ graph.Attacher        = (*nbdAttacher)(nil)
-	_ graph.DeviceDescriber = (*nbdAttacher)(nil)
+	_ graph.Attacher        = (*Attacher)(nil)
+	_ graph.DeviceDescriber = (*Attacher)(nil)
 )
 
-func (a *nbdAttacher) attachOptions(req graph.AttachRequest, readOnly bool) nbd.AttachOptions {
+func (a *Attacher) attachOptions(req graph.AttachRequest, readOnly bool) nbd.AttachOptions {
 	return nbd.AttachOptions{
 		Index:           nbd.IndexAny,
 		Connections:     a.opts.Connections,
@@ -79,12 +52,12 @@ func (a *nbdAttacher) attachOptions(req graph.AttachRequest, readOnly bool) nbd.
 		ReadOnly:        readOnly,
 		IOTimeout:       a.opts.IOTimeout,
 		DeadConnTimeout: a.opts.DeadConnTimeout,
-		BackendID:       layerBackendID(req.Owner, a.where, req.Ref()),
+		BackendID:       LayerID(req.Owner, a.where, req.Ref()),
 		Logger:          a.log,
 	}
 }
 
-func (a *nbdAttacher) Attach(ctx context.Context, req graph.AttachRequest) (graph.Device, error) {
+func (a *Attacher) Attach(ctx context.Context, req graph.AttachRequest) (graph.Device, error) {
 	ro := req.ReadOnly || req.Snapshot != ""
 	b, closeImage, err := a.open(ctx, req.Ref(), ro)
 	if err != nil {
@@ -99,19 +72,19 @@ func (a *nbdAttacher) Attach(ctx context.Context, req graph.AttachRequest) (grap
 	return a.track(dev, req.Ref(), closeImage), nil
 }
 
-func (a *nbdAttacher) track(dev *nbd.Device, ref graph.ImageRef, closeImage func() error) *nbdDevice {
+func (a *Attacher) track(dev *nbd.Device, ref graph.ImageRef, closeImage func() error) *nbdDevice {
 	d := &nbdDevice{dev: dev, closeImage: closeImage}
 	// The kernel's sysfs pid names the process that sent CONNECT, dead
 	// after an adoption: record who serves the device now, and its
 	// connections, for `list`.
-	if err := writeServerPID(dev.Index()); err != nil {
+	if err := WriteServerPID(dev.Index()); err != nil {
 		a.log.Warn("cannot record the serving pid", "device", dev.Path(), "err", err)
 	}
-	stopState := followConnections(dev, a.log)
+	stopState := FollowConnections(dev, a.log)
 	go func() {
 		<-dev.Done()
 		stopState()
-		removeServerPID(dev.Index())
+		RemoveServerPID(dev.Index())
 	}()
 	go func() {
 		// Someone else disconnecting our device (rbd-nbd-graph unmap)
@@ -185,14 +158,14 @@ func (d *nbdDevice) finish(err error) error {
 // Stale finds this pool's layer devices that the kernel still has
 // connected but no live server of this process serves: left by a driver
 // that died.
-func (a *nbdAttacher) Stale(ctx context.Context) ([]graph.StaleDevice, error) {
+func (a *Attacher) Stale(ctx context.Context) ([]graph.StaleDevice, error) {
 	all, err := nbd.List(ctx)
 	if err != nil {
 		return nil, err
 	}
 	var out []graph.StaleDevice
 	for _, st := range all {
-		req, ok := parseLayerBackendID(st.BackendID, a.where)
+		req, ok := ParseLayerID(st.BackendID, a.where)
 		if !ok || !st.Connected || st.PID == os.Getpid() {
 			continue
 		}
@@ -203,7 +176,7 @@ func (a *nbdAttacher) Stale(ctx context.Context) ([]graph.StaleDevice, error) {
 }
 
 type staleNBD struct {
-	a   *nbdAttacher
+	a   *Attacher
 	st  nbd.DeviceStatus
 	req graph.AttachRequest
 }
@@ -234,7 +207,7 @@ func (s *staleNBD) Adopt(ctx context.Context) (graph.Device, error) {
 // Served reports whether a live process other than this one serves the
 // device (by its recorded server or the kernel's pid).
 func (s *staleNBD) Served() bool {
-	pid := serverPID(s.st)
+	pid := ServerPID(s.st)
 	return pid > 0 && pid != os.Getpid()
 }
 
@@ -243,7 +216,7 @@ func (s *staleNBD) Detach(ctx context.Context) error {
 }
 
 // DescribeDevices is the Status lines about the devices.
-func (a *nbdAttacher) DescribeDevices() [][2]string {
+func (a *Attacher) DescribeDevices() [][2]string {
 	orDefault := func(n int) string {
 		if n == 0 {
 			return "default"
@@ -261,7 +234,7 @@ func (a *nbdAttacher) DescribeDevices() [][2]string {
 		conns = 1
 	}
 	return [][2]string{
-		{"Block Devices", fmt.Sprintf("kernel NBD, served in process (backend %sOWNER:%s/...)", layerBackendPrefix, a.where)},
+		{"Block Devices", fmt.Sprintf("kernel NBD, served in process (backend %sOWNER:%s/...)", layerPrefix, a.where)},
 		{"NBD Connections Per Device", strconv.Itoa(conns)},
 		{"NBD Queue Depth", orDefault(a.opts.QueueDepth)},
 		{"NBD IO Timeout", timeout(a.opts.IOTimeout)},

@@ -1,4 +1,4 @@
-package main
+package rbdstore
 
 import (
 	"reflect"
@@ -22,7 +22,7 @@ func TestReopenerKeepsTheImagesAbilities(t *testing.T) {
 		reflect.TypeFor[nbd.Resizer](),
 		reflect.TypeFor[nbd.Extenter](),
 	}
-	image, wrapper := reflect.TypeFor[*rbdio.Image](), reflect.TypeFor[*reopener]()
+	image, wrapper := reflect.TypeFor[*rbdio.Image](), reflect.TypeFor[*Reopener]()
 	for _, a := range abilities {
 		if image.Implements(a) && !wrapper.Implements(a) {
 			t.Errorf("rbdio.Image is an %v but the reopener in front of it is not", a)
