@@ -45,6 +45,10 @@ func (d *Driver) recoverDevices(ctx context.Context) error {
 			// (a second instance on this home?). Never pull a device
 			// out from under its server.
 			d.log.Warn("a device of ours is served by another live process; leaving it", "device", s.Path(), "image", req.Image)
+			if m := bySource[s.Path()]; m != nil {
+				// And its mount: that process's container runs on it.
+				adopted[m.Mountpoint] = true
+			}
 			continue
 		}
 		l := d.byImage[req.Image]
