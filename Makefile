@@ -139,7 +139,7 @@ test: deps check build test-dist test-unit test-fuzz test-clients test-integrati
 VM_TIMEOUT ?= 3600
 VM_OUT     := $(BUILD)/vm/e2e
 E2E_BIN    := $(BUILD)/e2e.test
-vmtest: deps build
+vmtest: deps build deb
 	@mkdir -p $(BUILD)
 	$(GO) test -c -tags '$(TAGS) vmtest' -o $(E2E_BIN) ./test/e2e
 	$(GO) build -o $(BUILD)/test2json cmd/test2json
@@ -147,6 +147,7 @@ vmtest: deps build
 	test/vm/run --out $(VM_OUT) --timeout $(VM_TIMEOUT) $(if $(RUN),--verbose) \
 		--env E2E_TEST_BIN=$(E2E_BIN) --env RBD_NBD_GRAPH_BIN=$(BIN) \
 		--env TEST2JSON=$(BUILD)/test2json --env RBD_NBD_GRAPH_REQUIRE=1 \
+		--env E2E_DEB=$$(ls $(DEB_DIR)/rbd-nbd-graph_*.deb) \
 		--env RUN='$(RUN)' --env E2E_TIMEOUT=$$(( $(VM_TIMEOUT) - 120 ))s \
 		test/vm/e2e.sh || rc=$$?; \
 	test/vm/summary $(VM_OUT); exit $$rc
