@@ -22,9 +22,9 @@ DEBS := gcc pkg-config librbd-dev librados-dev \
 	libnbd-bin nbdkit fio qemu-utils qemu-block-extra \
 	qemu-system-x86 busybox-static cpio kmod \
 	docker.io iproute2 e2fsprogs xfsprogs util-linux procps jq librsvg2-bin \
-	python3-libnbd golang-go systemd
+	python3-libnbd golang-go systemd docker-registry
 
-.PHONY: all build deb deps test test-dist test-vm-clone test-unit test-fuzz test-clients test-integration check bench demo cluster cluster-stop vmtest soak bench-vm bench-vm-crosscheck clean
+.PHONY: all build deb deps test test-dist test-vm-clone test-unit test-fuzz test-clients test-integration check bench demo demo-containerd cluster cluster-stop vmtest soak bench-vm bench-vm-crosscheck clean
 
 all: build
 
@@ -215,6 +215,14 @@ bench-vm-crosscheck: deps build
 # imported and run, each step timed; in the VM when this kernel lacks NBD.
 demo: deps build
 	RBD_NBD_GRAPH_BIN=$(BIN) test/demo/run.sh
+
+# The containerd front end for a person (test/demo/containerd.sh): Ceph,
+# `rbd-nbd-graph snapshotter`, Debian's containerd with a proxy_plugins
+# entry for it, busybox imported and run on /dev/nbdN, ctr snapshots and
+# rbd ls, a restart of the snapshotter under a running container, each
+# step timed; in the VM when this kernel lacks NBD.
+demo-containerd: deps build
+	RBD_NBD_GRAPH_BIN=$(BIN) test/demo/run.sh containerd.sh
 
 clean:
 	rm -rf bin $(BUILD)

@@ -29,6 +29,11 @@ type Config struct {
 	// the prefix.
 	HostID string
 	Logger *slog.Logger
+	// BlockDevices is for a front end that mounts layers itself (the
+	// containerd snapshotter, block.go): a layer's content is the root
+	// of its filesystem, not a rootfs directory in it. It is a property
+	// of the base image, so a home keeps one layout for ever.
+	BlockDevices bool
 	// CrashHook, for tests, is called after every durable step of
 	// Create, Remove and flattening (crash.go); nil means
 	// CrashAtFromEnv().
@@ -61,6 +66,7 @@ type Driver struct {
 	owner    string // recorded on base images: this host and home
 	ident    string // Identity: recorded with every device this driver attaches
 	crash    CrashHook
+	block    bool // Config.BlockDevices
 
 	locks keyLocker
 
@@ -103,7 +109,8 @@ func (l *layer) name() string {
 	return l.id
 }
 
-// mount is an attached and mounted layer.
+// mount is an attached and mounted layer, or (dir "") a layer attached
+// for a front end that mounts it itself (AttachDevice).
 type mount struct {
 	dev      Device
 	dir      string // the mount point; the layer's content is dir/rootfs

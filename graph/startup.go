@@ -62,6 +62,7 @@ func New(ctx context.Context, cfg Config) (*Driver, error) {
 		layers:   make(map[string]*layer),
 		byImage:  make(map[string]*layer),
 		crash:    cfg.CrashHook,
+		block:    cfg.BlockDevices,
 	}
 	if d.crash == nil {
 		d.crash = CrashAtFromEnv()
@@ -244,7 +245,11 @@ func (d *Driver) makeBase(ctx context.Context, b *layer) (err error) {
 		return err
 	}
 	rootfs := filepath.Join(dir, rootfsDir)
-	err = os.Mkdir(rootfs, 0o755)
+	if d.block {
+		rootfs = dir // the content is the filesystem's root
+	} else {
+		err = os.Mkdir(rootfs, 0o755)
+	}
 	if err == nil {
 		err = os.Chmod(rootfs, 0o755) // despite the umask
 	}

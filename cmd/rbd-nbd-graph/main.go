@@ -1,6 +1,7 @@
 // Command rbd-nbd-graph is one binary with subcommands: export (serve a
 // block backend over the NBD protocol), map/unmap/list (the kernel NBD
-// path), serve (the Docker graph driver plugin) and bench (the IO tuning
+// path), serve (the Docker graph driver plugin), snapshotter (the
+// containerd proxy snapshotter) and bench (the IO tuning
 // tool). Run it with no arguments for the list.
 package main
 
@@ -45,6 +46,7 @@ func commands() []command {
 		{"unmap", "detach a kernel NBD device", runUnmap},
 		{"list", "list kernel NBD devices served by rbd-nbd-graph", runList},
 		{"serve", "run the Docker graph driver plugin", runServe},
+		{"snapshotter", "run the containerd proxy snapshotter", runSnapshotter},
 		{"bench", "measure the IO path (raw backend, NBD export, kernel device)", runBench},
 	}
 }
