@@ -24,7 +24,7 @@ DEBS := gcc pkg-config librbd-dev librados-dev \
 	docker.io iproute2 e2fsprogs xfsprogs util-linux procps jq librsvg2-bin \
 	python3-libnbd golang-go systemd docker-registry
 
-.PHONY: all build deps test test-dist test-vm-clone test-unit test-fuzz test-clients test-integration check bench demo demo-containerd cluster cluster-stop vmtest soak bench-vm bench-vm-crosscheck clean
+.PHONY: all build deb deps test test-dist test-vm-clone test-unit test-fuzz test-clients test-integration check bench demo demo-containerd cluster cluster-stop vmtest soak bench-vm bench-vm-crosscheck clean
 
 all: build
 
@@ -35,6 +35,16 @@ $(BIN): FORCE
 	$(GO) build $(GOFLAGS_BUILD) -o $(BIN) ./cmd/rbd-nbd-graph
 
 FORCE:
+
+# The Debian package, from the repo's own files (dist/mkdeb): the binary,
+# the systemd units, /etc/rbd-nbd-graph/rbd-nbd-graph.conf and
+# /etc/default/rbd-nbd-graph (conffiles), a man page made from the CLI
+# help (dist/manpage). DEB_VERSION must start with a digit.
+DEB_VERSION ?= 0.1.0~git$(shell git log -1 --format=%cd.%h --date=format:%Y%m%d 2>/dev/null || echo 0)
+DEB_DIR     := $(BUILD)/deb
+deb: build
+	@rm -f $(DEB_DIR)/rbd-nbd-graph_*.deb
+	dist/mkdeb $(BIN) '$(DEB_VERSION)' $(DEB_DIR)
 
 # Idempotent: apt runs only when a package is missing, and the Go
 # toolchain is fetched only when the machine's is missing or older than
@@ -114,9 +124,10 @@ check:
 
 # The install and packaging steps: dist/go-toolchain finding or fetching
 # go.mod's Go (with Debian's Go 1.19 first on PATH, with none, with the
-# proxy off).
-test-dist: deps
+# proxy off) and dist/mkdeb's package (contents, conffiles, man page).
+test-dist: deps build
 	test/dist/go-toolchain-test.sh
+	test/dist/deb-test.sh $(BIN)
 
 test: deps check build test-dist test-unit test-fuzz test-clients test-integration test-vm-clone vmtest
 
@@ -128,7 +139,7 @@ test: deps check build test-dist test-unit test-fuzz test-clients test-integrati
 VM_TIMEOUT ?= 3600
 VM_OUT     := $(BUILD)/vm/e2e
 E2E_BIN    := $(BUILD)/e2e.test
-vmtest: deps build
+vmtest: deps build deb
 	@mkdir -p $(BUILD)
 	$(GO) test -c -tags '$(TAGS) vmtest' -o $(E2E_BIN) ./test/e2e
 	$(GO) build -o $(BUILD)/test2json cmd/test2json
@@ -136,6 +147,7 @@ vmtest: deps build
 	test/vm/run --out $(VM_OUT) --timeout $(VM_TIMEOUT) $(if $(RUN),--verbose) \
 		--env E2E_TEST_BIN=$(E2E_BIN) --env RBD_NBD_GRAPH_BIN=$(BIN) \
 		--env TEST2JSON=$(BUILD)/test2json --env RBD_NBD_GRAPH_REQUIRE=1 \
+		--env E2E_DEB=$$(ls $(DEB_DIR)/rbd-nbd-graph_*.deb) \
 		--env RUN='$(RUN)' --env E2E_TIMEOUT=$$(( $(VM_TIMEOUT) - 120 ))s \
 		test/vm/e2e.sh || rc=$$?; \
 	test/vm/summary $(VM_OUT); exit $$rc
