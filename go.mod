@@ -1,6 +1,6 @@
 module github.com/rbd-nbd-graph/rbd-nbd-graph
 
-go 1.26.8
+go 1.25.0
 
 require (
 	github.com/ceph/go-ceph v0.34.0

@@ -31,12 +31,16 @@
 // and Filesystem (NewFilesystem: mkfs, mount(2), online grow, freeze).
 // This package imports neither adapter.
 //
-// Files: driver.go (Driver, New, Create, Get, Put, Remove), state.go (the
-// state machine), recover.go (start-up adoption), flatten.go (background
-// flattening), options.go (the option vocabulary), naming.go (IDs, image
-// names, metadata keys), store.go, attach.go and fs.go (the boundaries),
-// status.go (docker info), block.go (devices for a front end that mounts
-// them itself) and shared.go (layers published under cluster-wide names).
+// Files: driver.go (Driver, Config), startup.go (New), layers.go
+// (Create, Remove), mount.go (Get, Put), shutdown.go (Close, Release),
+// undo.go (the undo stack), state.go (the state machine), recover.go
+// (start-up adoption), flatten.go (background flattening), options.go
+// (the layer options, and OptionSet: how a front end parses them with
+// the store's and the attacher's), naming.go (IDs, image names, metadata
+// keys), store.go, attach.go and fs.go (the boundaries), status.go
+// (docker info), space.go (a full pool, for Status and the log),
+// block.go (devices for a front end that mounts them itself) and
+// shared.go (layers published under cluster-wide names).
 //
 // This package has no cgo.
 package graph

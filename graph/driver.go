@@ -7,6 +7,7 @@ import (
 	"sort"
 	"strconv"
 	"sync"
+	"time"
 )
 
 // Config is what New needs.
@@ -37,6 +38,10 @@ type Config struct {
 	// Create, Remove and flattening (crash.go); nil means
 	// CrashAtFromEnv().
 	CrashHook CrashHook
+	// SpaceCheckInterval is how often a store with the SpaceReporter
+	// ability is asked whether its pools are full (default
+	// DefaultSpaceCheckInterval); Status asks as well.
+	SpaceCheckInterval time.Duration
 }
 
 // Driver keeps layers as images: the base image is formatted once, every
@@ -71,7 +76,8 @@ type Driver struct {
 	base    *layer
 	closed  bool
 
-	flat *flattener
+	flat  *flattener
+	space *spaceWatch // nil unless the store is a SpaceReporter
 }
 
 // layer is one layer (or, with id "", a base image).

@@ -10,35 +10,15 @@ import (
 	units "github.com/docker/go-units"
 )
 
-// Options configure the driver. They come, in increasing precedence, from
-// a config file and flags of `rbd-nbd-graph serve`, and from dockerd's
-// `--storage-opt` (Init). Every key is listed in optionKeys; an unknown
-// key is an error, never ignored.
+// Options are the layer options of the driver (keys rbd.imageprefix,
+// rbd.basesize, rbd.fs, rbd.mkfsarg, rbd.mountopt, rbd.maxclonedepth,
+// rbd.flatten). The keys of where the images live and how devices are
+// served belong to the store and the attacher (graph/rbdstore,
+// graph/nbdattach), each an OptionSet of its own; a front end parses one
+// list of key=value strings into all of them with ParseOptionSets, in
+// increasing precedence: a config file, flags, then per-instance values
+// (dockerd's --storage-opt). An unknown key is an error, never ignored.
 type Options struct {
-	// Where the images live (read by the store that cmd opens).
-	Pool       string // rbd.pool
-	DataPool   string // rbd.datapool: data objects in another pool (EC pools)
-	Namespace  string // rbd.namespace: an RBD namespace inside Pool
-	Client     string // rbd.client: cephx id, without "client."
-	ConfigFile string // rbd.configfile: ceph.conf path
-	Keyring    string // rbd.keyring
-	// CachePolicy is librbd's cache (rbd.cachepolicy): none (default,
-	// no cache) or writethrough acknowledge writes once the cluster has
-	// them, so a driver restarted under mounted layers loses nothing;
-	// writeback or writearound acknowledge from librbd's cache.
-	CachePolicy string
-	// OSDTimeout (rbd.osdtimeout) fails a Ceph request the OSDs do not
-	// complete in time with ETIMEDOUT (EIO on the layer's device)
-	// instead of waiting; 0 (default) waits for ever, as krbd.
-	OSDTimeout time.Duration
-	// ConnectTimeout (rbd.connecttimeout) bounds connecting to the
-	// monitors at start and every monitor request (0: rbdio's 30s).
-	ConnectTimeout time.Duration
-	// AbortOnFull (rbd.abortonfull) fails writes to a full pool (quota
-	// or cluster full) with ENOSPC at once, as krbd's abort_on_full;
-	// false (default, as krbd) makes them wait until space is freed.
-	AbortOnFull bool
-
 	// ImagePrefix starts every image name this driver makes
 	// (rbd.imageprefix). Empty means a prefix derived from this host's
 	// machine ID and the driver's home, so hosts sharing a pool, and
@@ -55,17 +35,6 @@ type Options struct {
 	MaxCloneDepth int
 	// Flatten says when (rbd.flatten): FlattenBackground or FlattenOnCreate.
 	Flatten FlattenMode
-
-	NBD NBDOptions
-}
-
-// NBDOptions tune the kernel devices (keys nbd.*). Zero values leave the
-// choice to package nbd.
-type NBDOptions struct {
-	Connections     int           // nbd.connections: sockets per device
-	QueueDepth      int           // nbd.queuedepth: requests in flight per socket
-	IOTimeout       time.Duration // nbd.iotimeout: 0 waits forever
-	DeadConnTimeout time.Duration // nbd.deadconntimeout: how long the kernel waits for a restarted server
 }
 
 // FlattenMode says when a layer past MaxCloneDepth is flattened.
@@ -84,55 +53,95 @@ const (
 	minBaseSizeXFS = 300 << 20 // mkfs.xfs refuses smaller filesystems
 )
 
-// DefaultOptions are the defaults of every option.
+// DefaultOptions are the defaults of every layer option.
 func DefaultOptions() Options {
 	return Options{
-		Pool:          "rbd",
-		Client:        "admin",
-		CachePolicy:   "none",
 		BaseSize:      10 << 30,
 		FS:            "ext4",
 		MaxCloneDepth: 8,
 		Flatten:       FlattenBackground,
-		NBD: NBDOptions{
-			// Long enough for the plugin to be restarted (or crash and be
-			// started again) without the kernel failing IO on mounted
-			// layers; see README "Restarts".
-			DeadConnTimeout: 2 * time.Minute,
-		},
 	}
 }
 
-type optionSetter func(o *Options, v string) error
+// OptionSet is a group of option keys that one part of the driver owns
+// and validates: Options here, the store's and the attacher's in their
+// packages. Keys are lower case.
+type OptionSet interface {
+	// SetOption applies value to key; known is false for a key the set
+	// does not own. err says what is wrong with the value, without the
+	// key (ParseOptionSets adds it).
+	SetOption(key, value string) (known bool, err error)
+	// OptionKeys lists the keys the set owns.
+	OptionKeys() []string
+	// Validate checks the combination of values once all are set; its
+	// errors wrap ErrInvalidOption.
+	Validate() error
+}
 
-var optionKeys = map[string]optionSetter{
-	"rbd.pool":       stringOpt(func(o *Options) *string { return &o.Pool }),
-	"rbd.datapool":   stringOpt(func(o *Options) *string { return &o.DataPool }),
-	"rbd.namespace":  stringOpt(func(o *Options) *string { return &o.Namespace }),
-	"rbd.configfile": stringOpt(func(o *Options) *string { return &o.ConfigFile }),
-	"rbd.keyring":    stringOpt(func(o *Options) *string { return &o.Keyring }),
-	"rbd.cachepolicy": func(o *Options, v string) error {
-		switch v {
-		case "none", "writethrough", "writeback", "writearound":
-			o.CachePolicy = v
-			return nil
+// ParseOptionSets applies "key=value" strings, in order, to the set that
+// owns each key (keys are case-insensitive), then validates every set.
+func ParseOptionSets(kvs []string, sets ...OptionSet) error {
+	for _, kv := range kvs {
+		key, val, ok := strings.Cut(kv, "=")
+		key = strings.ToLower(strings.TrimSpace(key))
+		if !ok {
+			return fmt.Errorf("%w %q: want key=value", ErrInvalidOption, kv)
 		}
-		return fmt.Errorf("use none, writethrough, writeback or writearound")
-	},
-	"rbd.osdtimeout":     durationOpt(func(o *Options) *time.Duration { return &o.OSDTimeout }),
-	"rbd.connecttimeout": durationOpt(func(o *Options) *time.Duration { return &o.ConnectTimeout }),
-	"rbd.abortonfull": func(o *Options, v string) error {
-		b, err := strconv.ParseBool(v)
-		if err != nil {
-			return fmt.Errorf("want true or false")
+		known := false
+		for _, set := range sets {
+			var err error
+			if known, err = set.SetOption(key, strings.TrimSpace(val)); err != nil {
+				return fmt.Errorf("%w %s=%q: %v", ErrInvalidOption, key, val, err)
+			}
+			if known {
+				break
+			}
 		}
-		o.AbortOnFull = b
-		return nil
-	},
-	"rbd.client": func(o *Options, v string) error {
-		o.Client = strings.TrimPrefix(v, "client.")
-		return nil
-	},
+		if !known {
+			return fmt.Errorf("%w: unknown option %q; known options: %s", ErrInvalidOption, key, strings.Join(OptionKeys(sets...), " "))
+		}
+	}
+	for _, set := range sets {
+		if err := set.Validate(); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// OptionKeys lists the keys of every set, sorted (for help texts).
+func OptionKeys(sets ...OptionSet) []string {
+	var keys []string
+	for _, set := range sets {
+		keys = append(keys, set.OptionKeys()...)
+	}
+	sort.Strings(keys)
+	return keys
+}
+
+// OptionSetters is a table of an OptionSet's keys; each setter gets the
+// trimmed value.
+type OptionSetters[T any] map[string]func(o *T, v string) error
+
+// Set applies key=value to o; known is false for a key not in the table.
+func (t OptionSetters[T]) Set(o *T, key, value string) (known bool, err error) {
+	set, ok := t[key]
+	if !ok {
+		return false, nil
+	}
+	return true, set(o, value)
+}
+
+// Keys lists the table's keys.
+func (t OptionSetters[T]) Keys() []string {
+	keys := make([]string, 0, len(t))
+	for k := range t {
+		keys = append(keys, k)
+	}
+	return keys
+}
+
+var layerKeys = OptionSetters[Options]{
 	"rbd.imageprefix": func(o *Options, v string) error {
 		if err := validName(v, true); err != nil {
 			return err
@@ -160,14 +169,24 @@ var optionKeys = map[string]optionSetter{
 		return nil
 	},
 	"rbd.mountopt": func(o *Options, v string) error {
+		var opts []string
 		for _, opt := range strings.Split(v, ",") {
 			if opt = strings.TrimSpace(opt); opt != "" {
-				o.MountOptions = append(o.MountOptions, opt)
+				opts = append(opts, opt)
 			}
 		}
+		// VFS options become mount(2) flags at mount time; refuse
+		// what no layer mount can take now rather than at first Get.
+		if _, _, err := splitMountOptions(opts); err != nil {
+			return err
+		}
+		o.MountOptions = append(o.MountOptions, opts...)
 		return nil
 	},
-	"rbd.maxclonedepth": intOpt(1, 1000, func(o *Options) *int { return &o.MaxCloneDepth }),
+	"rbd.maxclonedepth": func(o *Options, v string) (err error) {
+		o.MaxCloneDepth, err = ParseIntOption(v, 1, 1000)
+		return err
+	},
 	"rbd.flatten": func(o *Options, v string) error {
 		switch m := FlattenMode(v); m {
 		case FlattenBackground, FlattenOnCreate:
@@ -176,101 +195,69 @@ var optionKeys = map[string]optionSetter{
 		}
 		return fmt.Errorf("use %s or %s", FlattenBackground, FlattenOnCreate)
 	},
-	"nbd.connections":     intOpt(1, 64, func(o *Options) *int { return &o.NBD.Connections }),
-	"nbd.queuedepth":      intOpt(1, 4096, func(o *Options) *int { return &o.NBD.QueueDepth }),
-	"nbd.iotimeout":       durationOpt(func(o *Options) *time.Duration { return &o.NBD.IOTimeout }),
-	"nbd.deadconntimeout": durationOpt(func(o *Options) *time.Duration { return &o.NBD.DeadConnTimeout }),
 }
 
-func stringOpt(field func(*Options) *string) optionSetter {
-	return func(o *Options, v string) error {
-		*field(o) = v
-		return nil
+// ParseIntOption reads an integer from min to max.
+func ParseIntOption(v string, min, max int) (int, error) {
+	n, err := strconv.Atoi(v)
+	if err != nil || n < min || n > max {
+		return 0, fmt.Errorf("want an integer from %d to %d", min, max)
 	}
+	return n, nil
 }
 
-func intOpt(min, max int, field func(*Options) *int) optionSetter {
-	return func(o *Options, v string) error {
-		n, err := strconv.Atoi(v)
-		if err != nil || n < min || n > max {
-			return fmt.Errorf("want an integer from %d to %d", min, max)
+// ParseDurationOption reads a Go duration ("90s", "2m") or plain
+// seconds; negative durations are refused.
+func ParseDurationOption(v string) (time.Duration, error) {
+	d, err := time.ParseDuration(v)
+	if err != nil {
+		secs, err2 := strconv.Atoi(v)
+		if err2 != nil {
+			return 0, fmt.Errorf("want a duration such as 30s or 2m")
 		}
-		*field(o) = n
-		return nil
+		d = time.Duration(secs) * time.Second
 	}
+	if d < 0 {
+		return 0, fmt.Errorf("must not be negative")
+	}
+	return d, nil
 }
 
-// durationOpt accepts a Go duration ("90s", "2m") or plain seconds.
-func durationOpt(field func(*Options) *time.Duration) optionSetter {
-	return func(o *Options, v string) error {
-		d, err := time.ParseDuration(v)
-		if err != nil {
-			secs, err2 := strconv.Atoi(v)
-			if err2 != nil {
-				return fmt.Errorf("want a duration such as 30s or 2m")
-			}
-			d = time.Duration(secs) * time.Second
-		}
-		if d < 0 {
-			return fmt.Errorf("must not be negative")
-		}
-		*field(o) = d
-		return nil
+// ParseBoolOption reads true or false (and strconv.ParseBool's spellings).
+func ParseBoolOption(v string) (bool, error) {
+	b, err := strconv.ParseBool(v)
+	if err != nil {
+		return false, fmt.Errorf("want true or false")
 	}
+	return b, nil
 }
 
-// OptionKeys lists every option key, sorted (for help texts).
-func OptionKeys() []string {
-	keys := make([]string, 0, len(optionKeys))
-	for k := range optionKeys {
-		keys = append(keys, k)
-	}
-	sort.Strings(keys)
-	return keys
-}
+// SetOption implements OptionSet for the layer keys.
+func (o *Options) SetOption(key, value string) (bool, error) { return layerKeys.Set(o, key, value) }
 
-// ParseOptions applies "key=value" strings to base and validates the
-// result. Keys are case-insensitive.
+// OptionKeys implements OptionSet.
+func (o *Options) OptionKeys() []string { return layerKeys.Keys() }
+
+// ParseOptions applies "key=value" strings of layer keys to base and
+// validates the result; base is not changed.
 func ParseOptions(base Options, kvs []string) (Options, error) {
-	o := base
-	o.MkfsArgs = append([]string(nil), base.MkfsArgs...)
-	o.MountOptions = append([]string(nil), base.MountOptions...)
-	for _, kv := range kvs {
-		if err := o.Set(kv); err != nil {
-			return Options{}, err
-		}
-	}
-	if err := o.Validate(); err != nil {
+	o := base.clone()
+	if err := ParseOptionSets(kvs, &o); err != nil {
 		return Options{}, err
 	}
 	return o, nil
 }
 
-// Set applies one "key=value".
-func (o *Options) Set(kv string) error {
-	key, val, ok := strings.Cut(kv, "=")
-	key = strings.ToLower(strings.TrimSpace(key))
-	if !ok {
-		return fmt.Errorf("%w %q: want key=value", ErrInvalidOption, kv)
-	}
-	set, known := optionKeys[key]
-	if !known {
-		return fmt.Errorf("%w: unknown option %q; known options: %s", ErrInvalidOption, key, strings.Join(OptionKeys(), " "))
-	}
-	if err := set(o, strings.TrimSpace(val)); err != nil {
-		return fmt.Errorf("%w %s=%q: %v", ErrInvalidOption, key, val, err)
-	}
-	return nil
+// clone copies o with lists of its own, so appending to them (rbd.mkfsarg
+// and rbd.mountopt add to the list) leaves o as it was.
+func (o Options) clone() Options {
+	o.MkfsArgs = append([]string(nil), o.MkfsArgs...)
+	o.MountOptions = append([]string(nil), o.MountOptions...)
+	return o
 }
 
 // Validate checks the combination of values.
 func (o Options) Validate() error {
-	if o.Pool == "" {
-		return fmt.Errorf("%w: rbd.pool is empty: name the RBD pool for the layers", ErrInvalidOption)
-	}
-	if o.Client == "" {
-		return fmt.Errorf("%w: rbd.client is empty: name the cephx user (e.g. admin)", ErrInvalidOption)
-	}
 	min := int64(minBaseSize)
 	if o.FS == "xfs" {
 		min = minBaseSizeXFS

@@ -89,7 +89,15 @@ func New(ctx context.Context, cfg Config) (*Driver, error) {
 	if err := d.recoverDevices(ctx); err != nil {
 		return nil, err
 	}
+	// From here on a full pool is named in the log (making the base
+	// image waits on one).
+	if rep, ok := d.store.(SpaceReporter); ok {
+		d.space = startSpaceWatch(rep, d.log, rep.AbortOnFull(), cfg.SpaceCheckInterval)
+	}
 	if err := d.ensureBase(ctx); err != nil {
+		if d.space != nil {
+			d.space.stop()
+		}
 		return nil, errors.Join(err, d.releaseAll(ctx))
 	}
 	d.cleanUnfinished(ctx)

@@ -33,8 +33,15 @@ func (d *Driver) Status() [][2]string {
 	}
 	st := [][2]string{
 		{"Pool", loc},
+	}
+	if d.space != nil {
+		st = append(st, d.space.status()...)
+	}
+	st = append(st, [][2]string{
 		{"Image Prefix", d.names.prefix},
-		{"librbd Cache", cacheStatus(d.opts.CachePolicy)},
+	}...)
+	if ss, ok := d.store.(StoreStatuser); ok {
+		st = append(st, ss.StoreStatus()...)
 	}
 	if base != nil {
 		st = append(st, [2]string{"Base Image", fmt.Sprintf("%s (%s, %s)", base.image, units.BytesSize(float64(base.size)), d.fs.Type())})
@@ -59,18 +66,6 @@ func (d *Driver) Status() [][2]string {
 	}
 	st = append(st, [2]string{"Kernel Version", kernelVersion()})
 	return st
-}
-
-// cacheStatus says what rbd.cachepolicy means for the layers' data, the
-// question an operator has before restarting the plugin.
-func cacheStatus(policy string) string {
-	switch policy {
-	case "writeback", "writearound":
-		return policy + " (writes acknowledged from the plugin's cache: lost if it dies under mounted layers)"
-	case "writethrough":
-		return policy + " (writes acknowledged once on the OSDs)"
-	}
-	return "off (writes acknowledged once on the OSDs)"
 }
 
 func kernelVersion() string {

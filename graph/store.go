@@ -76,6 +76,13 @@ type StoreVersioner interface {
 	StoreVersion() (label, version string)
 }
 
+// StoreStatuser is an optional ability of an ImageStore: lines for
+// Status about how the store keeps the layers' data (for example
+// librbd's cache), shown after the image prefix.
+type StoreStatuser interface {
+	StoreStatus() [][2]string
+}
+
 // StoreDescriber is an optional ability of an ImageStore: where the
 // images are (for example "pool rbd, namespace x"), for Status and
 // GetMetadata.
@@ -85,4 +92,26 @@ type StoreDescriber interface {
 	// Qualify turns an image name into the fully qualified one
 	// ("pool/name").
 	Qualify(image string) string
+}
+
+// SpaceReporter is an optional ability of an ImageStore: whether the
+// pools the layers are written to are full (their quota reached, or the
+// cluster full), the reason writes to every layer wait or fail with
+// ENOSPC. The Driver checks it periodically and on every Status, shows
+// a full pool there and logs each change once.
+type SpaceReporter interface {
+	// Space reports on every pool the images' data is written to.
+	Space(ctx context.Context) ([]PoolSpace, error)
+	// AbortOnFull reports whether writes to a full pool fail with
+	// ENOSPC (true) or wait for space (false), for Status to say.
+	AbortOnFull() bool
+}
+
+// PoolSpace is one pool's state, as a SpaceReporter reports it.
+type PoolSpace struct {
+	Pool string
+	Full bool
+	// Detail says it for an operator, naming the pool and its quota
+	// ("pool rbd is full: its quota max_bytes 1073741824 is reached").
+	Detail string
 }

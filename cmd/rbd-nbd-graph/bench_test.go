@@ -12,7 +12,6 @@ import (
 	"testing"
 
 	"github.com/rbd-nbd-graph/rbd-nbd-graph/bench"
-	"github.com/rbd-nbd-graph/rbd-nbd-graph/graph"
 )
 
 func runBenchCLI(t *testing.T, args ...string) (code int, stdout, stderr string) {
@@ -129,11 +128,11 @@ func TestBenchSweepWritesChartAndJSON(t *testing.T) {
 // The recommendation is only useful if the driver accepts it.
 func TestRecommendedDriverOptionsParse(t *testing.T) {
 	kvs := []string{bench.DriverOptConnections + "=4", bench.DriverOptQueueDepth + "=8"}
-	o, err := graph.ParseOptions(graph.DefaultOptions(), kvs)
+	o, err := parseBackendOptions(kvs)
 	if err != nil {
 		t.Fatalf("the driver refuses the options bench recommends: %v", err)
 	}
-	if o.NBD.Connections != 4 || o.NBD.QueueDepth != 8 {
-		t.Fatalf("the driver read %v as %+v", kvs, o.NBD)
+	if o.nbd.Connections != 4 || o.nbd.QueueDepth != 8 {
+		t.Fatalf("the driver read %v as %+v", kvs, o.nbd)
 	}
 }

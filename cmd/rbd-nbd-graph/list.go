@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"flag"
 	"fmt"
-	"strings"
 	"text/tabwriter"
 
 	"github.com/rbd-nbd-graph/rbd-nbd-graph/graph/nbdattach"
@@ -51,7 +50,7 @@ func runList(ctx context.Context, env *environment, args []string) error {
 	}
 	out := []mapping{}
 	for _, d := range devs {
-		ours := strings.HasPrefix(d.BackendID, nbdattach.BackendPrefix)
+		id, ours := nbdattach.ParseBackendID(d.BackendID)
 		if !*all && !(d.Connected && ours) {
 			continue
 		}
@@ -61,7 +60,7 @@ func runList(ctx context.Context, env *environment, args []string) error {
 			m.Connections, m.ConnectionsLive, m.ConnectionsReplaced = st.Configured, st.Live, st.Replaced
 		}
 		if ours {
-			m.Target = strings.TrimPrefix(d.BackendID, nbdattach.BackendPrefix)
+			m.Target = id.Target
 		}
 		out = append(out, m)
 	}

@@ -142,7 +142,9 @@ func daemonize(ctx context.Context, env *environment, name string, args []string
 		return err
 	}
 	defer readR.Close()
-	cmd := exec.Command(self, append([]string{name, "--foreground", "--ready-fd=3"}, args...)...)
+	// The log flags were taken out of args (run): hand them on.
+	childArgs := append([]string{name, "--foreground", "--ready-fd=3"}, env.logArgs...)
+	cmd := exec.Command(self, append(childArgs, args...)...)
 	cmd.Stdin = nil
 	cmd.Stdout = logOut
 	cmd.Stderr = logOut
@@ -311,30 +313,17 @@ func serveMapped(ctx context.Context, env *environment, f *mapFlags, target stri
 
 // backendID is the identifier recorded in the kernel for target.
 func backendID(target string) (string, error) {
-	norm, err := normalizeTarget(target)
-	if err != nil {
-		return "", err
+	id, err := nbdattach.TargetID(target)
+	if errors.Is(err, nbdattach.ErrEmptyTarget) {
+		return "", fmt.Errorf("%w: %v", errUsage, err)
 	}
-	return nbdattach.BackendPrefix + norm, nil
+	return id, err
 }
 
-// normalizeTarget spells a target the same way however it was typed: a
-// bare POOL/IMAGE is rbd:POOL/IMAGE and file paths are absolute.
-func normalizeTarget(target string) (string, error) {
-	switch {
-	case target == "":
-		return "", fmt.Errorf("%w: empty TARGET", errUsage)
-	case strings.HasPrefix(target, "mem:"), strings.HasPrefix(target, "rbd:"):
-		return target, nil
-	case strings.HasPrefix(target, "file:"):
-		abs, err := filepath.Abs(strings.TrimPrefix(target, "file:"))
-		if err != nil {
-			return "", err
-		}
-		return "file:" + abs, nil
-	default:
-		return "rbd:" + target, nil
-	}
+// targetOf is what an identifier of ours names, for messages.
+func targetOf(id string) string {
+	b, _ := nbdattach.ParseBackendID(id)
+	return b.Target
 }
 
 // findMapped returns the index of the one connected device mapped to id.
@@ -345,7 +334,7 @@ func findMapped(ctx context.Context, id string) (int, error) {
 	}
 	switch len(devs) {
 	case 0:
-		return -1, fmt.Errorf("no connected NBD device is mapped to %s: nothing to reattach (map it instead)", strings.TrimPrefix(id, nbdattach.BackendPrefix))
+		return -1, fmt.Errorf("no connected NBD device is mapped to %s: nothing to reattach (map it instead)", targetOf(id))
 	case 1:
 		return devs[0].Index, nil
 	}
@@ -353,7 +342,7 @@ func findMapped(ctx context.Context, id string) (int, error) {
 	for _, d := range devs {
 		paths = append(paths, d.Path)
 	}
-	return -1, fmt.Errorf("%s is mapped on several devices (%s): name one with --device", strings.TrimPrefix(id, nbdattach.BackendPrefix), strings.Join(paths, ", "))
+	return -1, fmt.Errorf("%s is mapped on several devices (%s): name one with --device", targetOf(id), strings.Join(paths, ", "))
 }
 
 // refuseDoubleMap stops a second read-write mapping of the same target,
@@ -364,7 +353,7 @@ func refuseDoubleMap(ctx context.Context, id string) error {
 		return nil // no module loaded yet, or no such device: fine
 	}
 	return fmt.Errorf("%s is already mapped on %s (use that device, 'map --reattach' if its server died, or unmap it first)",
-		strings.TrimPrefix(id, nbdattach.BackendPrefix), devs[0].Path)
+		targetOf(id), devs[0].Path)
 }
 
 // deviceIndex parses /dev/nbdN (or nbdN).

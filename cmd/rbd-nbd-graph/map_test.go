@@ -4,12 +4,15 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"io"
 	"log/slog"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/rbd-nbd-graph/rbd-nbd-graph/internal/testkit"
 )
 
 func testEnv() (*environment, *bytes.Buffer, *bytes.Buffer) {
@@ -17,27 +20,18 @@ func testEnv() (*environment, *bytes.Buffer, *bytes.Buffer) {
 	return &environment{stdout: &out, stderr: &errb, log: slog.New(slog.NewTextHandler(io.Discard, nil))}, &out, &errb
 }
 
-func TestNormalizeTarget(t *testing.T) {
-	cwd, _ := os.Getwd()
-	for _, c := range []struct{ in, want string }{
-		{"rbd/img", "rbd:rbd/img"},
-		{"rbd:rbd/img@snap", "rbd:rbd/img@snap"},
-		{"pool/img@s1", "rbd:pool/img@s1"},
-		{"mem:64M", "mem:64M"},
-		{"file:disk.img", "file:" + filepath.Join(cwd, "disk.img")},
-		{"file:/abs/disk", "file:/abs/disk"},
-	} {
-		got, err := normalizeTarget(c.in)
-		if err != nil || got != c.want {
-			t.Errorf("normalizeTarget(%q) = %q, %v; want %q", c.in, got, err, c.want)
-		}
+// map's identifier is the one codec's (nbdattach, whose round-trip
+// test covers the spellings); an empty target is a usage error.
+func TestBackendID(t *testing.T) {
+	id, err := backendID("rbd/img")
+	if err != nil || id != "rbd-nbd-graph:rbd:rbd/img" {
+		t.Errorf("backendID = %q, %v", id, err)
 	}
-	if _, err := normalizeTarget(""); err == nil {
-		t.Error("empty target accepted")
+	if _, err := backendID(""); !errors.Is(err, errUsage) {
+		t.Errorf("empty target: %v, want a usage error", err)
 	}
-	id, _ := backendID("rbd/img")
-	if id != "rbd-nbd-graph:rbd:rbd/img" {
-		t.Errorf("backendID = %q", id)
+	if got := targetOf(id); got != "rbd:rbd/img" {
+		t.Errorf("targetOf(%q) = %q", id, got)
 	}
 }
 
@@ -141,5 +135,5 @@ func TestMain(m *testing.M) {
 	if os.Getenv("RBD_NBD_GRAPH_TEST_MAIN") == "1" {
 		main()
 	}
-	os.Exit(m.Run())
+	testkit.Main(m)
 }

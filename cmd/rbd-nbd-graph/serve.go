@@ -54,7 +54,7 @@ func runServe(ctx context.Context, env *environment, args []string) error {
 			"Serves the Docker graph driver plugin: every image and container layer is\n"+
 			"an RBD image, attached through in-process NBD. Start it before dockerd.\n\n"+
 			"Driver options (in the config file, with -o, or dockerd --storage-opt):\n  %s\n\nflags:\n",
-			strings.Join(graph.OptionKeys(), "\n  "))
+			strings.Join(backendOptionKeys(), "\n  "))
 		fs.PrintDefaults()
 	}
 	if err := parseFlags(fs, args); err != nil {
@@ -80,8 +80,7 @@ func runServe(ctx context.Context, env *environment, args []string) error {
 	}
 	kvs = append(kvs, ceph.driverOptions(fs)...)
 	kvs = append(kvs, opts...)
-	defaults, err := graph.ParseOptions(graph.DefaultOptions(), kvs)
-	if err != nil {
+	if _, err := parseBackendOptions(kvs); err != nil {
 		return fmt.Errorf("%w: %v", errUsage, err)
 	}
 
@@ -98,16 +97,23 @@ func runServe(ctx context.Context, env *environment, args []string) error {
 	}
 	p := dockerplugin.New(dockerplugin.Config{
 		Name:      *name,
-		Defaults:  defaults,
+		Options:   kvs,
 		StateFile: *state,
-		Open: func(ctx context.Context, o graph.Options) (dockerplugin.Backend, error) {
-			return openRBDBackend(ctx, o, env.log)
+		Parse: func(kvs []string) (graph.Options, dockerplugin.Opener, error) {
+			o, err := parseBackendOptions(kvs)
+			return o.layers, func(ctx context.Context) (dockerplugin.Backend, error) {
+				return openRBDBackend(ctx, o, env.log)
+			}, err
 		},
 		Logger:          env.log,
 		DetachOnExit:    *detachOnExit,
 		ShutdownTimeout: *shutdownTimeout,
 	})
 	env.log.Info("serving the graph driver plugin; start dockerd with --experimental -s "+*name, "socket", path)
+	// The socket listens (dockerd's connections queue until Serve takes
+	// them): a Type=notify unit ordered before docker.service may let
+	// dockerd start now.
+	notifySystemd(ctx, env.log, "serving "+path)
 	return dockerplugin.Serve(ctx, ln, p, *grace)
 }
 

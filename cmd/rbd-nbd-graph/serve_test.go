@@ -16,8 +16,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/rbd-nbd-graph/rbd-nbd-graph/graph"
-	"github.com/rbd-nbd-graph/rbd-nbd-graph/graph/graphtest"
+	"github.com/rbd-nbd-graph/rbd-nbd-graph/graph/rbdstore"
+	"github.com/rbd-nbd-graph/rbd-nbd-graph/internal/testkit"
 	"github.com/rbd-nbd-graph/rbd-nbd-graph/rbdio"
 )
 
@@ -58,7 +58,7 @@ func TestServeWithoutKernelNBD(t *testing.T) {
 	if _, err := os.Stat("/sys/module/nbd"); err == nil {
 		t.Skip("this kernel has NBD: the VM tests cover the full path")
 	}
-	graphtest.RequireRoot(t)
+	testkit.RequireRoot(t)
 	dir := t.TempDir()
 	sock := filepath.Join(dir, "p.sock")
 	env := &environment{stdout: io.Discard, stderr: io.Discard, log: slog.New(slog.NewTextHandler(io.Discard, nil))}
@@ -103,24 +103,21 @@ func TestServeWithoutKernelNBD(t *testing.T) {
 	}
 }
 
-// The driver option rbd.cachepolicy (graph, no cgo) accepts exactly the
-// policies rbdio does, and serve's flag reaches it.
-func TestCachePolicyNamesAgree(t *testing.T) {
-	for _, name := range []string{"none", "writethrough", "writeback", "writearound", "off", "WriteBack", ""} {
-		_, rerr := rbdio.ParseCachePolicy(name)
-		_, gerr := graph.ParseOptions(graph.DefaultOptions(), []string{"rbd.cachepolicy=" + name})
-		if (rerr == nil) != (gerr == nil) {
-			t.Errorf("%q: rbdio says %v, graph says %v", name, rerr, gerr)
-		}
-	}
+// The Ceph flags' cache policy defaults to none, as the driver option
+// rbd.cachepolicy does (one parser, rbdio's, reads both).
+func TestCachePolicyFlag(t *testing.T) {
 	var c cephFlags
 	fs := flag.NewFlagSet("t", flag.ContinueOnError)
+	fs.SetOutput(io.Discard)
 	c.register(fs)
-	if c.config("rbd", "").CachePolicy != rbdio.CacheNone {
-		t.Errorf("default policy %q, want none", c.cachePolicy)
+	if c.config("rbd", "").CachePolicy != rbdio.CacheNone || defaultBackendOptions().store.CachePolicy != rbdio.CacheNone {
+		t.Errorf("default policy %q (flag), %q (driver option); want none", c.cachePolicy, defaultBackendOptions().store.CachePolicy)
 	}
 	if err := fs.Parse([]string{"--rbd-cache-policy", "writeback"}); err != nil || c.config("rbd", "").CachePolicy != rbdio.CacheWriteback {
 		t.Errorf("--rbd-cache-policy writeback: %v, %q", err, c.cachePolicy)
+	}
+	if err := fs.Parse([]string{"--rbd-cache-policy", "off"}); err == nil {
+		t.Error("--rbd-cache-policy off accepted")
 	}
 }
 
@@ -130,15 +127,18 @@ func TestServeCephFlagsBecomeDriverOptions(t *testing.T) {
 	fs := flag.NewFlagSet("serve", flag.ContinueOnError)
 	var c cephFlags
 	c.register(fs)
-	if err := fs.Parse([]string{"--osd-timeout", "7s", "--connect-timeout", "3s", "--abort-on-full", "--id", "driver"}); err != nil {
+	if err := fs.Parse([]string{"--osd-timeout", "7s", "--connect-timeout", "3s", "--abort-on-full", "--id", "driver",
+		"--rbd-cache-policy", "writethrough", "--ceph-conf", "/etc/ceph/x.conf", "--keyring", "/k"}); err != nil {
 		t.Fatal(err)
 	}
-	o, err := graph.ParseOptions(graph.DefaultOptions(), c.driverOptions(fs))
+	o, err := parseBackendOptions(c.driverOptions(fs))
 	if err != nil {
 		t.Fatal(err)
 	}
-	if o.OSDTimeout != 7*time.Second || o.ConnectTimeout != 3*time.Second || !o.AbortOnFull || o.Client != "driver" {
-		t.Fatalf("options from the flags: osd timeout %v, connect timeout %v, abort on full %v, client %q",
-			o.OSDTimeout, o.ConnectTimeout, o.AbortOnFull, o.Client)
+	want := rbdstore.DefaultOptions()
+	want.OSDTimeout, want.ConnectTimeout, want.AbortOnFull, want.Client = 7*time.Second, 3*time.Second, true, "driver"
+	want.CachePolicy, want.ConfigFile, want.Keyring = rbdio.CacheWritethrough, "/etc/ceph/x.conf", "/k"
+	if o.store != want {
+		t.Fatalf("store options from the flags: %+v, want %+v", o.store, want)
 	}
 }

@@ -41,7 +41,7 @@ func runSnapshotter(ctx context.Context, env *environment, args []string) error 
 			"In containerd's config.toml:\n\n"+
 			"  [proxy_plugins.rbd-nbd]\n    type = \"snapshot\"\n    address = %q\n\n"+
 			"Driver options (in the config file or with -o):\n  %s\n\nflags:\n",
-			snapshotter.DefaultSocket, strings.Join(graph.OptionKeys(), "\n  "))
+			snapshotter.DefaultSocket, strings.Join(backendOptionKeys(), "\n  "))
 		fs.PrintDefaults()
 	}
 	if err := parseFlags(fs, args); err != nil {
@@ -67,7 +67,7 @@ func runSnapshotter(ctx context.Context, env *environment, args []string) error 
 	}
 	kvs = append(kvs, ceph.driverOptions(fs)...)
 	kvs = append(kvs, opts...)
-	o, err := graph.ParseOptions(graph.DefaultOptions(), kvs)
+	o, err := parseBackendOptions(kvs)
 	if err != nil {
 		return fmt.Errorf("%w: %v", errUsage, err)
 	}
@@ -84,7 +84,7 @@ func runSnapshotter(ctx context.Context, env *environment, args []string) error 
 		return err
 	}
 	d, err := graph.New(ctx, graph.Config{
-		Home: filepath.Join(*root, "layers"), Options: o, Store: backend.Store, Attacher: backend.Attacher,
+		Home: filepath.Join(*root, "layers"), Options: o.layers, Store: backend.Store, Attacher: backend.Attacher,
 		HostID: *hostID, Logger: env.log, BlockDevices: true,
 	})
 	if err != nil {

@@ -32,16 +32,22 @@ type Backend struct {
 	Close func() error
 }
 
+// Opener opens the backend of one Init (Config.Parse returns it).
+type Opener func(ctx context.Context) (Backend, error)
+
 // Config configures a Plugin.
 type Config struct {
 	// Name is the driver name dockerd knows the plugin by.
 	Name string
-	// Defaults are the options from the plugin's flags and config file;
-	// dockerd's --storage-opt values (Init) override them.
-	Defaults graph.Options
-	// Open builds the backend for the final options. It is called by
-	// every Init.
-	Open func(ctx context.Context, opts graph.Options) (Backend, error)
+	// Options are key=value options from the plugin's flags and config
+	// file; dockerd's --storage-opt values (Init) follow them, so they
+	// override them.
+	Options []string
+	// Parse validates the options of an Init (the graph's layer keys and
+	// the backend's) and returns the layer options and how to open the
+	// backend the others name. Init calls it before it touches the
+	// running instance, so bad options leave that one alone.
+	Parse func(options []string) (graph.Options, Opener, error)
 	// StateFile, when set, records the last Init (home, options, ID
 	// maps) so that a plugin restarted while dockerd keeps running
 	// (dockerd calls Init only when it starts) resumes serving at once,
@@ -164,7 +170,7 @@ func (p *Plugin) saveRecord(rec initRecord) error {
 // Init starts a driver instance for dockerd's home, --storage-opt values
 // and user-namespace maps.
 func (p *Plugin) Init(home string, options []string, uidMaps, gidMaps []idtools.IDMap) error {
-	opts, err := graph.ParseOptions(p.cfg.Defaults, options)
+	opts, open, err := p.cfg.Parse(append(append([]string(nil), p.cfg.Options...), options...))
 	if err != nil {
 		return err
 	}
@@ -184,7 +190,7 @@ func (p *Plugin) Init(home string, options []string, uidMaps, gidMaps []idtools.
 			return fmt.Errorf("close the previous instance: %w", err)
 		}
 	}
-	backend, err := p.cfg.Open(p.ctx, opts)
+	backend, err := open(p.ctx)
 	if err != nil {
 		return err
 	}

@@ -7,20 +7,8 @@ import (
 	"github.com/rbd-nbd-graph/rbd-nbd-graph/internal/testkit"
 )
 
-// The require-or-skip policy is internal/testkit's; these names stay
-// for the tests under cmd/ until they call testkit themselves.
-
-// RequireRoot is testkit.RequireRoot.
-func RequireRoot(t testing.TB) {
-	t.Helper()
-	testkit.RequireRoot(t)
-}
-
-// RequireCeph is testkit.CephConf.
-func RequireCeph(t testing.TB) string {
-	t.Helper()
-	return testkit.CephConf(t)
-}
+// The require-or-skip policy is internal/testkit's; RequireLoop adds
+// what the driver tests on FileStore and LoopAttacher need.
 
 // RequireLoop needs root, loop devices and losetup, mkfs.ext4 and
 // resize2fs: what the driver tests on FileStore and LoopAttacher use.

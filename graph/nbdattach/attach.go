@@ -24,23 +24,19 @@ type ImageOpener func(ctx context.Context, ref graph.ImageRef, readOnly bool) (b
 type Attacher struct {
 	open  ImageOpener
 	where string // POOL or POOL/NAMESPACE, part of every backend identifier
-	opts  graph.NBDOptions
+	opts  Options
 	log   *slog.Logger
 }
 
-// Config is what an Attacher needs: how to open an image, where the
-// images are (POOL or POOL/NAMESPACE, part of every device's backend
-// identifier), the device options and a logger.
-type Config struct {
-	Open    ImageOpener
-	Where   string
-	Options graph.NBDOptions
-	Logger  *slog.Logger
-}
-
-// New returns the attacher for c.
-func New(c Config) *Attacher {
-	return &Attacher{open: c.Open, where: c.Where, opts: c.Options, log: c.Logger}
+// New returns the attacher serving the images open opens, with the
+// device options o. where (POOL or POOL/NAMESPACE) is part of every
+// device's backend identifier: a restarted attacher finds only the
+// devices of its own pool. A nil log means slog.Default().
+func New(open ImageOpener, where string, o Options, log *slog.Logger) *Attacher {
+	if log == nil {
+		log = slog.Default()
+	}
+	return &Attacher{open: open, where: where, opts: o, log: log}
 }
 
 var (
@@ -56,7 +52,7 @@ func (a *Attacher) attachOptions(req graph.AttachRequest, readOnly bool) nbd.Att
 		ReadOnly:        readOnly,
 		IOTimeout:       a.opts.IOTimeout,
 		DeadConnTimeout: a.opts.DeadConnTimeout,
-		BackendID:       layerBackendID(req.Owner, a.where, req.Ref()),
+		BackendID:       LayerID(req.Owner, a.where, req.Ref()),
 		Logger:          a.log,
 	}
 }
@@ -169,7 +165,7 @@ func (a *Attacher) Stale(ctx context.Context) ([]graph.StaleDevice, error) {
 	}
 	var out []graph.StaleDevice
 	for _, st := range all {
-		req, ok := parseLayerBackendID(st.BackendID, a.where)
+		req, ok := ParseLayerID(st.BackendID, a.where)
 		if !ok || !st.Connected || st.PID == os.Getpid() {
 			continue
 		}
@@ -238,7 +234,7 @@ func (a *Attacher) DescribeDevices() [][2]string {
 		conns = 1
 	}
 	return [][2]string{
-		{"Block Devices", fmt.Sprintf("kernel NBD, served in process (backend %sOWNER:%s/...)", layerBackendPrefix, a.where)},
+		{"Block Devices", fmt.Sprintf("kernel NBD, served in process (backend %sOWNER:%s/...)", layerPrefix, a.where)},
 		{"NBD Connections Per Device", strconv.Itoa(conns)},
 		{"NBD Queue Depth", orDefault(a.opts.QueueDepth)},
 		{"NBD IO Timeout", timeout(a.opts.IOTimeout)},

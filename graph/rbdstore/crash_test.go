@@ -2,18 +2,15 @@ package rbdstore
 
 import (
 	"context"
-	"crypto/rand"
-	"encoding/hex"
 	"errors"
 	"os"
 	"os/exec"
-	"strings"
 	"syscall"
 	"testing"
 	"time"
 
 	"github.com/rbd-nbd-graph/rbd-nbd-graph/graph"
-	"github.com/rbd-nbd-graph/rbd-nbd-graph/graph/graphtest"
+	"github.com/rbd-nbd-graph/rbd-nbd-graph/internal/testkit"
 	"github.com/rbd-nbd-graph/rbd-nbd-graph/rbdio"
 )
 
@@ -37,7 +34,7 @@ func TestRBDStoreCrashChild(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	store := New(conn, Config{Pool: "rbd", Crash: graph.CrashAtFromEnv()})
+	store := New(ctx, conn, DefaultOptions())
 	if op == "create" {
 		err = store.CreateSnapshot(ctx, image, snapForCrash)
 	} else {
@@ -54,7 +51,7 @@ const snapForCrash = "layer"
 // process can protect (what the driver's ensureSnapshot does for a
 // layer loaded at start-up) and clone, and remove along with the image.
 func TestRBDStoreCrashWindows(t *testing.T) {
-	conf := graphtest.RequireCeph(t)
+	conf := testkit.CephConf(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	t.Cleanup(cancel) // after the parallel subtests
 	conn, err := rbdio.Connect(ctx, rbdio.Config{ConfFile: conf})
@@ -62,7 +59,7 @@ func TestRBDStoreCrashWindows(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { conn.Close() })
-	store := New(conn, Config{Pool: "rbd"})
+	store := New(ctx, conn, DefaultOptions())
 	for _, tc := range []struct{ op, step string }{
 		{"create", graph.StepSnapshotCreated},
 		{"create", graph.StepSnapshotProtected},
@@ -71,9 +68,7 @@ func TestRBDStoreCrashWindows(t *testing.T) {
 	} {
 		t.Run(tc.step, func(t *testing.T) {
 			t.Parallel() // each waits for the dead child's lock and watch
-			var b [4]byte
-			rand.Read(b[:])
-			image := "crash-" + strings.ReplaceAll(tc.step, ":", "-") + "-" + hex.EncodeToString(b[:])
+			image := testkit.UniqueName(t, "crash")
 			clone := image + "-kid"
 			t.Cleanup(func() {
 				ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)

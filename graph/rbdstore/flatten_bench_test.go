@@ -2,15 +2,13 @@ package rbdstore
 
 import (
 	"context"
-	"crypto/rand"
-	"encoding/hex"
 	"fmt"
 	mrand "math/rand/v2"
 	"testing"
 	"time"
 
 	"github.com/rbd-nbd-graph/rbd-nbd-graph/graph"
-	"github.com/rbd-nbd-graph/rbd-nbd-graph/graph/graphtest"
+	"github.com/rbd-nbd-graph/rbd-nbd-graph/internal/testkit"
 	"github.com/rbd-nbd-graph/rbd-nbd-graph/rbdio"
 )
 
@@ -39,7 +37,7 @@ type benchChain struct {
 // chain of depth clones above it (each a clone of the previous one's
 // snapshot "layer", as the driver makes them).
 func newBenchChain(b *testing.B, depth int) *benchChain {
-	conf := graphtest.RequireCeph(b)
+	conf := testkit.CephConf(b)
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
 	b.Cleanup(cancel)
 	conn, err := rbdio.Connect(ctx, rbdio.Config{ConfFile: conf})
@@ -47,9 +45,7 @@ func newBenchChain(b *testing.B, depth int) *benchChain {
 		b.Fatal(err)
 	}
 	b.Cleanup(func() { conn.Close() })
-	var r [4]byte
-	rand.Read(r[:])
-	c := &benchChain{store: New(conn, Config{Pool: "rbd"}), prefix: "flatbench-" + hex.EncodeToString(r[:]) + "-"}
+	c := &benchChain{store: New(ctx, conn, DefaultOptions()), prefix: testkit.UniqueName(b, "flatbench") + "-"}
 	b.Cleanup(c.removeAll)
 	base := c.prefix + "0"
 	if err := c.store.CreateImage(ctx, base, 1<<30); err != nil {
@@ -60,8 +56,7 @@ func newBenchChain(b *testing.B, depth int) *benchChain {
 	if err != nil {
 		b.Fatal(err)
 	}
-	buf := make([]byte, 1<<20)
-	rand.Read(buf)
+	buf := testkit.RandomBytes(1<<20, 1)
 	for off := int64(0); off < benchData; off += int64(len(buf)) {
 		if _, err := be.WriteAt(buf, off); err != nil {
 			b.Fatal(err)

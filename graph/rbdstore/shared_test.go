@@ -2,18 +2,17 @@ package rbdstore
 
 import (
 	"context"
-	"crypto/rand"
-	"encoding/hex"
 	"testing"
 	"time"
 
 	"github.com/rbd-nbd-graph/rbd-nbd-graph/graph/graphtest"
+	"github.com/rbd-nbd-graph/rbd-nbd-graph/internal/testkit"
 	"github.com/rbd-nbd-graph/rbd-nbd-graph/rbdio"
 )
 
 // The RBD store keeps the rename contract publishing shared layers needs.
 func TestRBDStoreRenames(t *testing.T) {
-	conf := graphtest.RequireCeph(t)
+	conf := testkit.CephConf(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
 	conn, err := rbdio.Connect(ctx, rbdio.Config{ConfFile: conf})
@@ -21,7 +20,5 @@ func TestRBDStoreRenames(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { conn.Close() })
-	var b [4]byte
-	rand.Read(b[:])
-	graphtest.RenameSuite(t, New(conn, Config{Pool: "rbd"}), "rename-"+hex.EncodeToString(b[:])+"-")
+	graphtest.RenameSuite(t, New(ctx, conn, DefaultOptions()), testkit.UniqueName(t, "rename")+"-")
 }

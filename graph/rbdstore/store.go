@@ -36,32 +36,29 @@ func CephVersion(ctx context.Context) string {
 
 // Store is graph's ImageStore on an RBD pool through rbdio.
 type Store struct {
-	conn      *rbdio.Conn
-	dataPool  string
-	pool      string
-	namespace string
-	version   string
+	conn    *rbdio.Conn
+	opts    Options
+	version string
 	// crash, for tests, is called between the steps of CreateSnapshot
 	// and RemoveSnapshot (graph.CrashEnv); nil does nothing.
 	crash graph.CrashHook
 }
 
-// Config says where a Store's images are.
-type Config struct {
-	Pool      string
-	Namespace string
-	DataPool  string
-	// Version is shown by Status (CephVersion).
-	Version string
-	// Crash, for tests, is called between the steps of CreateSnapshot
-	// and RemoveSnapshot (graph.CrashEnv); nil does nothing.
-	Crash graph.CrashHook
+// Connect opens the cluster connection o names, for New.
+func Connect(ctx context.Context, o Options) (*rbdio.Conn, error) {
+	conn, err := rbdio.Connect(ctx, o.Config())
+	if err != nil {
+		return nil, fmt.Errorf("connect to the cluster (rbd.pool=%s rbd.client=%s rbd.configfile=%q): %w", o.Pool, o.Client, o.ConfigFile, err)
+	}
+	return conn, nil
 }
 
-// New is the store on conn's pool; the caller keeps conn and closes it
-// after the store's last use.
-func New(conn *rbdio.Conn, c Config) *Store {
-	return &Store{conn: conn, pool: c.Pool, namespace: c.Namespace, dataPool: c.DataPool, version: c.Version, crash: c.Crash}
+// New is the store on conn, a connection to o's pool and namespace
+// (Connect); the caller closes conn after the store's last use. ctx
+// bounds asking the Ceph client's version (for Status). Under
+// graph.CrashEnv (tests) the store kills its process at that step.
+func New(ctx context.Context, conn *rbdio.Conn, o Options) *Store {
+	return &Store{conn: conn, opts: o, version: CephVersion(ctx), crash: graph.CrashAtFromEnv()}
 }
 
 func (s *Store) step(name string) {
@@ -74,6 +71,7 @@ var (
 	_ graph.ImageStore     = (*Store)(nil)
 	_ graph.StoreDescriber = (*Store)(nil)
 	_ graph.StoreVersioner = (*Store)(nil)
+	_ graph.StoreStatuser  = (*Store)(nil)
 )
 
 // storeErr adds graph's kind to an rbdio error, so the driver can tell a
@@ -94,11 +92,11 @@ func storeErr(err error) error {
 }
 
 func (s *Store) CreateImage(ctx context.Context, name string, size int64) error {
-	return storeErr(s.conn.CreateImage(ctx, name, rbdio.CreateOptions{Size: size, DataPool: s.dataPool}))
+	return storeErr(s.conn.CreateImage(ctx, name, rbdio.CreateOptions{Size: size, DataPool: s.opts.DataPool}))
 }
 
 func (s *Store) CloneImage(ctx context.Context, parent, snap, name string) error {
-	return storeErr(s.conn.Clone(ctx, parent, snap, name, rbdio.CreateOptions{DataPool: s.dataPool}))
+	return storeErr(s.conn.Clone(ctx, parent, snap, name, rbdio.CreateOptions{DataPool: s.opts.DataPool}))
 }
 
 func (s *Store) RemoveImage(ctx context.Context, name string) error {
@@ -157,7 +155,7 @@ func (s *Store) Children(ctx context.Context, image, snap string) ([]string, err
 	}
 	out := make([]string, 0, len(kids))
 	for _, k := range kids {
-		if k.Pool == s.pool && k.Namespace == s.namespace && !k.Trash {
+		if k.Pool == s.opts.Pool && k.Namespace == s.opts.Namespace && !k.Trash {
 			out = append(out, k.Image)
 		} else {
 			out = append(out, k.String()) // elsewhere: still a child
@@ -192,7 +190,7 @@ func (s *Store) StatImage(ctx context.Context, name string) (graph.ImageInfo, er
 	info := graph.ImageInfo{Size: st.Size, Metadata: md}
 	if st.HasParent {
 		info.Parent = graph.ImageRef{Image: st.Parent.Image, Snapshot: st.Parent.Snapshot}
-		if st.Parent.Pool != s.pool || st.Parent.Namespace != s.namespace {
+		if st.Parent.Pool != s.opts.Pool || st.Parent.Namespace != s.opts.Namespace {
 			info.Parent.Image = st.Parent.String() // not one of ours, but a parent all the same
 		}
 	}
@@ -222,16 +220,16 @@ func (s *Store) SetMetadata(ctx context.Context, name string, kv map[string]stri
 
 // Where is POOL or POOL/NAMESPACE.
 func (s *Store) Where() string {
-	if s.namespace != "" {
-		return s.pool + "/" + s.namespace
+	if s.opts.Namespace != "" {
+		return s.opts.Pool + "/" + s.opts.Namespace
 	}
-	return s.pool
+	return s.opts.Pool
 }
 
 func (s *Store) Location() string {
 	loc := s.Where()
-	if s.dataPool != "" {
-		loc += " (data in " + s.dataPool + ")"
+	if s.opts.DataPool != "" {
+		loc += " (data in " + s.opts.DataPool + ")"
 	}
 	return loc
 }
@@ -240,11 +238,17 @@ func (s *Store) Qualify(image string) string { return s.Where() + "/" + image }
 
 func (s *Store) StoreVersion() (string, string) { return "Ceph Version", s.version }
 
+// StoreStatus is the line about librbd's cache.
+func (s *Store) StoreStatus() [][2]string {
+	return [][2]string{{"librbd Cache", cacheStatus(s.opts.CachePolicy)}}
+}
+
 // OpenImage opens a layer image for a device. After a crash the dead
 // process may still hold the exclusive lock until its watch times out
-// (about 30 s), so a locked image is retried for a while.
+// (about 30 s), so a locked image is retried for Options.LockWait, every
+// Options.LockRetry.
 func (s *Store) OpenImage(ctx context.Context, ref graph.ImageRef, readOnly bool) (nbd.Backend, func() error, error) {
-	deadline := time.Now().Add(90 * time.Second)
+	deadline := time.Now().Add(s.opts.LockWait)
 	for {
 		im, err := s.conn.OpenImage(ctx, ref.Image, rbdio.OpenOptions{ReadOnly: readOnly, Snapshot: ref.Snapshot})
 		if err == nil {
@@ -256,7 +260,7 @@ func (s *Store) OpenImage(ctx context.Context, ref graph.ImageRef, readOnly bool
 		select {
 		case <-ctx.Done():
 			return nil, nil, errors.Join(storeErr(err), ctx.Err())
-		case <-time.After(2 * time.Second):
+		case <-time.After(s.opts.LockRetry):
 		}
 	}
 }

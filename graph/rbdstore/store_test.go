@@ -2,20 +2,19 @@ package rbdstore
 
 import (
 	"context"
-	"crypto/rand"
-	"encoding/hex"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/rbd-nbd-graph/rbd-nbd-graph/graph"
 	"github.com/rbd-nbd-graph/rbd-nbd-graph/graph/graphtest"
+	"github.com/rbd-nbd-graph/rbd-nbd-graph/internal/testkit"
 	"github.com/rbd-nbd-graph/rbd-nbd-graph/rbdio"
 )
 
 // The RBD store keeps the ImageStore contract on a real cluster.
 func TestRBDStoreKeepsTheStoreContract(t *testing.T) {
-	conf := graphtest.RequireCeph(t)
+	conf := testkit.CephConf(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
 	conn, err := rbdio.Connect(ctx, rbdio.Config{ConfFile: conf})
@@ -23,13 +22,12 @@ func TestRBDStoreKeepsTheStoreContract(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { conn.Close() }) // after the suite's cleanups
-	store := New(conn, Config{Pool: "rbd", Version: CephVersion(ctx)})
-	var b [4]byte
-	rand.Read(b[:])
-	graphtest.StoreSuite(t, store, "storesuite-"+hex.EncodeToString(b[:])+"-")
+	store := New(ctx, conn, DefaultOptions())
+	graphtest.StoreSuite(t, store, testkit.UniqueName(t, "storesuite")+"-")
 
 	// Data: a clone reads its parent's snapshot, writes stay its own.
-	p, c := "storesuite-data-"+hex.EncodeToString(b[:]), "storesuite-data-kid-"+hex.EncodeToString(b[:])
+	p := testkit.UniqueName(t, "storesuite-data")
+	c := p + "-kid"
 	t.Cleanup(func() {
 		store.RemoveImage(context.Background(), c)
 		store.RemoveSnapshot(context.Background(), p, "s")
