@@ -299,6 +299,11 @@ func (s *Snapshotter) Remove(ctx context.Context, key string) error {
 		}
 		return nil
 	})
+	if err != nil {
+		// containerd's GC drops a FailedPrecondition without a word: say
+		// here why a snapshot stayed.
+		s.log.Warn("could not remove snapshot", "key", key, "err", err)
+	}
 	if err == nil && released != "" {
 		// After the commit: another host may still use it; a failure
 		// here leaves an unused image that the next Remove retries.
