@@ -4,23 +4,27 @@
 # Both install what they need first (make deps).
 
 SHELL      := /bin/bash
-GO         ?= go
+BUILD      := $(CURDIR)/.build
+# The go command: GO=... if given, else a go on PATH at least as new as
+# go.mod asks, else the toolchain `make deps` fetched into .build/go
+# (dist/go-toolchain; evaluated at each use, so it sees that fetch).
+GO         ?= $(shell dist/go-toolchain which $(BUILD))
 TAGS       ?= pacific
 export CGO_ENABLED := 1
 GOFLAGS_BUILD := -tags $(TAGS)
-BUILD      := $(CURDIR)/.build
 BIN        := $(CURDIR)/bin/rbd-nbd-graph
 STATICCHECK_VERSION := v0.7.0
 
-# Every Debian package the build, tests, demo and benchmarks use.
+# Every Debian package the build, tests, demo and benchmarks use
+# (golang-go, Go 1.19, only downloads go.mod's toolchain: dist/go-toolchain).
 DEBS := gcc pkg-config librbd-dev librados-dev \
 	ceph-mon ceph-osd ceph-mgr ceph-common rbd-nbd \
 	libnbd-bin nbdkit fio qemu-utils qemu-block-extra \
 	qemu-system-x86 busybox-static cpio kmod \
 	docker.io iproute2 e2fsprogs xfsprogs util-linux procps jq librsvg2-bin \
-	python3-libnbd
+	python3-libnbd golang-go systemd docker-registry
 
-.PHONY: all build deps test test-unit test-fuzz test-clients test-integration check bench demo cluster cluster-stop vmtest soak bench-vm bench-vm-crosscheck clean
+.PHONY: all build deps test test-dist test-vm-clone test-unit test-fuzz test-clients test-integration check bench demo demo-containerd cluster cluster-stop vmtest soak bench-vm bench-vm-crosscheck clean
 
 all: build
 
@@ -32,14 +36,16 @@ $(BIN): FORCE
 
 FORCE:
 
-# Idempotent: apt runs only when a package is missing.
+# Idempotent: apt runs only when a package is missing, and the Go
+# toolchain is fetched only when the machine's is missing or older than
+# go.mod asks (Debian 12's is 1.19): see dist/go-toolchain.
 deps:
 	@missing=$$(for p in $(DEBS); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q '^install ok installed' || echo $$p; done); \
 	if [ -n "$$missing" ]; then \
 		echo "deps: installing $$missing"; \
 		apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q $$missing; \
 	else echo "deps: all Debian packages present"; fi
-	$(GO) mod download
+	@go=$$(dist/go-toolchain ensure $(BUILD)) && echo "$$go mod download" && "$$go" mod download
 
 # Fast loop: no VM, and no Ceph unless CEPH_CONF names a running cluster
 # (the tests that need one skip; test-integration runs them).
@@ -94,16 +100,25 @@ test-integration: deps build
 # Under the test targets a test that lacks a tool, root or a cluster fails
 # instead of skipping (and prerequisites inherit this), so CI cannot pass
 # by skipping.
-test test-unit test-clients test-integration vmtest: export RBD_NBD_GRAPH_REQUIRE := 1
+test test-dist test-unit test-clients test-integration vmtest: export RBD_NBD_GRAPH_REQUIRE := 1
 
+# check also verifies the systemd units (test/dist/units-test.sh:
+# systemd-analyze verify, Type=notify, ordering, stop timeouts).
 check:
+	test/dist/units-test.sh
 	@test -z "$$(gofmt -l $$(git ls-files '*.go'))" || { gofmt -l $$(git ls-files '*.go'); echo "gofmt: files above need formatting"; exit 1; }
 	$(GO) vet $(GOFLAGS_BUILD) ./...
 	@mkdir -p $(BUILD)/bin
 	GOBIN=$(BUILD)/bin $(GO) install honnef.co/go/tools/cmd/staticcheck@$(STATICCHECK_VERSION)
 	$(BUILD)/bin/staticcheck -tags $(TAGS) ./...
 
-test: deps check build test-unit test-fuzz test-clients test-integration vmtest
+# The install and packaging steps: dist/go-toolchain finding or fetching
+# go.mod's Go (with Debian's Go 1.19 first on PATH, with none, with the
+# proxy off).
+test-dist: deps
+	test/dist/go-toolchain-test.sh
+
+test: deps check build test-dist test-unit test-fuzz test-clients test-integration test-vm-clone vmtest
 
 # The kernel path, for real: Debian's kernel under qemu (TCG), the host's
 # root shared read-only, a Ceph cluster and the end-to-end tests (test/e2e,
@@ -124,6 +139,11 @@ vmtest: deps build
 		--env RUN='$(RUN)' --env E2E_TIMEOUT=$$(( $(VM_TIMEOUT) - 120 ))s \
 		test/vm/e2e.sh || rc=$$?; \
 	test/vm/summary $(VM_OUT); exit $$rc
+
+# The VM harness from a copy of the tree under /tmp, which the guest's
+# tmpfs on /tmp would hide: one boot, no Ceph (test/vm/clone-test.sh).
+test-vm-clone: deps
+	test/vm/clone-test.sh
 
 # The soak (not part of `make test`): in one VM boot, three containers on
 # the graph driver write and verify checksummed files while the plugin is
@@ -172,7 +192,7 @@ bench: deps build
 # the table and the ours/rbd-nbd ratios (results/bench-vm/).
 bench-vm: deps build
 	RBD_NBD_GRAPH_BIN=$(BIN) bench/scripts/vm.sh --out results/bench-vm
-	RBD_NBD_GRAPH_BIN=$(BIN) bench/scripts/layers-vm.sh --out results/layers-vm
+	GO=$(GO) RBD_NBD_GRAPH_BIN=$(BIN) bench/scripts/layers-vm.sh --out results/layers-vm
 
 # The device target's cross-check against fio libaio, in the VM.
 bench-vm-crosscheck: deps build
@@ -183,6 +203,14 @@ bench-vm-crosscheck: deps build
 # imported and run, each step timed; in the VM when this kernel lacks NBD.
 demo: deps build
 	RBD_NBD_GRAPH_BIN=$(BIN) test/demo/run.sh
+
+# The containerd front end for a person (test/demo/containerd.sh): Ceph,
+# `rbd-nbd-graph snapshotter`, Debian's containerd with a proxy_plugins
+# entry for it, busybox imported and run on /dev/nbdN, ctr snapshots and
+# rbd ls, a restart of the snapshotter under a running container, each
+# step timed; in the VM when this kernel lacks NBD.
+demo-containerd: deps build
+	RBD_NBD_GRAPH_BIN=$(BIN) test/demo/run.sh containerd.sh
 
 clean:
 	rm -rf bin $(BUILD)

@@ -38,7 +38,9 @@
 // (the layer options, and OptionSet: how a front end parses them with
 // the store's and the attacher's), naming.go (IDs, image names, metadata
 // keys), store.go, attach.go and fs.go (the boundaries), status.go
-// (docker info).
+// (docker info), space.go (a full pool, for Status and the log),
+// block.go (devices for a front end that mounts them itself) and
+// shared.go (layers published under cluster-wide names).
 //
 // This package has no cgo.
 package graph

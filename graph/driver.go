@@ -7,6 +7,7 @@ import (
 	"sort"
 	"strconv"
 	"sync"
+	"time"
 )
 
 // Config is what New needs.
@@ -28,10 +29,19 @@ type Config struct {
 	// the prefix.
 	HostID string
 	Logger *slog.Logger
+	// BlockDevices is for a front end that mounts layers itself (the
+	// containerd snapshotter, block.go): a layer's content is the root
+	// of its filesystem, not a rootfs directory in it. It is a property
+	// of the base image, so a home keeps one layout for ever.
+	BlockDevices bool
 	// CrashHook, for tests, is called after every durable step of
 	// Create, Remove and flattening (crash.go); nil means
 	// CrashAtFromEnv().
 	CrashHook CrashHook
+	// SpaceCheckInterval is how often a store with the SpaceReporter
+	// ability is asked whether its pools are full (default
+	// DefaultSpaceCheckInterval); Status asks as well.
+	SpaceCheckInterval time.Duration
 }
 
 // Driver keeps layers as images: the base image is formatted once, every
@@ -56,6 +66,7 @@ type Driver struct {
 	owner    string // recorded on base images: this host and home
 	ident    string // Identity: recorded with every device this driver attaches
 	crash    CrashHook
+	block    bool // Config.BlockDevices
 
 	locks keyLocker
 
@@ -65,7 +76,8 @@ type Driver struct {
 	base    *layer
 	closed  bool
 
-	flat *flattener
+	flat  *flattener
+	space *spaceWatch // nil unless the store is a SpaceReporter
 }
 
 // layer is one layer (or, with id "", a base image).
@@ -97,7 +109,8 @@ func (l *layer) name() string {
 	return l.id
 }
 
-// mount is an attached and mounted layer.
+// mount is an attached and mounted layer, or (dir "") a layer attached
+// for a front end that mounts it itself (AttachDevice).
 type mount struct {
 	dev      Device
 	dir      string // the mount point; the layer's content is dir/rootfs

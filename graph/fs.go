@@ -90,24 +90,31 @@ func (f *execFilesystem) Format(ctx context.Context, device string) error {
 	return run(ctx, f.mkfs, args...)
 }
 
-func (f *execFilesystem) mountData(readOnly bool) string {
-	opts := append([]string(nil), f.cfg.MountOptions...)
-	if f.cfg.Type == "xfs" {
-		// Every clone carries its parent's filesystem UUID; xfs refuses
-		// a second mount of the same UUID without nouuid.
-		opts = append(opts, "nouuid")
+// mountArgs are mount(2)'s flags and data for a layer: rbd.mountopt's VFS
+// options (nodev, noatime, ...) become flags, the rest filesystem data.
+func (f *execFilesystem) mountArgs(readOnly bool) (uintptr, string, error) {
+	flags, data, err := splitMountOptions(f.cfg.MountOptions)
+	if err != nil {
+		return 0, "", fmt.Errorf("%w: rbd.mountopt: %v", ErrInvalidOption, err)
 	}
-	return strings.Join(opts, ",")
-}
-
-func (f *execFilesystem) Mount(ctx context.Context, device, dir string, readOnly bool) error {
-	var flags uintptr
 	if readOnly {
 		flags |= unix.MS_RDONLY
 	}
-	data := f.mountData(readOnly)
+	if f.cfg.Type == "xfs" {
+		// Every clone carries its parent's filesystem UUID; xfs refuses
+		// a second mount of the same UUID without nouuid.
+		data = append(data, "nouuid")
+	}
+	return flags, strings.Join(data, ","), nil
+}
+
+func (f *execFilesystem) Mount(ctx context.Context, device, dir string, readOnly bool) error {
+	flags, data, err := f.mountArgs(readOnly)
+	if err != nil {
+		return err
+	}
 	if err := unix.Mount(device, dir, f.cfg.Type, flags, data); err != nil {
-		return &os.PathError{Op: fmt.Sprintf("mount -t %s -o %q %s", f.cfg.Type, data, device), Path: dir, Err: err}
+		return &os.PathError{Op: fmt.Sprintf("mount -t %s (flags %#x, data %q) %s", f.cfg.Type, flags, data, device), Path: dir, Err: err}
 	}
 	return nil
 }

@@ -47,13 +47,20 @@ func (d *Driver) Create(ctx context.Context, id, parent string, co CreateOptions
 			return fmt.Errorf("parent of %s: %w: %s", id, ErrLayerNotFound, parent)
 		}
 	}
+	return d.create(ctx, id, parent, p, co)
+}
+
+// create makes layer id as a clone of p's snapshot (making it if p has
+// none yet); parent is p's layer ID ("" for a base image or an image
+// outside the driver). The caller holds id's lock and p's.
+func (d *Driver) create(ctx context.Context, id, parent string, p *layer, co CreateOptions) (err error) {
 	size := p.size
 	if co.Size > 0 && co.Size < p.size {
 		return fmt.Errorf("%w: size=%s is smaller than the parent layer (%s); filesystems only grow",
 			ErrInvalidOption, units.BytesSize(float64(co.Size)), units.BytesSize(float64(p.size)))
 	}
 	size = max(size, co.Size)
-	if parent == "" {
+	if p == d.base {
 		size = max(size, d.opts.BaseSize) // rbd.basesize raised since the base was made
 	}
 

@@ -27,6 +27,9 @@ func (d *Driver) Get(ctx context.Context, id string) (string, error) {
 		return "", fmt.Errorf("%w: %s", ErrLayerNotFound, id)
 	}
 	if m := l.mount; m != nil {
+		if m.dir == "" {
+			return "", fmt.Errorf("get layer %s: %w", id, ErrAttached)
+		}
 		d.setField(func() { m.refs++ })
 		return filepath.Join(m.dir, rootfsDir), nil
 	}
@@ -88,7 +91,7 @@ func (d *Driver) Put(ctx context.Context, id string) error {
 		return fmt.Errorf("%w: %s", ErrLayerNotFound, id)
 	}
 	m := l.mount
-	if m == nil {
+	if m == nil || m.dir == "" { // "": attached by AttachDevice, not Get
 		d.log.Debug("put of a layer that is not mounted", "layer", id)
 		return nil
 	}
@@ -106,11 +109,13 @@ func (d *Driver) Put(ctx context.Context, id string) error {
 // mounted (with no references), so a later Put, Remove or Close retries.
 func (d *Driver) unmountAndDetach(ctx context.Context, l *layer, m *mount) error {
 	ph := newPhases()
-	if err := d.fs.Unmount(ctx, m.dir); err != nil {
-		d.setField(func() { m.refs = 0 })
-		return err
+	if m.dir != "" { // "": attached only (AttachDevice)
+		if err := d.fs.Unmount(ctx, m.dir); err != nil {
+			d.setField(func() { m.refs = 0 })
+			return err
+		}
+		ph.done("unmount")
 	}
-	ph.done("unmount")
 	d.setField(func() { l.mount = nil })
 	if err := m.dev.Detach(ctx); err != nil {
 		return fmt.Errorf("detach %s: %w", m.dev.Path(), err)

@@ -169,11 +169,18 @@ var layerKeys = OptionSetters[Options]{
 		return nil
 	},
 	"rbd.mountopt": func(o *Options, v string) error {
+		var opts []string
 		for _, opt := range strings.Split(v, ",") {
 			if opt = strings.TrimSpace(opt); opt != "" {
-				o.MountOptions = append(o.MountOptions, opt)
+				opts = append(opts, opt)
 			}
 		}
+		// VFS options become mount(2) flags at mount time; refuse
+		// what no layer mount can take now rather than at first Get.
+		if _, _, err := splitMountOptions(opts); err != nil {
+			return err
+		}
+		o.MountOptions = append(o.MountOptions, opts...)
 		return nil
 	},
 	"rbd.maxclonedepth": func(o *Options, v string) (err error) {

@@ -49,15 +49,23 @@ func (d *Driver) recoverDevices(ctx context.Context) error {
 		}
 		l := d.byImage[req.Image]
 		m := bySource[s.Path()]
-		canAdopt := l != nil && l.id != "" && l.state == StateReady && m != nil &&
-			m.Mountpoint == filepath.Join(d.mnt, l.id) &&
+		canAdopt := l != nil && l.id != "" && l.state == StateReady &&
+			(m != nil && m.Mountpoint == filepath.Join(d.mnt, l.id) ||
+				// A front end that mounts devices itself mounts them
+				// elsewhere (or not yet): every device of a ready
+				// layer is adopted, attached only.
+				d.block && m == nil) &&
 			(req.Snapshot == "" || req.Snapshot == snapName && l.snapshot)
 		if canAdopt {
 			dev, err := s.Adopt(ctx)
 			if err == nil {
-				l.mount = &mount{dev: dev, dir: m.Mountpoint, readOnly: req.ReadOnly || req.Snapshot != "", refs: 1}
-				adopted[m.Mountpoint] = true
-				d.log.Info("adopted a layer still mounted from an earlier run", "layer", l.id, "device", dev.Path())
+				dir := ""
+				if m != nil {
+					dir = m.Mountpoint
+					adopted[m.Mountpoint] = true
+				}
+				l.mount = &mount{dev: dev, dir: dir, readOnly: req.ReadOnly || req.Snapshot != "", refs: 1}
+				d.log.Info("adopted a layer still attached from an earlier run", "layer", l.id, "device", dev.Path(), "mountpoint", dir)
 				continue
 			}
 			d.log.Warn("could not serve a device left attached again; releasing it", "device", s.Path(), "image", req.Image, "err", err)

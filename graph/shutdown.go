@@ -32,6 +32,9 @@ func (d *Driver) stop() bool {
 	if d.flat != nil {
 		d.flat.stop()
 	}
+	if d.space != nil {
+		d.space.stop()
+	}
 	return true
 }
 

@@ -62,6 +62,7 @@ func New(ctx context.Context, cfg Config) (*Driver, error) {
 		layers:   make(map[string]*layer),
 		byImage:  make(map[string]*layer),
 		crash:    cfg.CrashHook,
+		block:    cfg.BlockDevices,
 	}
 	if d.crash == nil {
 		d.crash = CrashAtFromEnv()
@@ -88,7 +89,15 @@ func New(ctx context.Context, cfg Config) (*Driver, error) {
 	if err := d.recoverDevices(ctx); err != nil {
 		return nil, err
 	}
+	// From here on a full pool is named in the log (making the base
+	// image waits on one).
+	if rep, ok := d.store.(SpaceReporter); ok {
+		d.space = startSpaceWatch(rep, d.log, rep.AbortOnFull(), cfg.SpaceCheckInterval)
+	}
 	if err := d.ensureBase(ctx); err != nil {
+		if d.space != nil {
+			d.space.stop()
+		}
 		return nil, errors.Join(err, d.releaseAll(ctx))
 	}
 	d.cleanUnfinished(ctx)
@@ -236,7 +245,11 @@ func (d *Driver) makeBase(ctx context.Context, b *layer) (err error) {
 		return err
 	}
 	rootfs := filepath.Join(dir, rootfsDir)
-	err = os.Mkdir(rootfs, 0o755)
+	if d.block {
+		rootfs = dir // the content is the filesystem's root
+	} else {
+		err = os.Mkdir(rootfs, 0o755)
+	}
 	if err == nil {
 		err = os.Chmod(rootfs, 0o755) // despite the umask
 	}

@@ -33,8 +33,13 @@ func (d *Driver) Status() [][2]string {
 	}
 	st := [][2]string{
 		{"Pool", loc},
-		{"Image Prefix", d.names.prefix},
 	}
+	if d.space != nil {
+		st = append(st, d.space.status()...)
+	}
+	st = append(st, [][2]string{
+		{"Image Prefix", d.names.prefix},
+	}...)
 	if ss, ok := d.store.(StoreStatuser); ok {
 		st = append(st, ss.StoreStatus()...)
 	}

@@ -93,3 +93,25 @@ type StoreDescriber interface {
 	// ("pool/name").
 	Qualify(image string) string
 }
+
+// SpaceReporter is an optional ability of an ImageStore: whether the
+// pools the layers are written to are full (their quota reached, or the
+// cluster full), the reason writes to every layer wait or fail with
+// ENOSPC. The Driver checks it periodically and on every Status, shows
+// a full pool there and logs each change once.
+type SpaceReporter interface {
+	// Space reports on every pool the images' data is written to.
+	Space(ctx context.Context) ([]PoolSpace, error)
+	// AbortOnFull reports whether writes to a full pool fail with
+	// ENOSPC (true) or wait for space (false), for Status to say.
+	AbortOnFull() bool
+}
+
+// PoolSpace is one pool's state, as a SpaceReporter reports it.
+type PoolSpace struct {
+	Pool string
+	Full bool
+	// Detail says it for an operator, naming the pool and its quota
+	// ("pool rbd is full: its quota max_bytes 1073741824 is reached").
+	Detail string
+}

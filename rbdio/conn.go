@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"slices"
 	"strconv"
 	"sync"
 	"syscall"
@@ -85,10 +86,14 @@ const (
 	CacheWritearound CachePolicy = "writearound"
 )
 
+// CachePolicies lists every policy, the default (CacheNone) first.
+func CachePolicies() []CachePolicy {
+	return []CachePolicy{CacheNone, CacheWritethrough, CacheWriteback, CacheWritearound}
+}
+
 // ParseCachePolicy checks a policy name.
 func ParseCachePolicy(s string) (CachePolicy, error) {
-	switch p := CachePolicy(s); p {
-	case CacheNone, CacheWritethrough, CacheWriteback, CacheWritearound:
+	if p := CachePolicy(s); slices.Contains(CachePolicies(), p) {
 		return p, nil
 	}
 	return "", fmt.Errorf("%w: cache policy %q: use %s, %s, %s or %s", ErrInvalid, s, CacheNone, CacheWritethrough, CacheWriteback, CacheWritearound)

@@ -38,7 +38,7 @@ bin=${RBD_NBD_GRAPH_BIN:-$repo/bin/rbd-nbd-graph}
 mkdir -p "$out"
 out=$(cd "$out" && pwd)
 testbin=$repo/.build/e2e-bench.test
-(cd "$repo" && CGO_ENABLED=1 go test -c -tags 'pacific vmtest' -o "$testbin" ./test/e2e)
+(cd "$repo" && CGO_ENABLED=1 "${GO:-go}" test -c -tags 'pacific vmtest' -o "$testbin" ./test/e2e)
 rc=0
 "$repo/test/vm/run" --out "$out/vm" --timeout "${LAYERS_VM_TIMEOUT:-1800}" \
 	--env RBD_NBD_GRAPH_BIN="$bin" --env LAYERS_TEST_BIN="$testbin" --env LAYERS_COUNT="$count" \

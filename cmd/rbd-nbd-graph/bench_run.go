@@ -65,9 +65,9 @@ func runBench(ctx context.Context, env *environment, args []string) error {
 }
 
 // benchLogger keeps the server's and device's routine logs out of the
-// figures unless RBD_NBD_GRAPH_LOG asks for them.
+// figures unless --log-level, --log-format or RBD_NBD_GRAPH_LOG ask for them.
 func benchLogger(env *environment) *slog.Logger {
-	if os.Getenv("RBD_NBD_GRAPH_LOG") != "" {
+	if env.logSet {
 		return env.log
 	}
 	return slog.New(slog.NewTextHandler(env.stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))

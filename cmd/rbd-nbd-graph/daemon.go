@@ -41,7 +41,9 @@ func daemonize(ctx context.Context, env *environment, name string, args []string
 		return err
 	}
 	defer readR.Close()
-	cmd := exec.Command(self, append([]string{name, "--foreground", "--ready-fd=3"}, args...)...)
+	// The log flags were taken out of args (run): hand them on.
+	childArgs := append([]string{name, "--foreground", "--ready-fd=3"}, env.logArgs...)
+	cmd := exec.Command(self, append(childArgs, args...)...)
 	cmd.Stdin = nil
 	cmd.Stdout = logOut
 	cmd.Stderr = logOut

@@ -1,6 +1,7 @@
 // Command rbd-nbd-graph is one binary with subcommands: export (serve a
 // block backend over the NBD protocol), map/unmap/list (the kernel NBD
-// path), serve (the Docker graph driver plugin) and bench (the IO tuning
+// path), serve (the Docker graph driver plugin), snapshotter (the
+// containerd proxy snapshotter) and bench (the IO tuning
 // tool). Run it with no arguments for the list.
 package main
 
@@ -29,6 +30,12 @@ type environment struct {
 	stdout io.Writer
 	stderr io.Writer
 	log    *slog.Logger
+	// logLevelEnv is $RBD_NBD_GRAPH_LOG (main reads it; tests leave it empty).
+	logLevelEnv string
+	// logSet says --log-level, --log-format or the environment chose
+	// the logging; logArgs are those flags, for a re-executed child.
+	logSet  bool
+	logArgs []string
 }
 
 func commands() []command {
@@ -39,6 +46,7 @@ func commands() []command {
 		{"unmap", "detach a kernel NBD device", runUnmap},
 		{"list", "list kernel NBD devices served by rbd-nbd-graph", runList},
 		{"serve", "run the Docker graph driver plugin", runServe},
+		{"snapshotter", "run the containerd proxy snapshotter", runSnapshotter},
 		{"bench", "measure the IO path (raw backend, NBD export, kernel device)", runBench},
 	}
 }
@@ -48,22 +56,15 @@ var errUsage = errors.New("usage")
 
 func main() {
 	env := &environment{
-		stdout: os.Stdout,
-		stderr: os.Stderr,
-		log:    slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: logLevel()})),
+		stdout:      os.Stdout,
+		stderr:      os.Stderr,
+		log:         slog.New(slog.NewTextHandler(os.Stderr, nil)),
+		logLevelEnv: os.Getenv(logEnv),
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	code := run(ctx, env, os.Args[1:])
 	stop()
 	os.Exit(code)
-}
-
-func logLevel() slog.Level {
-	var l slog.Level
-	if err := l.UnmarshalText([]byte(os.Getenv("RBD_NBD_GRAPH_LOG"))); err != nil {
-		return slog.LevelInfo
-	}
-	return l
 }
 
 func run(ctx context.Context, env *environment, args []string) int {
@@ -79,11 +80,19 @@ func run(ctx context.Context, env *environment, args []string) int {
 		if c.name != args[0] {
 			continue
 		}
-		err := c.run(ctx, env, args[1:])
+		lo, rest, err := parseLogFlags(args[1:], env.logLevelEnv)
+		if err == nil {
+			if lo.given {
+				env.log = lo.logger(env.stderr)
+			}
+			env.logSet, env.logArgs = lo.given, lo.args
+			err = c.run(ctx, env, rest)
+		}
 		switch {
 		case err == nil:
 			return 0
 		case errors.Is(err, flag.ErrHelp):
+			fmt.Fprintf(env.stderr, "\n%s\n", logFlagsHelp)
 			return 0
 		case errors.Is(err, errUsage):
 			fmt.Fprintf(env.stderr, "rbd-nbd-graph %s: %v\n", c.name, err)
@@ -103,6 +112,7 @@ func usage(w io.Writer, cmds []command) {
 	for _, c := range cmds {
 		fmt.Fprintf(w, "  %-8s %s\n", c.name, c.summary)
 	}
+	fmt.Fprintf(w, "\n%s\n", logFlagsHelp)
 	fmt.Fprintln(w, "\nRun 'rbd-nbd-graph COMMAND -h' for a command's flags. See README.md.")
 }
 

@@ -110,6 +110,10 @@ func runServe(ctx context.Context, env *environment, args []string) error {
 		ShutdownTimeout: *shutdownTimeout,
 	})
 	env.log.Info("serving the graph driver plugin; start dockerd with --experimental -s "+*name, "socket", path)
+	// The socket listens (dockerd's connections queue until Serve takes
+	// them): a Type=notify unit ordered before docker.service may let
+	// dockerd start now.
+	notifySystemd(ctx, env.log, "serving "+path)
 	return dockerplugin.Serve(ctx, ln, p, *grace)
 }
 
