@@ -23,9 +23,12 @@
 //     the Result; verify.go is the optional data check.
 //   - histogram.go: the allocation-free, mergeable log-linear latency
 //     histogram each worker records into.
-//   - result.go: Result (the --json schema) and its table.
+//   - result.go: Result (the --json schema) and its table; compare.go
+//     sets targets against the first; live.go draws progress on a
+//     terminal.
 //   - sweep.go, svg.go: Sweep over depth x connections x block size,
-//     Recommend (driver options within a p99 budget), and the SVG chart.
+//     Recommend (driver options within a p99 budget), the SVG chart, and
+//     SweepReport.Save (JSON and chart into a folder).
 //
 // No cgo here: the rbd: backend is opened by cmd through rbdio.
 package bench

@@ -2,14 +2,17 @@ package bench
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"io"
+	"os"
+	"path/filepath"
 	"slices"
 	"time"
 )
 
 // The graph driver's option names for the NBD knobs a sweep tunes
-// (graph.Options.NBD; `--storage-opt KEY=VALUE`). cmd's tests check that
+// (graph/nbdattach.Options; `--storage-opt KEY=VALUE`). cmd's tests check that
 // the driver accepts them.
 const (
 	DriverOptConnections = "nbd.connections"
@@ -268,4 +271,39 @@ func (rep *SweepReport) WriteSweepTable(w io.Writer) {
 			FormatCount(r.Total.IOPS), r.Total.BytesPerSec/(1<<20), FormatLatency(r.Total.Latency.P50),
 			FormatLatency(r.Total.Latency.P99), FormatLatency(int64(r.CPU.PerIO)))
 	}
+}
+
+// Save writes the report as JSON and, when chart is set, its SVG chart
+// into dir (created if missing), named after the target and pattern,
+// and returns both paths.
+func (rep *SweepReport) Save(dir string, chart bool) (jsonPath, svgPath string, err error) {
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return "", "", err
+	}
+	base := fmt.Sprintf("sweep-%s-%s", rep.Target, rep.RW)
+	jsonPath = filepath.Join(dir, base+".json")
+	svgPath = filepath.Join(dir, base+".svg")
+	js, err := json.MarshalIndent(rep, "", "  ")
+	if err != nil {
+		return "", "", err
+	}
+	if err := os.WriteFile(jsonPath, append(js, '\n'), 0o644); err != nil {
+		return "", "", err
+	}
+	if !chart {
+		return jsonPath, "", nil
+	}
+	f, err := os.Create(svgPath)
+	if err != nil {
+		return "", "", err
+	}
+	if err = rep.WriteSVG(f); err == nil {
+		err = f.Close()
+	} else {
+		f.Close()
+	}
+	if err != nil {
+		return "", "", fmt.Errorf("writing %s: %w", svgPath, err)
+	}
+	return jsonPath, svgPath, nil
 }

@@ -1,18 +1,12 @@
 package main
 
 import (
-	"bufio"
 	"context"
 	"errors"
 	"flag"
 	"fmt"
-	"io"
 	"os"
-	"os/exec"
-	"path/filepath"
-	"strconv"
 	"strings"
-	"syscall"
 	"time"
 
 	"github.com/rbd-nbd-graph/rbd-nbd-graph/graph/nbdattach"
@@ -86,7 +80,7 @@ func parseMapFlags(name string, env *environment, args []string) (*mapFlags, str
 		return nil, "", fmt.Errorf("%w: timeouts must not be negative", errUsage)
 	}
 	if f.device != "" {
-		if _, err := deviceIndex(f.device); err != nil {
+		if _, err := nbd.ParseDevicePath(f.device); err != nil {
 			return nil, "", fmt.Errorf("%w: %v", errUsage, err)
 		}
 	}
@@ -113,76 +107,6 @@ func mapCommand(ctx context.Context, env *environment, name string, args []strin
 		return daemonize(ctx, env, name, args)
 	}
 	return serveMapped(ctx, env, f, target)
-}
-
-// daemonize re-runs this command in the foreground in a new session, with
-// its output going to the log file, and waits for it to report the device
-// (or its failure) over a pipe. The command line's own flags are kept;
-// flags after TARGET are not possible, so ours go first.
-func daemonize(ctx context.Context, env *environment, name string, args []string) error {
-	self, err := os.Executable()
-	if err != nil {
-		return fmt.Errorf("cannot find my own executable to start the background server: %w", err)
-	}
-	f, _, _ := parseMapFlags(name, env, args) // already validated
-	var logOut io.Writer
-	if f.logFile != "" {
-		if err := os.MkdirAll(filepath.Dir(f.logFile), 0o755); err != nil {
-			return fmt.Errorf("log file: %w", err)
-		}
-		lf, err := os.OpenFile(f.logFile, os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o644)
-		if err != nil {
-			return fmt.Errorf("log file (choose another with --log-file): %w", err)
-		}
-		defer lf.Close()
-		logOut = lf
-	}
-	readR, readW, err := os.Pipe()
-	if err != nil {
-		return err
-	}
-	defer readR.Close()
-	// The log flags were taken out of args (run): hand them on.
-	childArgs := append([]string{name, "--foreground", "--ready-fd=3"}, env.logArgs...)
-	cmd := exec.Command(self, append(childArgs, args...)...)
-	cmd.Stdin = nil
-	cmd.Stdout = logOut
-	cmd.Stderr = logOut
-	cmd.ExtraFiles = []*os.File{readW}
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
-	err = cmd.Start()
-	readW.Close() // only the child holds the write end now: EOF when it dies
-	if err != nil {
-		return fmt.Errorf("starting the background server: %w", err)
-	}
-	go func() {
-		<-ctx.Done()
-		readR.SetReadDeadline(time.Unix(1, 0))
-	}()
-	line, rerr := bufio.NewReader(readR).ReadString('\n')
-	line = strings.TrimSpace(line)
-	switch {
-	case strings.HasPrefix(line, "ready "):
-		cmd.Process.Release()
-		fmt.Fprintln(env.stdout, strings.TrimPrefix(line, "ready "))
-		return nil
-	case strings.HasPrefix(line, "error "):
-		cmd.Wait()
-		return errors.New(strings.TrimPrefix(line, "error "))
-	}
-	// No message: the child died before it could say anything, or we
-	// were interrupted.
-	if ctx.Err() != nil {
-		cmd.Process.Signal(syscall.SIGTERM)
-		cmd.Wait()
-		return ctx.Err()
-	}
-	werr := cmd.Wait()
-	where := ""
-	if f.logFile != "" {
-		where = "; see " + f.logFile
-	}
-	return fmt.Errorf("the background server exited before the device was ready (%v, %v)%s", werr, rerr, where)
 }
 
 // serveMapped opens the target, attaches (or reattaches) it and serves
@@ -239,7 +163,7 @@ func serveMapped(ctx context.Context, env *environment, f *mapFlags, target stri
 		ForceMode:       f.force,
 	}
 	if f.device != "" {
-		opts.Index, _ = deviceIndex(f.device)
+		opts.Index, _ = nbd.ParseDevicePath(f.device)
 	}
 	// The device ends by our decision below, not by the signal context
 	// (which would detach it).
@@ -248,7 +172,7 @@ func serveMapped(ctx context.Context, env *environment, f *mapFlags, target stri
 	if f.reattach {
 		index := opts.Index
 		if index < 0 {
-			index, err = findMapped(ctx, id)
+			index, err = nbdattach.FindMapped(ctx, id)
 			if err != nil {
 				return err
 			}
@@ -259,7 +183,7 @@ func serveMapped(ctx context.Context, env *environment, f *mapFlags, target stri
 		dev, err = nbd.Reattach(serveCtx, index, b, opts)
 	} else {
 		if opts.Index == nbd.IndexAny && !f.readOnly {
-			if err := refuseDoubleMap(ctx, id); err != nil {
+			if err := nbdattach.RefuseDoubleMap(ctx, id); err != nil {
 				return err
 			}
 		}
@@ -318,54 +242,4 @@ func backendID(target string) (string, error) {
 		return "", fmt.Errorf("%w: %v", errUsage, err)
 	}
 	return id, err
-}
-
-// targetOf is what an identifier of ours names, for messages.
-func targetOf(id string) string {
-	b, _ := nbdattach.ParseBackendID(id)
-	return b.Target
-}
-
-// findMapped returns the index of the one connected device mapped to id.
-func findMapped(ctx context.Context, id string) (int, error) {
-	devs, err := nbd.FindByBackend(ctx, id)
-	if err != nil {
-		return -1, err
-	}
-	switch len(devs) {
-	case 0:
-		return -1, fmt.Errorf("no connected NBD device is mapped to %s: nothing to reattach (map it instead)", targetOf(id))
-	case 1:
-		return devs[0].Index, nil
-	}
-	var paths []string
-	for _, d := range devs {
-		paths = append(paths, d.Path)
-	}
-	return -1, fmt.Errorf("%s is mapped on several devices (%s): name one with --device", targetOf(id), strings.Join(paths, ", "))
-}
-
-// refuseDoubleMap stops a second read-write mapping of the same target,
-// which would let two page caches write one image.
-func refuseDoubleMap(ctx context.Context, id string) error {
-	devs, err := nbd.FindByBackend(ctx, id)
-	if err != nil || len(devs) == 0 {
-		return nil // no module loaded yet, or no such device: fine
-	}
-	return fmt.Errorf("%s is already mapped on %s (use that device, 'map --reattach' if its server died, or unmap it first)",
-		targetOf(id), devs[0].Path)
-}
-
-// deviceIndex parses /dev/nbdN (or nbdN).
-func deviceIndex(dev string) (int, error) {
-	name := strings.TrimPrefix(dev, "/dev/")
-	n, ok := strings.CutPrefix(name, "nbd")
-	if !ok {
-		return -1, fmt.Errorf("%q is not an NBD device (want /dev/nbdN)", dev)
-	}
-	i, err := strconv.Atoi(n)
-	if err != nil || i < 0 {
-		return -1, fmt.Errorf("%q is not an NBD device (want /dev/nbdN)", dev)
-	}
-	return i, nil
 }

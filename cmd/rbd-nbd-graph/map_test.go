@@ -30,22 +30,6 @@ func TestBackendID(t *testing.T) {
 	if _, err := backendID(""); !errors.Is(err, errUsage) {
 		t.Errorf("empty target: %v, want a usage error", err)
 	}
-	if got := targetOf(id); got != "rbd:rbd/img" {
-		t.Errorf("targetOf(%q) = %q", id, got)
-	}
-}
-
-func TestDeviceIndex(t *testing.T) {
-	for in, want := range map[string]int{"/dev/nbd0": 0, "/dev/nbd15": 15, "nbd3": 3} {
-		if got, err := deviceIndex(in); err != nil || got != want {
-			t.Errorf("deviceIndex(%q) = %d, %v", in, got, err)
-		}
-	}
-	for _, bad := range []string{"/dev/sda", "/dev/nbd", "/dev/nbdx", "/dev/nbd-1", "/dev/nbd1p2"} {
-		if _, err := deviceIndex(bad); err == nil {
-			t.Errorf("deviceIndex(%q) accepted", bad)
-		}
-	}
 }
 
 func TestMapFlagErrors(t *testing.T) {

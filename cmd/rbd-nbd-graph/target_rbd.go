@@ -102,33 +102,19 @@ func parseRBDTarget(spec string) (rbdTarget, error) {
 // image is held with its exclusive lock, so a second writer is refused
 // instead of interleaving. The returned close function releases the
 // image and the cluster connection. A blocklisted client is replaced by
-// a new connection (reopener).
+// a new connection (rbdstore.Reopener).
 func openRBDTarget(ctx context.Context, spec string, c cephFlags, readOnly bool) (nbd.Backend, func() error, error) {
 	t, err := parseRBDTarget(spec)
 	if err != nil {
 		return nil, nil, fmt.Errorf("%w: target rbd:%s: %v", errUsage, spec, err)
 	}
-	open := func(ctx context.Context) (*rbdio.Conn, *rbdio.Image, error) {
-		conn, err := rbdio.Connect(ctx, c.config(t.pool, t.namespace))
-		if err != nil {
-			return nil, nil, err
-		}
-		im, err := conn.OpenImage(ctx, t.image, rbdio.OpenOptions{ReadOnly: readOnly, Snapshot: t.snap})
-		if err != nil {
-			conn.Close()
-			return nil, nil, err
-		}
-		return conn, im, nil
-	}
-	conn, im, err := open(ctx)
-	if err != nil {
-		return nil, nil, err
-	}
-	// After a blocklisting, a new connection serves the image again.
 	log := c.log
 	if log == nil {
 		log = slog.Default()
 	}
-	r := rbdstore.NewReopener(conn, im, open, log)
+	r, err := rbdstore.OpenReopening(ctx, c.config(t.pool, t.namespace), t.image, t.snap, readOnly, log)
+	if err != nil {
+		return nil, nil, err
+	}
 	return r, r.Close, nil
 }

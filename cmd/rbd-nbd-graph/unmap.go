@@ -37,7 +37,7 @@ func runUnmap(ctx context.Context, env *environment, args []string) error {
 
 	var indexes []int
 	if strings.HasPrefix(arg, "/dev/") {
-		i, err := deviceIndex(arg)
+		i, err := nbd.ParseDevicePath(arg)
 		if err != nil {
 			return fmt.Errorf("%w: %v", errUsage, err)
 		}

@@ -13,9 +13,12 @@
 //   - OpenImage opens a layer for a device; an image whose exclusive
 //     lock a dead process still holds is retried for a while, since the
 //     dead client's watch takes about 30 s to expire.
-//   - Reopener serves an image opened by a command (rbd: targets) and,
-//     once the cluster blocklists this client, opens a new connection
-//     and the image again; it never breaks a live holder's lock.
+//   - OpenReopening serves an image opened by a command (rbd: targets)
+//     through a Reopener: once the cluster blocklists this client it
+//     opens a new connection and the image again, and never breaks a
+//     live holder's lock.
+//   - Options owns the rbd.* connection keys (a graph.OptionSet) and the
+//     lock retry policy; Connect and New build the store from them.
 //
 // The store's contract test (graphtest.StoreSuite) and the clone-chain
 // benchmarks run against a real cluster (CEPH_CONF); make

@@ -53,6 +53,31 @@ const (
 	reopenTimeout = time.Minute // one attempt: connect and open
 )
 
+// OpenReopening connects with c, opens image (image@snap, always
+// read-only, when snap is set) and serves it through a Reopener, which
+// owns the connection and the image from then on (Close). A read-write
+// image is held with its exclusive lock, so a second writer is refused
+// instead of interleaving.
+func OpenReopening(ctx context.Context, c rbdio.Config, image, snap string, readOnly bool, log *slog.Logger) (*Reopener, error) {
+	open := func(ctx context.Context) (*rbdio.Conn, *rbdio.Image, error) {
+		conn, err := rbdio.Connect(ctx, c)
+		if err != nil {
+			return nil, nil, err
+		}
+		im, err := conn.OpenImage(ctx, image, rbdio.OpenOptions{ReadOnly: readOnly, Snapshot: snap})
+		if err != nil {
+			conn.Close()
+			return nil, nil, err
+		}
+		return conn, im, nil
+	}
+	conn, im, err := open(ctx)
+	if err != nil {
+		return nil, err
+	}
+	return NewReopener(conn, im, open, log), nil
+}
+
 // NewReopener serves im (opened on conn) and, after a blocklisting,
 // what open returns; it owns all three from now on (Close).
 func NewReopener(conn *rbdio.Conn, im *rbdio.Image, open func(context.Context) (*rbdio.Conn, *rbdio.Image, error), log *slog.Logger) *Reopener {
