@@ -63,13 +63,13 @@ func (d *Driver) recoverDevices(ctx context.Context) error {
 		if canAdopt {
 			dev, err := s.Adopt(ctx)
 			if err == nil {
-				dir := ""
+				dir, what := "", "adopted a layer still attached from an earlier run"
 				if m != nil {
-					dir = m.Mountpoint
+					dir, what = m.Mountpoint, "adopted a layer still mounted from an earlier run"
 					adopted[m.Mountpoint] = true
 				}
 				l.mount = &mount{dev: dev, dir: dir, readOnly: req.ReadOnly || req.Snapshot != "", refs: 1}
-				d.log.Info("adopted a layer still attached from an earlier run", "layer", l.id, "device", dev.Path(), "mountpoint", dir)
+				d.log.Info(what, "layer", l.id, "device", dev.Path(), "mountpoint", dir)
 				continue
 			}
 			d.log.Warn("could not serve a device left attached again; releasing it", "device", s.Path(), "image", req.Image, "err", err)
