@@ -24,7 +24,7 @@ DEBS := gcc pkg-config librbd-dev librados-dev \
 	docker.io iproute2 e2fsprogs xfsprogs util-linux procps jq librsvg2-bin \
 	python3-libnbd golang-go systemd docker-registry
 
-.PHONY: all build deb deps test test-dist test-vm-clone test-unit test-fuzz test-clients test-integration check bench demo demo-containerd cluster cluster-stop vmtest soak bench-vm bench-vm-crosscheck clean
+.PHONY: all build deb deps test test-dist test-vm-clone test-unit test-fuzz test-clients test-integration check bench demo demo-containerd cluster cluster-stop vmtest vmtest-containerd soak bench-vm bench-vm-crosscheck clean
 
 all: build
 
@@ -149,8 +149,14 @@ vmtest: deps build deb
 		--env TEST2JSON=$(BUILD)/test2json --env RBD_NBD_GRAPH_REQUIRE=1 \
 		--env E2E_DEB=$$(ls $(DEB_DIR)/rbd-nbd-graph_*.deb) \
 		--env RUN='$(RUN)' --env E2E_TIMEOUT=$$(( $(VM_TIMEOUT) - 120 ))s \
+		--env E2E_CONTAINERD=$(E2E_CONTAINERD) \
 		test/vm/e2e.sh || rc=$$?; \
 	test/vm/summary $(VM_OUT); exit $$rc
+
+# The containerd snapshotter's VM tests (not yet in make test: they fail
+# at their removal step, see docs/2026-12-04-containerd-snapshotter.md).
+vmtest-containerd:
+	$(MAKE) vmtest E2E_CONTAINERD=1 RUN='^TestContainerd'
 
 # The VM harness from a copy of the tree under /tmp, which the guest's
 # tmpfs on /tmp would hide: one boot, no Ceph (test/vm/clone-test.sh).

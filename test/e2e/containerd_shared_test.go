@@ -131,6 +131,7 @@ func (e *ctrEnv) pull(ref, snapshotter string) time.Duration {
 // start times of A (cold), B (shared) and containerd's overlayfs on local
 // disk are logged with their ratios.
 func TestContainerdSharedLayers(t *testing.T) {
+	containerdOptIn(t)
 	shared := dkPrefix(t) + "shared-"
 	a, b := newCtrEnv(t), newCtrEnv(t)
 	t.Cleanup(func() { removeRBDImages(t, shared) })
