@@ -83,7 +83,9 @@ func TestOSDTimeoutFailsStuckIO(t *testing.T) {
 	testkit.Tool(t, "nbdsh")
 	c := cluster(t)
 	img := newImage(t, c, 8<<20)
-	p := export(t, "--osd-timeout", "5s", "rbd:rbd/"+img)
+	// 10 s, not less: the export's own rbd_open is bounded by the same
+	// timeout, and a loaded machine's cluster took over 5 s to open one.
+	p := export(t, "--osd-timeout", "10s", "rbd:rbd/"+img)
 	nbdsh(t, p.uri, "h.pwrite(b'a' * 4096, 0); h.flush()")
 
 	unpause := pauseOSDs(t)
@@ -106,15 +108,15 @@ else:
 	took := time.Since(start)
 	t.Logf("paused write: %s (%v, %v)", strings.TrimSpace(out), err, took.Round(100*time.Millisecond))
 	if err != nil {
-		t.Fatalf("writes to paused OSDs with --osd-timeout 5s did not end within 60s: %v\n%s\nexport stderr:\n%s", err, out, p.stderr.String())
+		t.Fatalf("writes to paused OSDs with --osd-timeout 10s did not end within 60s: %v\n%s\nexport stderr:\n%s", err, out, p.stderr.String())
 	}
 	if !strings.Contains(out, "write failed errno=EIO") {
 		t.Fatalf("paused write: %q, want it to fail with EIO", out)
 	}
 	if m := regexp.MustCompile(`after ([0-9.]+)s`).FindStringSubmatch(out); m == nil {
 		t.Errorf("no duration in %q", out)
-	} else if secs, _ := strconv.ParseFloat(m[1], 64); secs < 4 {
-		t.Errorf("the write failed after %ss, before the 5s OSD timeout", m[1])
+	} else if secs, _ := strconv.ParseFloat(m[1], 64); secs < 9 {
+		t.Errorf("the write failed after %ss, before the 10s OSD timeout", m[1])
 	}
 	unpause()
 
