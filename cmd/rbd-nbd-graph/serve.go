@@ -68,18 +68,10 @@ func runServe(ctx context.Context, env *environment, args []string) error {
 	}
 	logIOFlusher(env.log)
 
-	// Precedence, lowest first: defaults, config file, --ceph-conf and
-	// friends, -o.
-	var kvs []string
-	if *config != "" {
-		fileOpts, err := readOptionFile(*config)
-		if err != nil {
-			return err
-		}
-		kvs = append(kvs, fileOpts...)
+	kvs, err := commandLineOptions(*config, &ceph, fs, opts)
+	if err != nil {
+		return err
 	}
-	kvs = append(kvs, ceph.driverOptions(fs)...)
-	kvs = append(kvs, opts...)
 	if _, err := parseBackendOptions(kvs); err != nil {
 		return fmt.Errorf("%w: %v", errUsage, err)
 	}
@@ -115,6 +107,22 @@ func runServe(ctx context.Context, env *environment, args []string) error {
 	// dockerd start now.
 	notifySystemd(ctx, env.log, "serving "+path)
 	return dockerplugin.Serve(ctx, ln, p, *grace)
+}
+
+// commandLineOptions gathers a front end's driver options in order of
+// precedence, lowest first (later ones win): the config file, the
+// --ceph-conf flags and their friends, then -o.
+func commandLineOptions(config string, ceph *cephFlags, fs *flag.FlagSet, opts []string) ([]string, error) {
+	var kvs []string
+	if config != "" {
+		fileOpts, err := readOptionFile(config)
+		if err != nil {
+			return nil, err
+		}
+		kvs = append(kvs, fileOpts...)
+	}
+	kvs = append(kvs, ceph.driverOptions(fs)...)
+	return append(kvs, opts...), nil
 }
 
 // readOptionFile reads key=value lines; blank lines and # comments are

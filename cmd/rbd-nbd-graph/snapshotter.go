@@ -55,18 +55,10 @@ func runSnapshotter(ctx context.Context, env *environment, args []string) error 
 	}
 	logIOFlusher(env.log)
 
-	// Precedence, lowest first: defaults, config file, --ceph-conf and
-	// friends, -o (as serve).
-	var kvs []string
-	if *config != "" {
-		fileOpts, err := readOptionFile(*config)
-		if err != nil {
-			return err
-		}
-		kvs = append(kvs, fileOpts...)
+	kvs, err := commandLineOptions(*config, &ceph, fs, opts)
+	if err != nil {
+		return err
 	}
-	kvs = append(kvs, ceph.driverOptions(fs)...)
-	kvs = append(kvs, opts...)
 	o, err := parseBackendOptions(kvs)
 	if err != nil {
 		return fmt.Errorf("%w: %v", errUsage, err)
