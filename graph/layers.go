@@ -28,16 +28,9 @@ func (d *Driver) Create(ctx context.Context, id, parent string, co CreateOptions
 		}
 	}
 	defer d.locks.Lock(id)()
-	d.mu.Lock()
-	if d.closed {
-		d.mu.Unlock()
-		return ErrClosed
+	if err := d.checkNewID(id); err != nil {
+		return err
 	}
-	if _, ok := d.layers[id]; ok {
-		d.mu.Unlock()
-		return fmt.Errorf("%w: %s", ErrLayerExists, id)
-	}
-	d.mu.Unlock()
 
 	p := d.base
 	if parent != "" {
@@ -277,4 +270,19 @@ func (d *Driver) describeImages(images []string) []string {
 		}
 	}
 	return out
+}
+
+// checkNewID refuses a new layer id when the driver is closed or the id
+// is taken. The caller holds id's lock, so the answer stays true until
+// it records the layer.
+func (d *Driver) checkNewID(id string) error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.closed {
+		return ErrClosed
+	}
+	if _, ok := d.layers[id]; ok {
+		return fmt.Errorf("%w: %s", ErrLayerExists, id)
+	}
+	return nil
 }

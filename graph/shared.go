@@ -45,16 +45,9 @@ func (d *Driver) CreateFrom(ctx context.Context, id string, from ImageRef, co Cr
 		return fmt.Errorf("create layer %s from %s: %w", id, from, err)
 	}
 	defer d.locks.Lock(id)()
-	d.mu.Lock()
-	if d.closed {
-		d.mu.Unlock()
-		return ErrClosed
+	if err := d.checkNewID(id); err != nil {
+		return err
 	}
-	if _, ok := d.layers[id]; ok {
-		d.mu.Unlock()
-		return fmt.Errorf("%w: %s", ErrLayerExists, id)
-	}
-	d.mu.Unlock()
 	// A stand-in for the image, never in the tables: create clones its
 	// snapshot, which its publisher made and protected.
 	p := &layer{image: from.Image, size: info.Size, snapshot: true, snapshotProtected: true}
