@@ -51,6 +51,7 @@ type aioRequest struct {
 	length int64
 	c      nbd.Completer
 	tag    uint64
+	p      []byte // for Image.OnUnusable
 
 	// handed is stored before the request goes to C and loaded when its
 	// result comes back. The hand-off through C memory is ordered by C's
@@ -323,12 +324,14 @@ func (im *Image) aio(op C.int, p []byte, off, length int64) (int64, error) {
 // the request at once.
 func (im *Image) start(op C.int, p []byte, off, length int64, c nbd.Completer, tag uint64) {
 	if err := im.enter(opFunc(op)); err != nil {
-		c.Complete(tag, 0, err)
+		if h := im.onUnusable; h == nil || !h(AsyncRequest{Op: asyncOp(op), P: p, Off: off, C: c, Tag: tag, Err: err}) {
+			c.Complete(tag, 0, err)
+		}
 		c.FlushCompletions()
 		return
 	}
 	r := getRequest()
-	r.async, r.im, r.op, r.off, r.length, r.c, r.tag = true, im, op, off, length, c, tag
+	r.async, r.im, r.op, r.off, r.length, r.c, r.tag, r.p = true, im, op, off, length, c, tag, p
 	if rc := im.submit(r, op, p, off, length); rc < 0 {
 		r.finish(int64(rc))
 		c.FlushCompletions()
@@ -339,12 +342,17 @@ func (im *Image) start(op C.int, p []byte, off, length int64, c nbd.Completer, t
 // unpins, recycles and leaves the image before reporting to the
 // Completer, which may start the next request at once.
 func (r *aioRequest) finish(ret int64) {
-	im, op, off, length, c, tag := r.im, r.op, r.off, r.length, r.c, r.tag
+	im, op, off, length, c, tag, p := r.im, r.op, r.off, r.length, r.c, r.tag, r.p
 	r.pin.Unpin()
-	r.im, r.c = nil, nil
+	r.im, r.c, r.p = nil, nil, nil
 	putRequest(r)
 	im.leave()
 	switch {
+	case ret == -int64(syscall.ESHUTDOWN) && im.onUnusable != nil:
+		err := im.ioError(opFunc(op), ret, off, length)
+		if !im.onUnusable(AsyncRequest{Op: asyncOp(op), P: p, Off: off, C: c, Tag: tag, Err: err}) {
+			c.Complete(tag, 0, err)
+		}
 	case ret < 0:
 		c.Complete(tag, 0, im.ioError(opFunc(op), ret, off, length))
 	case op == C.RBDIO_OP_READ && ret < length:
@@ -353,6 +361,48 @@ func (r *aioRequest) finish(ret int64) {
 		c.Complete(tag, int(length), nil)
 	}
 }
+
+// AsyncOp is the kind of an asynchronous request (nbd.AsyncBackend).
+type AsyncOp int
+
+const (
+	AsyncRead AsyncOp = iota
+	AsyncWrite
+	AsyncFlush
+)
+
+func asyncOp(op C.int) AsyncOp {
+	switch op {
+	case C.RBDIO_OP_READ:
+		return AsyncRead
+	case C.RBDIO_OP_WRITE:
+		return AsyncWrite
+	}
+	return AsyncFlush
+}
+
+// AsyncRequest is an asynchronous request that failed because its
+// image can serve nothing any more (Image.OnUnusable): the cluster
+// blocklisted this client (ESHUTDOWN), or the image was closed.
+type AsyncRequest struct {
+	Op  AsyncOp
+	P   []byte // the caller's buffer, still the caller's: valid until C.Complete
+	Off int64
+	C   nbd.Completer
+	Tag uint64
+	Err error // what Complete would have been given
+}
+
+// OnUnusable sets h, called instead of Completer.Complete when an
+// asynchronous request fails because the image can serve nothing any
+// more: a request librbd failed with ESHUTDOWN (this client was
+// blocklisted), or one started after Close began. If h returns true it
+// has taken the request over and answers it (exactly once) itself, for
+// instance by starting it on a new handle; false completes it with
+// req.Err as usual. h runs on the completion goroutine or the caller's
+// and must not block. Set it before the first request: it is read
+// without synchronisation.
+func (im *Image) OnUnusable(h func(req AsyncRequest) bool) { im.onUnusable = h }
 
 func opFunc(op C.int) string {
 	switch op {

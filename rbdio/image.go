@@ -77,6 +77,10 @@ type Image struct {
 	// this handle will succeed again.
 	blocklisted     chan struct{}
 	blocklistedOnce sync.Once
+
+	// onUnusable, if set, may take over failed asynchronous requests
+	// (OnUnusable).
+	onUnusable func(AsyncRequest) bool
 }
 
 // Blocklisted is closed once a request failed with ESHUTDOWN: the

@@ -53,7 +53,7 @@ func openRBDBackend(ctx context.Context, o backendOptions, log *slog.Logger) (do
 	if err != nil {
 		return dockerplugin.Backend{}, err
 	}
-	store := rbdstore.New(ctx, conn, o.store)
+	store := rbdstore.New(ctx, conn, o.store, log)
 	att := nbdattach.New(store.OpenImage, store.Where(), o.nbd, log)
-	return dockerplugin.Backend{Store: store, Attacher: att, Close: conn.Close}, nil
+	return dockerplugin.Backend{Store: store, Attacher: att, Close: store.Close}, nil
 }

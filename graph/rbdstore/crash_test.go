@@ -34,7 +34,7 @@ func TestRBDStoreCrashChild(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	store := New(ctx, conn, DefaultOptions())
+	store := New(ctx, conn, DefaultOptions(), nil)
 	if op == "create" {
 		err = store.CreateSnapshot(ctx, image, snapForCrash)
 	} else {
@@ -59,7 +59,7 @@ func TestRBDStoreCrashWindows(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { conn.Close() })
-	store := New(ctx, conn, DefaultOptions())
+	store := New(ctx, conn, DefaultOptions(), nil)
 	for _, tc := range []struct{ op, step string }{
 		{"create", graph.StepSnapshotCreated},
 		{"create", graph.StepSnapshotProtected},

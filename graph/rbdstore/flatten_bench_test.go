@@ -45,7 +45,7 @@ func newBenchChain(b *testing.B, depth int) *benchChain {
 		b.Fatal(err)
 	}
 	b.Cleanup(func() { conn.Close() })
-	c := &benchChain{store: New(ctx, conn, DefaultOptions()), prefix: testkit.UniqueName(b, "flatbench") + "-"}
+	c := &benchChain{store: New(ctx, conn, DefaultOptions(), nil), prefix: testkit.UniqueName(b, "flatbench") + "-"}
 	b.Cleanup(c.removeAll)
 	base := c.prefix + "0"
 	if err := c.store.CreateImage(ctx, base, 1<<30); err != nil {

@@ -12,7 +12,7 @@ import (
 // Options are the store's: where the images live and how to reach the
 // cluster (keys rbd.pool, rbd.datapool, rbd.namespace, rbd.client,
 // rbd.configfile, rbd.keyring, rbd.cachepolicy, rbd.osdtimeout,
-// rbd.connecttimeout, rbd.abortonfull). *Options is a graph.OptionSet.
+// rbd.connecttimeout, rbd.abortonfull, rbd.reopenwait). *Options is a graph.OptionSet.
 type Options struct {
 	Pool       string // rbd.pool
 	DataPool   string // rbd.datapool: data objects in another pool (EC pools)
@@ -36,6 +36,11 @@ type Options struct {
 	// or cluster full) with ENOSPC at once, as krbd's abort_on_full;
 	// false (default, as krbd) makes them wait until space is freed.
 	AbortOnFull bool
+	// ReopenWait (rbd.reopenwait) bounds how long a layer's request that
+	// failed because the cluster blocklisted the store's client waits
+	// for the image to be reopened on a new connection, to be resubmitted
+	// there (Reopener); 0 fails it at once (EIO), as krbd does.
+	ReopenWait time.Duration
 
 	// LockWait is how long OpenImage retries an image whose exclusive
 	// lock another client holds: after a crash the dead process keeps it
@@ -51,6 +56,7 @@ func DefaultOptions() Options {
 		Pool:        rbdio.DefaultPool,
 		Client:      rbdio.DefaultID,
 		CachePolicy: rbdio.CacheNone,
+		ReopenWait:  DefaultReopenWait,
 		LockWait:    90 * time.Second,
 		LockRetry:   2 * time.Second,
 	}
@@ -82,6 +88,10 @@ var keys = graph.OptionSetters[Options]{
 		o.AbortOnFull, err = graph.ParseBoolOption(v)
 		return err
 	},
+	"rbd.reopenwait": func(o *Options, v string) (err error) {
+		o.ReopenWait, err = graph.ParseDurationOption(v)
+		return err
+	},
 }
 
 // SetOption implements graph.OptionSet.
@@ -100,6 +110,9 @@ func (o *Options) Validate() error {
 	}
 	if _, err := rbdio.ParseCachePolicy(string(o.CachePolicy)); err != nil {
 		return fmt.Errorf("%w: rbd.cachepolicy: %w", graph.ErrInvalidOption, err)
+	}
+	if o.ReopenWait < 0 {
+		return fmt.Errorf("%w: rbd.reopenwait %v: want 0 or more", graph.ErrInvalidOption, o.ReopenWait)
 	}
 	if o.LockWait < 0 || o.LockRetry <= 0 {
 		return fmt.Errorf("%w: lock wait %v and retry %v: want a wait of 0 or more and a positive retry", graph.ErrInvalidOption, o.LockWait, o.LockRetry)

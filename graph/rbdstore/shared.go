@@ -4,6 +4,7 @@ import (
 	"context"
 
 	"github.com/rbd-nbd-graph/rbd-nbd-graph/graph"
+	"github.com/rbd-nbd-graph/rbd-nbd-graph/rbdio"
 )
 
 // The abilities the containerd snapshotter needs beyond graph.ImageStore:
@@ -15,11 +16,12 @@ var (
 
 // DiskUsage is what the image wrote itself (rbd du's USED).
 func (s *Store) DiskUsage(ctx context.Context, image string) (int64, error) {
-	n, err := s.conn.DiskUsage(ctx, image)
+	var n int64
+	err := s.do(ctx, func(c *rbdio.Conn) (err error) { n, err = c.DiskUsage(ctx, image); return err })
 	return n, storeErr(err)
 }
 
 // RenameImage renames atomically; graph.ErrImageExists when to is taken.
 func (s *Store) RenameImage(ctx context.Context, from, to string) error {
-	return storeErr(s.conn.RenameImage(ctx, from, to))
+	return storeErr(s.do(ctx, func(c *rbdio.Conn) error { return c.RenameImage(ctx, from, to) }))
 }

@@ -20,5 +20,5 @@ func TestRBDStoreRenames(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { conn.Close() })
-	graphtest.RenameSuite(t, New(ctx, conn, DefaultOptions()), testkit.UniqueName(t, "rename")+"-")
+	graphtest.RenameSuite(t, New(ctx, conn, DefaultOptions(), nil), testkit.UniqueName(t, "rename")+"-")
 }

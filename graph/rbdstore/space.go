@@ -4,6 +4,7 @@ import (
 	"context"
 
 	"github.com/rbd-nbd-graph/rbd-nbd-graph/graph"
+	"github.com/rbd-nbd-graph/rbd-nbd-graph/rbdio"
 )
 
 var _ graph.SpaceReporter = (*Store)(nil)
@@ -11,7 +12,8 @@ var _ graph.SpaceReporter = (*Store)(nil)
 // Space reports whether the pool, and the data pool if one is set, is
 // full, from the monitors' OSD map (rbdio.Conn.PoolSpace).
 func (s *Store) Space(ctx context.Context) ([]graph.PoolSpace, error) {
-	pools, err := s.conn.PoolSpace(ctx, s.opts.DataPool)
+	var pools []rbdio.PoolSpace
+	err := s.do(ctx, func(c *rbdio.Conn) (err error) { pools, err = c.PoolSpace(ctx, s.opts.DataPool); return err })
 	if err != nil {
 		return nil, err
 	}

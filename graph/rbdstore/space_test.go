@@ -53,7 +53,7 @@ func TestDriverNamesTheFullPool(t *testing.T) {
 	t.Cleanup(func() { conn.Close() })
 	so := DefaultOptions()
 	so.Pool = pool
-	store := New(ctx, conn, so)
+	store := New(ctx, conn, so, nil)
 
 	var logs syncBuffer
 	opts := graph.DefaultOptions()

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"os/exec"
 	"strings"
 	"time"
@@ -36,12 +37,14 @@ func CephVersion(ctx context.Context) string {
 
 // Store is graph's ImageStore on an RBD pool through rbdio.
 type Store struct {
-	conn    *rbdio.Conn
 	opts    Options
 	version string
+	log     *slog.Logger
 	// crash, for tests, is called between the steps of CreateSnapshot
 	// and RemoveSnapshot (graph.CrashEnv); nil does nothing.
 	crash graph.CrashHook
+
+	conns *sessions
 }
 
 // Connect opens the cluster connection o names, for New.
@@ -54,11 +57,43 @@ func Connect(ctx context.Context, o Options) (*rbdio.Conn, error) {
 }
 
 // New is the store on conn, a connection to o's pool and namespace
-// (Connect); the caller closes conn after the store's last use. ctx
-// bounds asking the Ceph client's version (for Status). Under
+// (Connect), which the store owns from now on: after a blocklisting it
+// replaces it with a new one (Connect again), and Close closes the
+// last. ctx bounds asking the Ceph client's version (for Status). Under
 // graph.CrashEnv (tests) the store kills its process at that step.
-func New(ctx context.Context, conn *rbdio.Conn, o Options) *Store {
-	return &Store{conn: conn, opts: o, version: CephVersion(ctx), crash: graph.CrashAtFromEnv()}
+func New(ctx context.Context, conn *rbdio.Conn, o Options, log *slog.Logger) *Store {
+	if log == nil {
+		log = slog.Default()
+	}
+	connect := func(ctx context.Context) (*rbdio.Conn, error) { return Connect(ctx, o) }
+	return &Store{opts: o, version: CephVersion(ctx), log: log, crash: graph.CrashAtFromEnv(),
+		conns: newSessions(conn, connect, log)}
+}
+
+// Close closes the layers' images still open and the cluster
+// connection; later calls fail (rbdio.ErrClosed).
+func (s *Store) Close() error { return s.conns.close() }
+
+// do runs a metadata operation on the store's connection. When it fails
+// because the cluster blocklisted this client, the store opens a new
+// connection (once for all callers, sessions.renew) and runs it once
+// more there: an operation the OSDs refused with ESHUTDOWN was not
+// applied, and a multi-step one (create, clone) half applied before the
+// blocklisting leaves what a crash at that step leaves, which the
+// driver's start-up and retries already handle.
+func (s *Store) do(ctx context.Context, fn func(c *rbdio.Conn) error) error {
+	ss := s.conns.acquire()
+	err := fn(ss.conn)
+	s.conns.release(ss)
+	if !blocklisted(err) {
+		return err
+	}
+	next, rerr := s.conns.renew(ctx, ss)
+	if rerr != nil {
+		return errors.Join(err, rerr)
+	}
+	defer s.conns.release(next)
+	return fn(next.conn)
 }
 
 func (s *Store) step(name string) {
@@ -92,33 +127,37 @@ func storeErr(err error) error {
 }
 
 func (s *Store) CreateImage(ctx context.Context, name string, size int64) error {
-	return storeErr(s.conn.CreateImage(ctx, name, rbdio.CreateOptions{Size: size, DataPool: s.opts.DataPool}))
+	return storeErr(s.do(ctx, func(c *rbdio.Conn) error {
+		return c.CreateImage(ctx, name, rbdio.CreateOptions{Size: size, DataPool: s.opts.DataPool})
+	}))
 }
 
 func (s *Store) CloneImage(ctx context.Context, parent, snap, name string) error {
-	return storeErr(s.conn.Clone(ctx, parent, snap, name, rbdio.CreateOptions{DataPool: s.opts.DataPool}))
+	return storeErr(s.do(ctx, func(c *rbdio.Conn) error {
+		return c.Clone(ctx, parent, snap, name, rbdio.CreateOptions{DataPool: s.opts.DataPool})
+	}))
 }
 
 func (s *Store) RemoveImage(ctx context.Context, name string) error {
-	return storeErr(s.conn.RemoveImage(ctx, name, rbdio.RemoveOptions{}))
+	return storeErr(s.do(ctx, func(c *rbdio.Conn) error { return c.RemoveImage(ctx, name, rbdio.RemoveOptions{}) }))
 }
 
 func (s *Store) ResizeImage(ctx context.Context, name string, size int64) error {
-	return storeErr(s.conn.Resize(ctx, name, size, rbdio.ResizeOptions{}))
+	return storeErr(s.do(ctx, func(c *rbdio.Conn) error { return c.Resize(ctx, name, size, rbdio.ResizeOptions{}) }))
 }
 
 func (s *Store) FlattenImage(ctx context.Context, name string) error {
-	return storeErr(s.conn.Flatten(ctx, name))
+	return storeErr(s.do(ctx, func(c *rbdio.Conn) error { return c.Flatten(ctx, name) }))
 }
 
 // CreateSnapshot makes and protects image@snap; after a failure half way
 // a retry finds the snapshot and only protects it.
 func (s *Store) CreateSnapshot(ctx context.Context, image, snap string) error {
-	if err := s.conn.CreateSnapshot(ctx, image, snap); err != nil && !errors.Is(err, rbdio.ErrExists) {
+	if err := s.do(ctx, func(c *rbdio.Conn) error { return c.CreateSnapshot(ctx, image, snap) }); err != nil && !errors.Is(err, rbdio.ErrExists) {
 		return storeErr(err)
 	}
 	s.step(graph.StepSnapshotCreated)
-	if err := s.conn.ProtectSnapshot(ctx, image, snap); err != nil {
+	if err := s.do(ctx, func(c *rbdio.Conn) error { return c.ProtectSnapshot(ctx, image, snap) }); err != nil {
 		return storeErr(err)
 	}
 	s.step(graph.StepSnapshotProtected)
@@ -128,11 +167,11 @@ func (s *Store) CreateSnapshot(ctx context.Context, image, snap string) error {
 // RemoveSnapshot unprotects and deletes image@snap; ErrImageBusy while
 // clones of it exist, nothing when it does not exist (but the image does).
 func (s *Store) RemoveSnapshot(ctx context.Context, image, snap string) error {
-	err := s.conn.UnprotectSnapshot(ctx, image, snap)
+	err := s.do(ctx, func(c *rbdio.Conn) error { return c.UnprotectSnapshot(ctx, image, snap) })
 	if errors.Is(err, rbdio.ErrNotFound) {
 		// The image, or only its snapshot? Asking costs an open, but only
 		// on this path (start-up cleaning, retries).
-		if _, serr := s.conn.Stat(ctx, image); serr != nil {
+		if serr := s.do(ctx, func(c *rbdio.Conn) error { _, err := c.Stat(ctx, image); return err }); serr != nil {
 			return storeErr(serr)
 		}
 		return nil
@@ -141,7 +180,7 @@ func (s *Store) RemoveSnapshot(ctx context.Context, image, snap string) error {
 		return storeErr(err)
 	}
 	s.step(graph.StepSnapshotUnprotected)
-	if err := s.conn.RemoveSnapshot(ctx, image, snap); err != nil {
+	if err := s.do(ctx, func(c *rbdio.Conn) error { return c.RemoveSnapshot(ctx, image, snap) }); err != nil {
 		return storeErr(err)
 	}
 	s.step(graph.StepSnapshotRemoved)
@@ -149,7 +188,8 @@ func (s *Store) RemoveSnapshot(ctx context.Context, image, snap string) error {
 }
 
 func (s *Store) Children(ctx context.Context, image, snap string) ([]string, error) {
-	kids, err := s.conn.Children(ctx, image, snap)
+	var kids []rbdio.ImageSpec
+	err := s.do(ctx, func(c *rbdio.Conn) (err error) { kids, err = c.Children(ctx, image, snap); return err })
 	if err != nil {
 		return nil, storeErr(err)
 	}
@@ -165,7 +205,8 @@ func (s *Store) Children(ctx context.Context, image, snap string) ([]string, err
 }
 
 func (s *Store) ListImages(ctx context.Context, prefix string) ([]string, error) {
-	all, err := s.conn.ListImages(ctx)
+	var all []string
+	err := s.do(ctx, func(c *rbdio.Conn) (err error) { all, err = c.ListImages(ctx); return err })
 	if err != nil {
 		return nil, storeErr(err)
 	}
@@ -179,11 +220,15 @@ func (s *Store) ListImages(ctx context.Context, prefix string) ([]string, error)
 }
 
 func (s *Store) StatImage(ctx context.Context, name string) (graph.ImageInfo, error) {
-	st, err := s.conn.Stat(ctx, name)
-	if err != nil {
-		return graph.ImageInfo{}, storeErr(err)
-	}
-	md, err := s.conn.Metadata(ctx, name)
+	var st rbdio.ImageInfo
+	var md map[string]string
+	err := s.do(ctx, func(c *rbdio.Conn) (err error) {
+		if st, err = c.Stat(ctx, name); err != nil {
+			return err
+		}
+		md, err = c.Metadata(ctx, name)
+		return err
+	})
 	if err != nil {
 		return graph.ImageInfo{}, storeErr(err)
 	}
@@ -205,12 +250,12 @@ func (s *Store) StatImage(ctx context.Context, name string) (graph.ImageInfo, er
 // call as the keys it depends on and reads a missing one as "creating".
 func (s *Store) SetMetadata(ctx context.Context, name string, kv map[string]string) error {
 	for k, v := range kv {
-		var err error
-		if v == "" {
-			err = s.conn.RemoveMetadata(ctx, name, k)
-		} else {
-			err = s.conn.SetMetadata(ctx, name, k, v)
-		}
+		err := s.do(ctx, func(c *rbdio.Conn) error {
+			if v == "" {
+				return c.RemoveMetadata(ctx, name, k)
+			}
+			return c.SetMetadata(ctx, name, k, v)
+		})
 		if err != nil {
 			return storeErr(err)
 		}
@@ -238,21 +283,27 @@ func (s *Store) Qualify(image string) string { return s.Where() + "/" + image }
 
 func (s *Store) StoreVersion() (string, string) { return "Ceph Version", s.version }
 
-// StoreStatus is the line about librbd's cache.
+// StoreStatus is the line about librbd's cache and, after a
+// blocklisting, the connection's renewals and the layers fenced off.
 func (s *Store) StoreStatus() [][2]string {
-	return [][2]string{{"librbd Cache", cacheStatus(s.opts.CachePolicy)}}
+	st := [][2]string{{"librbd Cache", cacheStatus(s.opts.CachePolicy)}}
+	return append(st, s.conns.status()...)
 }
 
 // OpenImage opens a layer image for a device. After a crash the dead
 // process may still hold the exclusive lock until its watch times out
 // (about 30 s), so a locked image is retried for Options.LockWait, every
-// Options.LockRetry.
+// Options.LockRetry. The image is served through a Reopener on the
+// store's connection: after a blocklisting it is reopened on the new
+// one (sessions.go).
 func (s *Store) OpenImage(ctx context.Context, ref graph.ImageRef, readOnly bool) (nbd.Backend, func() error, error) {
 	deadline := time.Now().Add(s.opts.LockWait)
+	opts := rbdio.OpenOptions{ReadOnly: readOnly, Snapshot: ref.Snapshot}
 	for {
-		im, err := s.conn.OpenImage(ctx, ref.Image, rbdio.OpenOptions{ReadOnly: readOnly, Snapshot: ref.Snapshot})
+		first, err := s.conns.openImage(ctx, ref.Image, opts)
 		if err == nil {
-			return im, im.Close, nil
+			r := s.conns.serve(first, ref.Image, opts, policyFor(s.opts.Config(), s.opts.ReopenWait))
+			return r, r.Close, nil
 		}
 		if !errors.Is(err, rbdio.ErrLocked) || time.Now().After(deadline) {
 			return nil, nil, storeErr(err)

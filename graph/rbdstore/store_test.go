@@ -22,7 +22,7 @@ func TestRBDStoreKeepsTheStoreContract(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { conn.Close() }) // after the suite's cleanups
-	store := New(ctx, conn, DefaultOptions())
+	store := New(ctx, conn, DefaultOptions(), nil)
 	graphtest.StoreSuite(t, store, testkit.UniqueName(t, "storesuite")+"-")
 
 	// Data: a clone reads its parent's snapshot, writes stay its own.
