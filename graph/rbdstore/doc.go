@@ -13,10 +13,25 @@
 //   - OpenImage opens a layer for a device; an image whose exclusive
 //     lock a dead process still holds is retried for a while, since the
 //     dead client's watch takes about 30 s to expire.
-//   - OpenReopening serves an image opened by a command (rbd: targets)
-//     through a Reopener: once the cluster blocklists this client it
-//     opens a new connection and the image again, and never breaks a
-//     live holder's lock.
+//   - The store owns its cluster connection (New, Close) and renews it
+//     after `ceph osd blocklist add` of its client (sessions.go): the
+//     first metadata operation or layer that fails with ESHUTDOWN opens
+//     one new connection for all; the failed metadata operation runs
+//     once more there, every layer opened by OpenImage is reopened
+//     there (its Reopener), and the old connection is closed once
+//     nothing uses it.
+//   - A Reopener (reopen.go) stands in front of every layer and of an
+//     image opened by a command (OpenReopening, rbd: targets, with a
+//     connection of its own). It takes the exclusive lock again only
+//     through librbd's acquisition, which breaks the lock of our dead
+//     instance (no watch) and refuses a live holder: the blocklist is
+//     Ceph's fencing, so a layer another client took is fenced (its IO
+//     fails at once, the log and StoreStatus name it) and retried with
+//     backoff until that client lets go. Requests that failed on the
+//     blocklisted handle are resubmitted on the new one within
+//     Options.ReopenWait (flushes only without a writeback cache), so a
+//     filesystem on the layer sees no error; the data path costs one
+//     atomic load.
 //   - Options owns the rbd.* connection keys (a graph.OptionSet) and the
 //     lock retry policy; Connect and New build the store from them.
 //

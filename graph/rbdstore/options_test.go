@@ -15,7 +15,7 @@ func TestParseOptions(t *testing.T) {
 	err := graph.ParseOptionSets([]string{
 		"rbd.pool=layers", "RBD.DataPool=ec", "rbd.client=client.docker", "rbd.configfile=/etc/ceph/x.conf",
 		"rbd.keyring=/k", "rbd.namespace=ns", "rbd.cachepolicy=writeback", "rbd.osdtimeout=45s",
-		"rbd.connecttimeout=10", "rbd.abortonfull=true",
+		"rbd.connecttimeout=10", "rbd.abortonfull=true", "rbd.reopenwait=5s",
 	}, &o)
 	if err != nil {
 		t.Fatal(err)
@@ -23,7 +23,7 @@ func TestParseOptions(t *testing.T) {
 	want := Options{
 		Pool: "layers", DataPool: "ec", Namespace: "ns", Client: "docker", ConfigFile: "/etc/ceph/x.conf", Keyring: "/k",
 		CachePolicy: rbdio.CacheWriteback, OSDTimeout: 45 * time.Second, ConnectTimeout: 10 * time.Second, AbortOnFull: true,
-		LockWait: 90 * time.Second, LockRetry: 2 * time.Second,
+		ReopenWait: 5 * time.Second, LockWait: 90 * time.Second, LockRetry: 2 * time.Second,
 	}
 	if o != want {
 		t.Fatalf("parsed\n%+v\nwant\n%+v", o, want)
@@ -33,7 +33,7 @@ func TestParseOptions(t *testing.T) {
 		c.CachePolicy != rbdio.CacheWriteback || c.OSDTimeout != 45*time.Second || c.ConnectTimeout != 10*time.Second || !c.AbortOnFull {
 		t.Fatalf("rbdio config %+v", c)
 	}
-	if d := DefaultOptions(); d.Pool != "rbd" || d.Client != "admin" || d.CachePolicy != rbdio.CacheNone {
+	if d := DefaultOptions(); d.Pool != "rbd" || d.Client != "admin" || d.CachePolicy != rbdio.CacheNone || d.ReopenWait != DefaultReopenWait {
 		t.Fatalf("defaults %+v", d)
 	}
 }
@@ -47,6 +47,7 @@ func TestParseOptionsRefusesBadInput(t *testing.T) {
 		{"rbd.abortonfull=maybe", "true or false"},
 		{"rbd.cachepolicy=off", "none, writethrough, writeback or writearound"},
 		{"rbd.cachepolicy=", "cache policy"},
+		{"rbd.reopenwait=-1s", "negative"},
 	} {
 		o := DefaultOptions()
 		err := graph.ParseOptionSets([]string{tc.opt}, &o)

@@ -201,6 +201,9 @@ func (s *sessions) serve(first *opened, name string, opts rbdio.OpenOptions, pol
 
 // status is docker info's lines about renewals and fenced layers.
 func (s *sessions) status() [][2]string {
+	if s == nil {
+		return nil
+	}
 	s.mu.Lock()
 	renewals, last := s.renewals, s.last
 	var fenced []string
