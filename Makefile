@@ -24,7 +24,7 @@ DEBS := gcc pkg-config librbd-dev librados-dev \
 	docker.io iproute2 e2fsprogs xfsprogs util-linux procps jq librsvg2-bin \
 	python3-libnbd golang-go systemd docker-registry
 
-.PHONY: all build deb deps test test-dist test-vm-clone test-unit test-fuzz test-clients test-integration check bench demo demo-containerd cluster cluster-stop vmtest vmtest-containerd soak bench-vm bench-vm-crosscheck clean
+.PHONY: all build deb deps test test-dist test-vm-clone test-unit test-fuzz test-clients test-integration check bench demo demo-containerd cluster cluster-stop vmtest vmtest-containerd soak bench-vm bench-vm-crosscheck bench-sweep-vm clean
 
 all: build
 
@@ -211,6 +211,12 @@ bench: deps build
 bench-vm: deps build
 	RBD_NBD_GRAPH_BIN=$(BIN) bench/scripts/vm.sh --out results/bench-vm
 	GO=$(GO) RBD_NBD_GRAPH_BIN=$(BIN) bench/scripts/layers-vm.sh --out results/layers-vm
+
+# The sweep that recommends driver options: bench sweep --target device of
+# an RBD image in the VM (the host kernel has no NBD); charts in
+# results/sweep-vm/sweep (docs/sweep/ holds a committed run's).
+bench-sweep-vm: deps build
+	RBD_NBD_GRAPH_BIN=$(BIN) bench/scripts/sweep-vm.sh --out results/sweep-vm
 
 # The device target's cross-check against fio libaio, in the VM.
 bench-vm-crosscheck: deps build

@@ -11,13 +11,15 @@ import (
 	"time"
 )
 
-// The chart: for each block size a row of two panels, IOPS (left) and
-// p99 latency (right), against queue depth on a log2 axis, one line per
-// connection count. Latency goes on a log axis when it spans more than
-// a factor of 20 (low depths would otherwise sit flat on zero). The p99
-// budget is a dashed line; the recommended point is ringed on both
-// panels. Each marker carries a <title> with its
-// exact figures (a tooltip in browsers).
+// The chart: for each block size a block of four panels: IOPS and p99
+// latency against queue depth (log2 axis), p99 latency against IOPS (the
+// "hockey stick": where added depth stops buying IOPS and only buys
+// latency) and CPU per IO against queue depth; one line per connection
+// count, points in depth order. Latency goes on a log axis when it spans
+// more than a factor of 20 (low depths would otherwise sit flat on zero).
+// The p99 budget is a dashed line; the recommended point is ringed on
+// every panel. Each marker carries a <title> with its exact figures (a
+// tooltip in browsers).
 
 const (
 	panelW      = 420.0 // plot area
@@ -27,7 +29,7 @@ const (
 	marginTop   = 34.0 // panel title
 	marginBot   = 52.0 // tick labels and axis title
 	headerH     = 92.0 // figure title, subtitle, legend
-	footerH     = 26.0
+	footerH     = 42.0
 )
 
 // Okabe-Ito: distinguishable with the common colour-vision deficiencies.
@@ -55,7 +57,7 @@ func (rep *SweepReport) WriteSVG(w io.Writer) error {
 	cellW := marginLeft + panelW + marginRight
 	cellH := marginTop + panelH + marginBot
 	width := 2*cellW + 20
-	height := headerH + float64(len(sizes))*cellH + footerH
+	height := headerH + float64(len(sizes))*2*cellH + footerH
 
 	var b strings.Builder
 	fmt.Fprintf(&b, `<svg xmlns="http://www.w3.org/2000/svg" width="%.0f" height="%.0f" viewBox="0 0 %.0f %.0f" font-family="DejaVu Sans, Helvetica, Arial, sans-serif">`+"\n",
@@ -87,6 +89,9 @@ func (rep *SweepReport) WriteSVG(w io.Writer) error {
 	lx += 22 + 7.2*11 + 22
 	fmt.Fprintf(&b, `<line x1="%.1f" y1="74" x2="%.1f" y2="74" stroke="#c0392b" stroke-width="1.5" stroke-dasharray="6 4"/><text x="%.1f" y="78" font-size="12.5" fill="#333">p99 budget</text>`+"\n", lx, lx+26, lx+32)
 
+	byDepth := depthAxis(depths)
+	budget := float64(rep.P99BudgetNS)
+	p99 := func(r *Result) float64 { return float64(r.Total.Latency.P99) }
 	for row, bs := range sizes {
 		var rs []*Result
 		for _, r := range rep.Results {
@@ -100,28 +105,41 @@ func (rep *SweepReport) WriteSVG(w io.Writer) error {
 				rec = r
 			}
 		}
-		y0 := headerH + float64(row)*cellH + marginTop
-		iopsP := panel{x: 10 + marginLeft, y: y0, depths: depths}
-		latP := panel{x: 10 + cellW + marginLeft, y: y0, depths: depths}
+		y0 := headerH + float64(row)*2*cellH + marginTop
+		left, right := 10+marginLeft, 10+cellW+marginLeft
 		bsLabel := FormatBytes(int64(bs))
-		iopsP.draw(&b, rs, conns, rec, panelSpec{
+		panel{x: left, y: y0, xa: byDepth}.draw(&b, rs, conns, rec, panelSpec{
 			title: fmt.Sprintf("IOPS · bs %s", bsLabel), axis: "IOPS",
 			value: func(r *Result) float64 { return r.Total.IOPS }, format: compactCount,
 		})
-		budget := float64(rep.P99BudgetNS)
-		latP.draw(&b, rs, conns, rec, panelSpec{
+		panel{x: right, y: y0, xa: byDepth}.draw(&b, rs, conns, rec, panelSpec{
 			title: fmt.Sprintf("p99 latency · bs %s", bsLabel), axis: "p99 latency",
-			value:  func(r *Result) float64 { return float64(r.Total.Latency.P99) },
-			format: compactLatency,
-			budget: budget,
-			logOK:  true,
+			value: p99, format: compactLatency, budget: budget, logOK: true,
+		})
+		panel{x: left, y: y0 + cellH, xa: iopsAxis(rs)}.draw(&b, rs, conns, rec, panelSpec{
+			title: fmt.Sprintf("p99 latency against IOPS · bs %s", bsLabel), axis: "p99 latency",
+			value: p99, format: compactLatency, budget: budget, logOK: true,
+		})
+		panel{x: right, y: y0 + cellH, xa: byDepth}.draw(&b, rs, conns, rec, panelSpec{
+			title: fmt.Sprintf("CPU per IO · bs %s", bsLabel), axis: "CPU time per IO",
+			value: func(r *Result) float64 { return r.CPU.PerIO }, format: compactLatency,
 		})
 	}
+	fmt.Fprintf(&b, `<text x="20" y="%.0f" font-size="11" fill="#888">CPU per IO: user+system time of the bench process (all its threads: workers, %s, librbd) per IO; not the OSDs' or the kernel's NBD threads.</text>`+"\n",
+		height-25, esc(servedBy(rep.Target)))
 	fmt.Fprintf(&b, `<text x="20" y="%.0f" font-size="11" fill="#888">rbd-nbd-graph bench sweep · %s · percentiles from a log-linear histogram (within 0.8%%)</text>`+"\n",
 		height-9, esc(rep.Started.Format(time.RFC3339)))
 	b.WriteString("</svg>\n")
 	_, err := io.WriteString(w, b.String())
 	return err
+}
+
+// servedBy names what the bench process runs besides its workers.
+func servedBy(target string) string {
+	if target == "raw" {
+		return "no NBD server"
+	}
+	return "the NBD server"
 }
 
 type panelSpec struct {
@@ -132,22 +150,60 @@ type panelSpec struct {
 	logOK       bool    // a log axis when the values span orders of magnitude
 }
 
-type panel struct {
-	x, y   float64 // top-left of the plot area
-	depths []int
+// xAxis is a panel's horizontal axis: what it plots and where.
+type xAxis struct {
+	label  string
+	value  func(*Result) float64
+	pos    func(v float64) float64 // 0 (left edge) to 1 (right edge)
+	ticks  []float64
+	format func(float64) string
 }
 
-// xPos places a queue depth on the log2 axis, with half a step of air at
+// depthAxis puts queue depths on a log2 axis, with half a step of air at
 // both ends.
-func (p panel) xPos(qd int) float64 {
-	lo, hi := math.Log2(float64(p.depths[0])), math.Log2(float64(p.depths[len(p.depths)-1]))
+func depthAxis(depths []int) xAxis {
+	lo, hi := math.Log2(float64(depths[0])), math.Log2(float64(depths[len(depths)-1]))
 	if hi == lo {
 		lo, hi = lo-1, hi+1
 	}
 	pad := (hi - lo) * 0.06
 	lo, hi = lo-pad, hi+pad
-	return p.x + (math.Log2(float64(qd))-lo)/(hi-lo)*panelW
+	ticks := make([]float64, len(depths))
+	for i, d := range depths {
+		ticks[i] = float64(d)
+	}
+	return xAxis{
+		label:  "queue depth (IOs in flight, log scale)",
+		value:  func(r *Result) float64 { return float64(r.IODepth) },
+		pos:    func(v float64) float64 { return (math.Log2(v) - lo) / (hi - lo) },
+		ticks:  ticks,
+		format: func(v float64) string { return strconv.Itoa(int(v)) },
+	}
 }
+
+// iopsAxis is linear from 0 to just above the best IOPS of rs.
+func iopsAxis(rs []*Result) xAxis {
+	maxV := 0.0
+	for _, r := range rs {
+		maxV = max(maxV, r.Total.IOPS)
+	}
+	ticks := niceTicks(maxV * 1.04)
+	top := ticks[len(ticks)-1]
+	return xAxis{
+		label:  "IOPS",
+		value:  func(r *Result) float64 { return r.Total.IOPS },
+		pos:    func(v float64) float64 { return v / top },
+		ticks:  ticks,
+		format: compactCount,
+	}
+}
+
+type panel struct {
+	x, y float64 // top-left of the plot area
+	xa   xAxis
+}
+
+func (p panel) xPos(r *Result) float64 { return p.x + p.xa.pos(p.xa.value(r))*panelW }
 
 func (p panel) draw(b *strings.Builder, rs []*Result, conns []int, rec *Recommendation, s panelSpec) {
 	maxV, minV := 0.0, math.Inf(1)
@@ -189,14 +245,14 @@ func (p panel) draw(b *strings.Builder, rs []*Result, conns []int, rec *Recommen
 		fmt.Fprintf(b, `<line x1="%.1f" y1="%.1f" x2="%.1f" y2="%.1f" stroke="#e3e3e3" stroke-width="1"/>`, p.x, y, p.x+panelW, y)
 		fmt.Fprintf(b, `<text x="%.1f" y="%.1f" font-size="11.5" fill="#555" text-anchor="end">%s</text>`+"\n", p.x-8, y+4, esc(s.format(t)))
 	}
-	for _, qd := range p.depths {
-		x := p.xPos(qd)
+	for _, t := range p.xa.ticks {
+		x := p.x + p.xa.pos(t)*panelW
 		fmt.Fprintf(b, `<line x1="%.1f" y1="%.1f" x2="%.1f" y2="%.1f" stroke="#efefef" stroke-width="1"/>`, x, p.y, x, p.y+panelH)
-		fmt.Fprintf(b, `<text x="%.1f" y="%.1f" font-size="11.5" fill="#555" text-anchor="middle">%d</text>`+"\n", x, p.y+panelH+17, qd)
+		fmt.Fprintf(b, `<text x="%.1f" y="%.1f" font-size="11.5" fill="#555" text-anchor="middle">%s</text>`+"\n", x, p.y+panelH+17, esc(p.xa.format(t)))
 	}
 	fmt.Fprintf(b, `<line x1="%.1f" y1="%.1f" x2="%.1f" y2="%.1f" stroke="#888" stroke-width="1"/>`, p.x, p.y+panelH, p.x+panelW, p.y+panelH)
 	fmt.Fprintf(b, `<line x1="%.1f" y1="%.1f" x2="%.1f" y2="%.1f" stroke="#888" stroke-width="1"/>`+"\n", p.x, p.y, p.x, p.y+panelH)
-	fmt.Fprintf(b, `<text x="%.1f" y="%.1f" font-size="12" fill="#444" text-anchor="middle">queue depth (IOs in flight, log scale)</text>`+"\n", p.x+panelW/2, p.y+panelH+38)
+	fmt.Fprintf(b, `<text x="%.1f" y="%.1f" font-size="12" fill="#444" text-anchor="middle">%s</text>`+"\n", p.x+panelW/2, p.y+panelH+38, esc(p.xa.label))
 	fmt.Fprintf(b, `<text transform="translate(%.1f %.1f) rotate(-90)" font-size="12" fill="#444" text-anchor="middle">%s</text>`+"\n", p.x-60, p.y+panelH/2, esc(axis))
 
 	if showBudget {
@@ -216,25 +272,26 @@ func (p panel) draw(b *strings.Builder, rs []*Result, conns []int, rec *Recommen
 				line = append(line, r)
 			}
 		}
+		// Depth order on every panel: on the IOPS axis the line then
+		// walks the way the load grows, and bends back where IOPS fall.
 		slices.SortFunc(line, func(a, b *Result) int { return a.IODepth - b.IODepth })
 		if len(line) == 0 {
 			continue
 		}
 		var pts []string
 		for _, r := range line {
-			pts = append(pts, fmt.Sprintf("%.1f,%.1f", p.xPos(r.IODepth), yPos(s.value(r))))
+			pts = append(pts, fmt.Sprintf("%.1f,%.1f", p.xPos(r), yPos(s.value(r))))
 		}
 		fmt.Fprintf(b, `<polyline points="%s" fill="none" stroke="%s" stroke-width="2.5" stroke-linejoin="round"/>`+"\n", strings.Join(pts, " "), col)
 		for _, r := range line {
 			fmt.Fprintf(b, `<circle cx="%.1f" cy="%.1f" r="4" fill="%s" stroke="#fff" stroke-width="1.2"><title>%s</title></circle>`+"\n",
-				p.xPos(r.IODepth), yPos(s.value(r)), col, esc(pointTitle(r)))
+				p.xPos(r), yPos(s.value(r)), col, esc(pointTitle(r)))
 		}
 	}
 	if rec != nil {
 		for _, r := range rs {
 			if r.IODepth == rec.IODepth && r.Connections == rec.Connections {
-				x, y := p.xPos(r.IODepth), yPos(s.value(r))
-				fmt.Fprintf(b, `<circle cx="%.1f" cy="%.1f" r="8.5" fill="none" stroke="#222" stroke-width="1.8"/>`+"\n", x, y)
+				fmt.Fprintf(b, `<circle cx="%.1f" cy="%.1f" r="8.5" fill="none" stroke="#222" stroke-width="1.8"/>`+"\n", p.xPos(r), yPos(s.value(r)))
 			}
 		}
 	}

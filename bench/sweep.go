@@ -216,7 +216,11 @@ func Recommend(results []*Result, budget time.Duration, target string, fixedQD i
 			rec.QueueDepth = (pick.IODepth + pick.Connections - 1) / pick.Connections
 		}
 		rec.IOPS, rec.P99NS = pick.Total.IOPS, pick.Total.Latency.P99
-		if target != "raw" {
+		// Only the kernel's device is what the driver configures: an
+		// export sweep runs our client over a socket, whose best depth
+		// and connection count need not be the kernel's (its request
+		// sizes, plugging and per-connection queues differ).
+		if target == "device" {
 			rec.DriverOptions = []string{
 				fmt.Sprintf("%s=%d", DriverOptConnections, rec.Connections),
 				fmt.Sprintf("%s=%d", DriverOptQueueDepth, rec.QueueDepth),
@@ -231,8 +235,12 @@ func Recommend(results []*Result, budget time.Duration, target string, fixedQD i
 		default:
 			rec.Note = "the best IOPS within the p99 budget"
 		}
-		if target == "raw" {
+		switch target {
+		case "raw":
 			rec.Note += "; the raw target has no NBD settings: this is the backend's own ceiling"
+		case "device":
+		default:
+			rec.Note += "; driver options come only from a --target device sweep (the kernel's NBD device, which the driver configures)"
 		}
 		out = append(out, rec)
 	}

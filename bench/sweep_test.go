@@ -31,7 +31,7 @@ func TestRecommendBestWithinBudget(t *testing.T) {
 		point(65536, 4, 1, 3000, 20*time.Millisecond),  // another block size, all over budget
 		point(65536, 8, 1, 3100, 30*time.Millisecond),
 	}
-	recs := Recommend(rs, 10*time.Millisecond, "export", 0)
+	recs := Recommend(rs, 10*time.Millisecond, "device", 0)
 	if len(recs) != 2 {
 		t.Fatalf("%d recommendations, want one per block size", len(recs))
 	}
@@ -51,6 +51,12 @@ func TestRecommendBestWithinBudget(t *testing.T) {
 	r = Recommend(rs, 10*time.Millisecond, "device", 0)[0]
 	if r.Connections != 1 || r.BestIOPS != 30000 || !strings.Contains(r.Note, "within 3%") {
 		t.Fatalf("near-best: got %+v", r)
+	}
+	// An export sweep picks a point but names no driver options: the
+	// driver configures the kernel's device, which only a device sweep
+	// measures.
+	if r := Recommend(rs, 10*time.Millisecond, "export", 0)[0]; len(r.DriverOptions) != 0 || r.Connections != 1 || !strings.Contains(r.Note, "--target device") {
+		t.Fatalf("export: %+v", r)
 	}
 	// raw has no NBD settings.
 	if r := Recommend(rs, 10*time.Millisecond, "raw", 0)[0]; len(r.DriverOptions) != 0 || !strings.Contains(r.Note, "raw") {
@@ -113,6 +119,7 @@ func TestSweepExportWritesChart(t *testing.T) {
 	}
 	// Well-formed XML, with a line per connection count in each of the
 	// four panels and a marker per point in each of two panels.
+	chart := svg.String()
 	dec := xml.NewDecoder(&svg)
 	counts := map[string]int{}
 	for {
@@ -127,16 +134,21 @@ func TestSweepExportWritesChart(t *testing.T) {
 			counts[se.Name.Local]++
 		}
 	}
-	if counts["polyline"] != 2*2*2 {
-		t.Errorf("%d lines, want 8 (2 connection counts × 2 panels × 2 block sizes)", counts["polyline"])
+	if counts["polyline"] != 2*4*2 {
+		t.Errorf("%d lines, want 16 (2 connection counts × 4 panels × 2 block sizes)", counts["polyline"])
 	}
-	if counts["title"] != 2*len(rep.Results) {
-		t.Errorf("%d point markers with tooltips, want %d", counts["title"], 2*len(rep.Results))
+	if counts["title"] != 4*len(rep.Results) {
+		t.Errorf("%d point markers with tooltips, want %d", counts["title"], 4*len(rep.Results))
+	}
+	for _, panel := range []string{"p99 latency against IOPS", "CPU per IO"} {
+		if !strings.Contains(chart, panel) {
+			t.Errorf("chart lacks the %q panel", panel)
+		}
 	}
 	var table, recs bytes.Buffer
 	rep.WriteSweepTable(&table)
 	rep.WriteRecommendations(&recs)
-	if strings.Count(table.String(), "\n") != 11 || !strings.Contains(recs.String(), "--storage-opt nbd.connections=") {
+	if strings.Count(table.String(), "\n") != 11 || !strings.Contains(recs.String(), "--target device") || strings.Contains(recs.String(), "--storage-opt") {
 		t.Errorf("table:\n%s\nrecommendations:\n%s", table.String(), recs.String())
 	}
 }

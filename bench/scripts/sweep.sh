@@ -3,10 +3,11 @@
 # Ceph cluster: `bench sweep` of 4k random read and random write through
 # the export target (our NBD server and client over a socket, librbd
 # underneath) over queue depths 1..32 and 1, 2, 4 connections. Leaves
-# sweep-export-RW.svg, .json (and .png with rsvg-convert) in OUT and prints the tables and the
-# recommended driver options.
+# sweep-TARGET-RW.svg, .json (and .png with rsvg-convert) in OUT and prints
+# the tables and the recommendations; driver options are recommended only
+# from --target device (a kernel with NBD: bench/scripts/sweep-vm.sh).
 #
-#   bench/scripts/sweep.sh [--out DIR] [--target export|raw] [--runtime 2s]
+#   bench/scripts/sweep.sh [--out DIR] [--target export|raw|device] [--runtime 2s]
 #                          [--ramp 1s] [--size 1G] [--p99-budget 10ms]
 #
 # The cluster: $CEPH_CONF if set, else the one in .build/bench/ceph

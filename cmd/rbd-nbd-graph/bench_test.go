@@ -120,7 +120,7 @@ func TestBenchSweepWritesChartAndJSON(t *testing.T) {
 	if err != nil || !bytes.HasPrefix(svg, []byte("<svg")) {
 		t.Fatalf("chart: %v", err)
 	}
-	if !strings.Contains(stdout, "--storage-opt nbd.connections=") || !strings.Contains(stdout, "chart: ") {
+	if !strings.Contains(stdout, "recommendation for bs 4k") || !strings.Contains(stdout, "--target device") || !strings.Contains(stdout, "chart: ") {
 		t.Fatalf("no recommendation printed:\n%s", stdout)
 	}
 }
