@@ -6,7 +6,6 @@ import (
 	"log/slog"
 	"regexp"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -71,27 +70,9 @@ func asyncWrite(t *testing.T, be nbd.Backend, p []byte, off int64, limit time.Du
 	return wait("flush")
 }
 
-// syncLog is a logger whose output tests read while the store writes.
-type syncLog struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (l *syncLog) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.buf.Write(p)
-}
-
-func (l *syncLog) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.buf.String()
-}
-
 // blocklistStore is a store on a connection of its own with an image
 // of its own, opened for writing, with "a" written at 0.
-func blocklistStore(t *testing.T, prefix string) (*Store, string, nbd.Backend, *syncLog) {
+func blocklistStore(t *testing.T, prefix string) (*Store, string, nbd.Backend, *syncBuffer) {
 	t.Helper()
 	conf := testkit.CephConf(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
@@ -102,7 +83,7 @@ func blocklistStore(t *testing.T, prefix string) (*Store, string, nbd.Backend, *
 	if err != nil {
 		t.Fatal(err)
 	}
-	logs := &syncLog{}
+	logs := &syncBuffer{}
 	store := New(ctx, conn, o, slog.New(slog.NewTextHandler(logs, nil)))
 	t.Cleanup(func() {
 		if err := store.Close(); err != nil {
