@@ -11,7 +11,10 @@ BUILD      := $(CURDIR)/.build
 GO         ?= $(shell dist/go-toolchain which $(BUILD))
 TAGS       ?= pacific
 export CGO_ENABLED := 1
-GOFLAGS_BUILD := -tags $(TAGS)
+# What `rbd-nbd-graph version` prints (cmd/rbd-nbd-graph/version.go).
+VERSION    ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo unknown)
+COMMIT     ?= $(shell git rev-parse HEAD 2>/dev/null)
+GOFLAGS_BUILD := -tags $(TAGS) -ldflags "-X main.version=$(VERSION) -X main.commit=$(COMMIT)"
 BIN        := $(CURDIR)/bin/rbd-nbd-graph
 STATICCHECK_VERSION := v0.7.0
 

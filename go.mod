@@ -11,6 +11,7 @@ require (
 	github.com/docker/go-units v0.5.0
 	github.com/moby/sys/mountinfo v0.7.2
 	github.com/pmorjan/kmod v1.1.1
+	github.com/spf13/pflag v1.1.0
 	github.com/vishvananda/netlink v1.3.1
 	go.etcd.io/bbolt v1.3.10
 	golang.org/x/sys v0.33.0

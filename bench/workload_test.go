@@ -185,13 +185,13 @@ func BenchmarkStreamNext(b *testing.B) {
 
 func TestParseSize(t *testing.T) {
 	for in, want := range map[string]int64{"512": 512, "4k": 4096, "4K": 4096, "4KiB": 4096, "4kb": 4096,
-		"1m": 1 << 20, "1G": 1 << 30, "1.5k": 1536, "2t": 2 << 40, "0": 0} {
+		"1m": 1 << 20, "1G": 1 << 30, "1.5k": 1536, "2t": 2 << 40, "0": 0, "1.5g": 3 << 29} {
 		got, err := ParseSize(in)
 		if err != nil || got != want {
 			t.Errorf("ParseSize(%q) = %d, %v; want %d", in, got, err, want)
 		}
 	}
-	for _, bad := range []string{"", "k", "-4k", "1.1", "4x", "99999999999p", "abc"} {
+	for _, bad := range []string{"", "k", "-4k", "4x", "99999999999p", "abc"} {
 		if v, err := ParseSize(bad); err == nil {
 			t.Errorf("ParseSize(%q) = %d, want an error", bad, v)
 		}

@@ -8,6 +8,7 @@ import (
 	"time"
 
 	units "github.com/docker/go-units"
+	"github.com/rbd-nbd-graph/rbd-nbd-graph/internal/sizes"
 )
 
 // Options are the layer options of the driver (keys rbd.imageprefix,
@@ -150,7 +151,7 @@ var layerKeys = OptionSetters[Options]{
 		return nil
 	},
 	"rbd.basesize": func(o *Options, v string) error {
-		n, err := units.RAMInBytes(v)
+		n, err := sizes.Parse(v)
 		if err != nil {
 			return err
 		}
@@ -213,7 +214,7 @@ func ParseDurationOption(v string) (time.Duration, error) {
 	if err != nil {
 		secs, err2 := strconv.Atoi(v)
 		if err2 != nil {
-			return 0, fmt.Errorf("want a duration such as 30s or 2m")
+			return 0, fmt.Errorf("want a duration such as 30s or 2m, or plain seconds")
 		}
 		d = time.Duration(secs) * time.Second
 	}
@@ -291,7 +292,7 @@ func ParseStorageOpts(opts map[string]string) (CreateOptions, error) {
 	for k, v := range opts {
 		switch strings.ToLower(k) {
 		case "size":
-			n, err := units.RAMInBytes(v)
+			n, err := sizes.Parse(v)
 			if err != nil || n <= 0 {
 				return co, fmt.Errorf("%w: storage-opt size=%q: want a size such as 20G", ErrInvalidOption, v)
 			}

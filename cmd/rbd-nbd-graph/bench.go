@@ -1,13 +1,13 @@
 package main
 
 import (
-	"flag"
 	"fmt"
 	"strconv"
 	"strings"
 	"time"
 
 	"github.com/rbd-nbd-graph/rbd-nbd-graph/bench"
+	"github.com/spf13/pflag"
 )
 
 // benchFlags is the command line of `bench` and `bench sweep`. The
@@ -34,8 +34,7 @@ var (
 	sweepConnections = []int{1, 2, 4}
 )
 
-const benchUsage = `usage: rbd-nbd-graph bench [flags]
-       rbd-nbd-graph bench sweep [flags]
+const benchAbout = `Also: rbd-nbd-graph bench sweep [flags]
 
 Measures the IO path to a backend, as fio would, through a target:
   raw     the backend called directly (for rbd: the librbd ceiling, no NBD)
@@ -50,10 +49,8 @@ an SVG chart and a JSON file into --out, and recommends the driver
 options with the best IOPS within --p99-budget.
 
 Backends: mem:SIZE, file:PATH, rbd:POOL/IMAGE (or POOL/IMAGE).
-Sizes take k, m, g, t suffixes (powers of 1024). See README.md, "bench".
-
-flags:
-`
+Sizes take k, m, g, t suffixes (powers of 1024; 1.5g); durations 10s or 10.
+See README.md, "bench".`
 
 func parseBenchFlags(env *environment, args []string, sweep bool) (*benchFlags, error) {
 	f := &benchFlags{}
@@ -61,8 +58,7 @@ func parseBenchFlags(env *environment, args []string, sweep bool) (*benchFlags, 
 	if sweep {
 		name = "bench sweep"
 	}
-	fs := flag.NewFlagSet(name, flag.ContinueOnError)
-	fs.SetOutput(env.stderr)
+	fs := newFlagSet(env, name, name+" [flags]", benchAbout)
 	f.ceph.register(fs)
 	target := fs.String("target", "raw", "raw, export or device (a comma list runs each in turn)")
 	fs.StringVar(&f.backend, "backend", "mem:1G", "what to measure: mem:SIZE, file:PATH or rbd:POOL/IMAGE")
@@ -72,27 +68,23 @@ func parseBenchFlags(env *environment, args []string, sweep bool) (*benchFlags, 
 	iodepth := fs.String("iodepth", "16", "IOs kept in flight in total, spread over the connections")
 	conns := fs.String("connections", "1", "NBD connections (export: client sockets; device: kernel sockets); raw takes 1")
 	fs.IntVar(&f.queueDepth, "queue-depth", 0, "requests each connection serves at once (server and kernel side); 0: iodepth/connections")
-	fs.DurationVar(&f.opts.Runtime, "runtime", 10*time.Second, "how long to measure, after the ramp (0 with --total: until the total is done)")
+	durationVar(fs, &f.opts.Runtime, "runtime", 10*time.Second, "how long to measure, after the ramp (0 with --total: until the total is done)")
 	total := fs.String("total", "0", "stop after this many bytes (fio's io_size); 0: no limit")
 	size := fs.String("size", "0", "bytes of the backend to spread IO over, from --offset (0: to the end)")
 	offset := fs.String("offset", "0", "where the IO region starts, a multiple of --bs")
-	fs.DurationVar(&f.opts.Ramp, "ramp", 0, "run this long before measuring (not counted)")
+	durationVar(fs, &f.opts.Ramp, "ramp", 0, "run this long before measuring (not counted)")
 	fs.Uint64Var(&f.opts.Seed, "seed", 1, "seed of the random offsets: the same seed gives the same offsets")
 	fs.BoolVar(&f.opts.Verify, "verify", false, "write a pattern, check every read of it, read back all written blocks at the end")
 	fs.BoolVar(&f.jsonOut, "json", false, "print JSON for machines instead of tables (schema: README.md)")
 	if sweep {
 		fs.StringVar(&f.out, "out", ".", "folder for the chart (SVG) and the results (JSON)")
-		fs.DurationVar(&f.p99Budget, "p99-budget", 10*time.Millisecond, "the recommendation's p99 latency limit")
+		durationVar(fs, &f.p99Budget, "p99-budget", 10*time.Millisecond, "the recommendation's p99 latency limit")
 		f.opts.Runtime = 3 * time.Second
 		fs.Lookup("runtime").DefValue = "3s"
 		f.opts.Ramp = time.Second
 		fs.Lookup("ramp").DefValue = "1s"
 		fs.Lookup("iodepth").DefValue = joinInts(sweepDepths)
 		fs.Lookup("connections").DefValue = joinInts(sweepConnections) + " (raw: 1)"
-	}
-	fs.Usage = func() {
-		fmt.Fprint(env.stderr, benchUsage)
-		fs.PrintDefaults()
 	}
 	if err := parseFlags(fs, args); err != nil {
 		return nil, err
@@ -101,7 +93,7 @@ func parseBenchFlags(env *environment, args []string, sweep bool) (*benchFlags, 
 		return nil, fmt.Errorf("%w: unexpected arguments %q: everything is a flag (see -h)", errUsage, fs.Args())
 	}
 	set := map[string]bool{}
-	fs.Visit(func(fl *flag.Flag) { set[fl.Name] = true })
+	fs.Visit(func(fl *pflag.Flag) { set[fl.Name] = true })
 
 	usage := func(err error) error { return fmt.Errorf("%w: %w", errUsage, err) }
 	var err error

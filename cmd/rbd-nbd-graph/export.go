@@ -2,7 +2,6 @@ package main
 
 import (
 	"errors"
-	"flag"
 	"fmt"
 	"os"
 	"strconv"
@@ -51,8 +50,11 @@ var errShutdownDeadline = errors.New("shutdown deadline passed")
 
 func parseExportFlags(env *environment, args []string) (*exportFlags, string, error) {
 	f := &exportFlags{}
-	fs := flag.NewFlagSet("export", flag.ContinueOnError)
-	fs.SetOutput(env.stderr)
+	fs := newFlagSet(env, "export", "export [--socket PATH | --listen ADDR] [flags] TARGET",
+		"Serves TARGET to NBD clients (nbdinfo, nbdcopy, qemu, fio, nbd-client) until SIGINT or SIGTERM,\n"+
+			"then finishes the requests in flight and exits 0; if that takes longer than --shutdown-timeout\n"+
+			"(a cluster that does not answer), it exits 1 without them. Prints the export's NBD URI once it listens.\n"+
+			"TARGET: "+targetForms+".")
 	f.ceph.register(fs)
 	fs.StringVar(&f.socket, "socket", "", "serve on this unix socket")
 	fs.StringVar(&f.listen, "listen", "", "serve on this TCP address (default "+defaultListen+"; loopback only unless --allow-remote)")
@@ -62,7 +64,7 @@ func parseExportFlags(env *environment, args []string) (*exportFlags, string, er
 	fs.StringVar(&f.description, "description", "", "export description shown by NBD_OPT_LIST (default: TARGET)")
 	fs.IntVar(&f.queueDepth, "queue-depth", 0, fmt.Sprintf("requests served at once per connection (0: %d)", nbd.DefaultQueueDepth))
 	fs.BoolVar(&f.multiConn, "multi-conn", false, "advertise NBD_FLAG_CAN_MULTI_CONN: clients may use several connections")
-	fs.DurationVar(&f.shutdownTimeout, "shutdown-timeout", defaultShutdownTimeout,
+	durationVar(fs, &f.shutdownTimeout, "shutdown-timeout", defaultShutdownTimeout,
 		"after SIGINT/SIGTERM, wait this long for requests in flight and for closing TARGET, then exit anyway (status 1)")
 	fs.UintVar(&f.blockSize, "block-size", 0, "minimum block size clients must align to (0: 512, or 1 if the size is not a multiple of 512)")
 	mode := fs.String("socket-mode", "0600", "permissions of the --socket file, in octal: whoever may connect can read and write the export")
@@ -74,20 +76,11 @@ func parseExportFlags(env *environment, args []string) (*exportFlags, string, er
 	fs.IntVar(&f.maxConns, "max-connections", nbd.DefaultMaxConnections, "clients served at once; more are closed at once with a log line")
 	inflight := fs.String("max-inflight-bytes", fmt.Sprintf("%dM", nbd.DefaultServerMaxInFlightBytes>>20),
 		fmt.Sprintf("payload bytes held by requests in flight across all clients (each client also at most %dM); more requests wait", nbd.DefaultMaxInFlightBytes>>20))
-	fs.Usage = func() {
-		fmt.Fprintf(env.stderr, "usage: rbd-nbd-graph export [--socket PATH | --listen ADDR] [flags] TARGET\n\n"+
-			"Serves TARGET to NBD clients (nbdinfo, nbdcopy, qemu, fio, nbd-client) until SIGINT or SIGTERM,\n"+
-			"then finishes the requests in flight and exits 0; if that takes longer than --shutdown-timeout\n"+
-			"(a cluster that does not answer), it exits 1 without them. Prints the export's NBD URI once it listens.\n"+
-			"TARGET: %s.\n\nflags:\n", targetForms)
-		fs.PrintDefaults()
-	}
 	if err := parseFlags(fs, args); err != nil {
 		return nil, "", err
 	}
 	if fs.NArg() != 1 {
-		fs.Usage()
-		return nil, "", fmt.Errorf("%w: want exactly one TARGET, got %d arguments", errUsage, fs.NArg())
+		return nil, "", fmt.Errorf("%w: want exactly one TARGET, got %d arguments %q", errUsage, fs.NArg(), fs.Args())
 	}
 	if f.socket != "" && f.listen != "" {
 		return nil, "", fmt.Errorf("%w: --socket and --listen are exclusive: serve on one or the other", errUsage)

@@ -3,16 +3,28 @@ package main
 import (
 	"context"
 	"encoding/json"
-	"flag"
 	"fmt"
+	"strings"
 	"text/tabwriter"
 
 	"github.com/rbd-nbd-graph/rbd-nbd-graph/graph/nbdattach"
 	"github.com/rbd-nbd-graph/rbd-nbd-graph/nbd"
 )
 
-// mapping is one line of 'list'.
+// mapping is one line of 'list'. The JSON carries rbd-nbd's
+// `list-mapped --format json` fields too (id, pool, namespace, image,
+// snap, device, cookie, with its names), so a script written for rbd-nbd
+// reads ours; for a target that is not an RBD image pool and image are
+// empty.
 type mapping struct {
+	// rbd-nbd's fields: id is the serving process (0: none), cookie the
+	// kernel's backend identifier.
+	ID        int    `json:"id"`
+	Pool      string `json:"pool"`
+	Namespace string `json:"namespace"`
+	Image     string `json:"image"`
+	Snap      string `json:"snap"`
+	Cookie    string `json:"cookie"`
 	Device    string `json:"device"`
 	Index     int    `json:"index"`
 	Target    string `json:"target"`
@@ -31,15 +43,17 @@ type mapping struct {
 
 // runList: list [--format plain|json] [--all].
 func runList(ctx context.Context, env *environment, args []string) error {
-	fs := flag.NewFlagSet("list", flag.ContinueOnError)
-	fs.SetOutput(env.stderr)
+	fs := newFlagSet(env, "list", "list [--format plain|json] [--all]",
+		"Lists the kernel NBD devices rbd-nbd-graph serves (map, attach, and the layers of serve\n"+
+			"and snapshotter): device, serving process, size, read-only, target. --format json adds\n"+
+			"rbd-nbd's list-mapped fields (id, pool, namespace, image, snap, device, cookie).")
 	format := fs.String("format", "plain", "output format: plain or json")
 	all := fs.Bool("all", false, "every NBD device, not only the ones rbd-nbd-graph serves")
 	if err := parseFlags(fs, args); err != nil {
 		return err
 	}
 	if fs.NArg() != 0 {
-		return fmt.Errorf("%w: list takes no arguments", errUsage)
+		return fmt.Errorf("%w: list takes no arguments, got %q", errUsage, fs.Args())
 	}
 	if *format != "plain" && *format != "json" {
 		return fmt.Errorf("%w: --format %q: want plain or json", errUsage, *format)
@@ -62,6 +76,8 @@ func runList(ctx context.Context, env *environment, args []string) error {
 		if ours {
 			m.Target = id.Target
 		}
+		m.ID, m.Cookie = m.PID, m.BackendID
+		m.Pool, m.Namespace, m.Image, m.Snap = rbdFields(id, ours)
 		out = append(out, m)
 	}
 	if *format == "json" {
@@ -103,4 +119,26 @@ func humanBytes(n int64) string {
 		exp++
 	}
 	return fmt.Sprintf("%.1f %ciB", float64(n)/float64(div), "KMGTPE"[exp])
+}
+
+// rbdFields are rbd-nbd's pool, namespace, image and snap of a device:
+// from the target of a mapped RBD image (rbd:SPEC or bare SPEC), or the
+// layer image of a graph driver's device; empty for other targets.
+func rbdFields(id nbdattach.BackendID, ours bool) (pool, namespace, image, snap string) {
+	if !ours {
+		return
+	}
+	spec := id.Target
+	if id.Layer {
+		spec = id.Where + "/" + id.Ref.String()
+	} else if rest, ok := strings.CutPrefix(spec, "rbd:"); ok {
+		spec = rest
+	} else if strings.Contains(spec, ":") {
+		return // mem:, file:
+	}
+	t, err := parseRBDTarget(spec)
+	if err != nil {
+		return
+	}
+	return t.pool, t.namespace, t.image, t.snap
 }

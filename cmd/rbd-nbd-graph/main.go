@@ -1,20 +1,23 @@
 // Command rbd-nbd-graph is one binary with subcommands: export (serve a
-// block backend over the NBD protocol), map/unmap/list (the kernel NBD
-// path), serve (the Docker graph driver plugin), snapshotter (the
-// containerd proxy snapshotter) and bench (the IO tuning
-// tool). Run it with no arguments for the list.
+// block backend over the NBD protocol), map/attach/detach/unmap/list (the
+// kernel NBD path), serve (the Docker graph driver plugin), snapshotter
+// (the containerd proxy snapshotter), bench (the IO tuning tool),
+// version and completion. Run it with no arguments for the list; the
+// command line's conventions are in cli.go.
 package main
 
 import (
 	"context"
 	"errors"
-	"flag"
 	"fmt"
 	"io"
 	"log/slog"
 	"os"
 	"os/signal"
+	"strings"
 	"syscall"
+
+	"github.com/spf13/pflag"
 )
 
 // command is one subcommand. run gets its own arguments (after the name)
@@ -36,18 +39,24 @@ type environment struct {
 	// the logging; logArgs are those flags, for a re-executed child.
 	logSet  bool
 	logArgs []string
+	// onFlagSet, when set, is given every flag set a command makes
+	// (the completion script is made from them).
+	onFlagSet func(*pflag.FlagSet)
 }
 
 func commands() []command {
 	return []command{
 		{"export", "serve a block backend over the NBD protocol (unix socket or loopback TCP)", runExport},
 		{"map", "attach a backend to a kernel NBD device and serve it", runMap},
-		{"attach", "re-serve a mapped device whose server died (map --reattach)", runAttach},
-		{"unmap", "detach a kernel NBD device", runUnmap},
+		{"attach", "re-serve a mapped device whose server died or was detached (map --reattach)", runAttach},
+		{"detach", "stop serving a mapped device but keep it, for a later attach (as rbd-nbd detach)", runDetach},
+		{"unmap", "disconnect a kernel NBD device and stop its server", runUnmap},
 		{"list", "list kernel NBD devices served by rbd-nbd-graph", runList},
 		{"serve", "run the Docker graph driver plugin", runServe},
 		{"snapshotter", "run the containerd proxy snapshotter", runSnapshotter},
 		{"bench", "measure the IO path (raw backend, NBD export, kernel device)", runBench},
+		{"version", "print the version, commit, Go, go-ceph and librbd versions", runVersion},
+		{"completion", "print a shell completion script (bash)", runCompletion},
 	}
 }
 
@@ -69,12 +78,18 @@ func main() {
 
 func run(ctx context.Context, env *environment, args []string) int {
 	cmds := commands()
-	if len(args) == 0 || args[0] == "-h" || args[0] == "--help" || args[0] == "help" {
+	if len(args) == 0 || args[0] == "-h" || args[0] == "--help" || (args[0] == "help" && len(args) == 1) {
 		usage(env.stderr, cmds)
 		if len(args) == 0 {
 			return 2
 		}
 		return 0
+	}
+	switch args[0] {
+	case "--version", "-version", "-V":
+		args = append([]string{"version"}, args[1:]...)
+	case "help": // help COMMAND is COMMAND -h
+		args = []string{args[1], "-h"}
 	}
 	for _, c := range cmds {
 		if c.name != args[0] {
@@ -91,37 +106,30 @@ func run(ctx context.Context, env *environment, args []string) int {
 		switch {
 		case err == nil:
 			return 0
-		case errors.Is(err, flag.ErrHelp):
-			fmt.Fprintf(env.stderr, "\n%s\n", logFlagsHelp)
-			return 0
+		case errors.Is(err, pflag.ErrHelp):
+			return 0 // the flag set printed the help
 		case errors.Is(err, errUsage):
-			fmt.Fprintf(env.stderr, "rbd-nbd-graph %s: %v\n", c.name, err)
+			msg := err.Error()
+			if !strings.Contains(msg, " -h'") {
+				msg += fmt.Sprintf(" (see 'rbd-nbd-graph %s -h')", c.name)
+			}
+			fmt.Fprintf(env.stderr, "rbd-nbd-graph %s: %s\n", c.name, msg)
 			return 2
 		default:
 			fmt.Fprintf(env.stderr, "rbd-nbd-graph %s: %v\n", c.name, err)
 			return 1
 		}
 	}
-	fmt.Fprintf(env.stderr, "rbd-nbd-graph: unknown command %q\n\n", args[0])
-	usage(env.stderr, cmds)
+	fmt.Fprintf(env.stderr, "rbd-nbd-graph: unknown command %q (run 'rbd-nbd-graph -h' for the list)\n", args[0])
 	return 2
 }
 
 func usage(w io.Writer, cmds []command) {
 	fmt.Fprintln(w, "usage: rbd-nbd-graph COMMAND [flags] [args]\n\ncommands:")
 	for _, c := range cmds {
-		fmt.Fprintf(w, "  %-8s %s\n", c.name, c.summary)
+		fmt.Fprintf(w, "  %-12s %s\n", c.name, c.summary)
 	}
 	fmt.Fprintf(w, "\n%s\n", logFlagsHelp)
-	fmt.Fprintln(w, "\nRun 'rbd-nbd-graph COMMAND -h' for a command's flags. See README.md.")
-}
-
-// parseFlags parses a subcommand's flags: -h comes back as flag.ErrHelp
-// (exit 0), anything else wrong as errUsage (exit 2).
-func parseFlags(fs *flag.FlagSet, args []string) error {
-	err := fs.Parse(args)
-	if err == nil || errors.Is(err, flag.ErrHelp) {
-		return err
-	}
-	return fmt.Errorf("%w: %v", errUsage, err)
+	fmt.Fprintln(w, "  --version                           print the version (as the version command)")
+	fmt.Fprintln(w, "\nFlags go anywhere on the line (GNU style); -flag is read as --flag.\nRun 'rbd-nbd-graph COMMAND -h' for a command's flags. See README.md.")
 }

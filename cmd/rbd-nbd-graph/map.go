@@ -3,14 +3,16 @@ package main
 import (
 	"context"
 	"errors"
-	"flag"
 	"fmt"
 	"os"
+	"os/signal"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/rbd-nbd-graph/rbd-nbd-graph/graph/nbdattach"
 	"github.com/rbd-nbd-graph/rbd-nbd-graph/nbd"
+	"github.com/spf13/pflag"
 )
 
 // mapFlags are map's (and attach's) command line.
@@ -35,49 +37,57 @@ type mapFlags struct {
 	readyFD         int // internal: the pipe to the parent that daemonised us
 }
 
-func parseMapFlags(name string, env *environment, args []string) (*mapFlags, string, error) {
-	f := &mapFlags{}
-	fs := flag.NewFlagSet(name, flag.ContinueOnError)
-	fs.SetOutput(env.stderr)
+const mapAbout = `Attaches TARGET to a kernel NBD device (/dev/nbdN) and serves it from a background
+process (--foreground: this one); prints the device once it is ready.
+TARGET: rbd:POOL[/NAMESPACE]/IMAGE[@SNAP] (or just POOL/IMAGE[@SNAP]), file:PATH, mem:SIZE.
+Durations take Go's form (30s, 2m) or plain seconds (30); sizes 4k, 512M, 1.5G.`
+
+const attachAbout = `Serves again a device still mapped to TARGET whose server died or was detached
+('rbd-nbd-graph detach'): the kernel kept the device and its queued IO.
+Takes map's flags; --device picks the device when several carry TARGET.`
+
+// register defines map's (and attach's) flags on fs.
+func (f *mapFlags) register(fs *pflag.FlagSet) {
 	f.ceph.register(fs)
 	fs.BoolVar(&f.readOnly, "read-only", false, "map read-only: the kernel refuses writes")
 	fs.IntVar(&f.connections, "connections", 1, "sockets between the kernel and this process (>1: multi-connection)")
 	fs.IntVar(&f.queueDepth, "queue-depth", 0, "requests served at once per connection (0: default)")
 	fs.UintVar(&f.blockSize, "block-size", 4096, "logical block size of the device: 512, 1024, 2048 or 4096")
-	fs.DurationVar(&f.ioTimeout, "io-timeout", 0, "fail (EIO) a request the backend has not answered in this time; the device stays up (0: wait as long as the cluster needs)")
-	fs.DurationVar(&f.deadConnTimeout, "dead-conn-timeout", 60*time.Second,
-		"after the serving process exits or dies, how long the kernel holds IO waiting for 'attach' (0: fail IO at once)")
-	fs.DurationVar(&f.shutdownTimeout, "shutdown-timeout", 30*time.Second,
+	durationVar(fs, &f.ioTimeout, "io-timeout", 0, "fail (EIO) a request the backend has not answered in this time, e.g. 30 or 30s; the device stays up (0: wait as long as the cluster needs)")
+	durationVar(fs, &f.deadConnTimeout, "dead-conn-timeout", 60*time.Second,
+		"after the serving process exits, dies or is detached, how long the kernel holds IO waiting for 'attach' (0: fail IO at once); rbd-nbd's --reattach-timeout")
+	durationVar(fs, &f.shutdownTimeout, "shutdown-timeout", 30*time.Second,
 		"on SIGTERM/SIGINT, how long to wait for requests in flight before exiting anyway")
 	fs.BoolVar(&f.detachOnExit, "detach-on-exit", false,
-		"on SIGTERM/SIGINT detach the device (default: leave it to the kernel for 'attach', as a restart or upgrade needs)")
+		"on SIGTERM/SIGINT disconnect the device (default: leave it to the kernel for 'attach', as a restart or upgrade needs)")
 	fs.BoolVar(&f.force, "force", false, "attach: serve the device even if that changes it between read-only and read-write")
-	fs.BoolVar(&f.foreground, "foreground", false, "serve in this process until SIGINT/SIGTERM or unmap (default: in a background process)")
-	fs.BoolVar(&f.reattach, "reattach", false, "re-serve a device still mapped to TARGET whose serving process died")
+	fs.BoolVar(&f.foreground, "foreground", false, "serve in this process until SIGINT/SIGTERM, unmap or detach (default: in a background process)")
+	fs.BoolVar(&f.reattach, "reattach", false, "re-serve a device still mapped to TARGET whose serving process died (as the attach command)")
 	fs.StringVar(&f.device, "device", "", "use this device (/dev/nbdN); default: any free one, or for --reattach the one mapped to TARGET")
 	fs.IntVar(&f.nbdsMax, "nbds-max", 0, "nbds_max parameter if the nbd module has to be loaded (0: module default)")
 	fs.IntVar(&f.maxPart, "max-part", 0, "max_part parameter if the nbd module has to be loaded (0: module default)")
 	fs.StringVar(&f.logFile, "log-file", "/var/log/rbd-nbd-graph.log", "where the background process logs ('' for nowhere)")
 	fs.IntVar(&f.readyFD, "ready-fd", -1, "internal: report readiness on this descriptor")
-	fs.Usage = func() {
-		fmt.Fprintf(env.stderr, "usage: rbd-nbd-graph %s [flags] TARGET\n\n"+
-			"TARGET: rbd:POOL/IMAGE[@SNAP] (or just POOL/IMAGE[@SNAP]), file:PATH, mem:SIZE.\n"+
-			"Prints the device (/dev/nbdN) once it is ready.\n\nflags:\n", name)
-		fs.PrintDefaults()
+	hide(fs, "ready-fd")
+}
+
+func parseMapFlags(name string, env *environment, args []string) (*mapFlags, string, error) {
+	f := &mapFlags{}
+	about := mapAbout
+	if name == "attach" {
+		about = attachAbout
 	}
+	fs := newFlagSet(env, name, name+" [flags] TARGET", about)
+	f.register(fs)
 	if err := parseFlags(fs, args); err != nil {
 		return nil, "", err
 	}
-	fs.Visit(func(fl *flag.Flag) { f.blockSizeSet = f.blockSizeSet || fl.Name == "block-size" })
+	f.blockSizeSet = fs.Changed("block-size")
 	if fs.NArg() != 1 {
-		fs.Usage()
-		return nil, "", fmt.Errorf("%w: want exactly one TARGET, got %d arguments", errUsage, fs.NArg())
+		return nil, "", fmt.Errorf("%w: want exactly one TARGET, got %d arguments %q", errUsage, fs.NArg(), fs.Args())
 	}
 	if f.connections < 1 || f.connections > 64 {
 		return nil, "", fmt.Errorf("%w: --connections %d out of range 1..64", errUsage, f.connections)
-	}
-	if f.ioTimeout < 0 || f.deadConnTimeout < 0 || f.shutdownTimeout < 0 {
-		return nil, "", fmt.Errorf("%w: timeouts must not be negative", errUsage)
 	}
 	if f.device != "" {
 		if _, err := nbd.ParseDevicePath(f.device); err != nil {
@@ -113,6 +123,12 @@ func mapCommand(ctx context.Context, env *environment, name string, args []strin
 // until the device goes away or a signal arrives.
 func serveMapped(ctx context.Context, env *environment, f *mapFlags, target string) (err error) {
 	logIOFlusher(env.log)
+	// detachSignal ('rbd-nbd-graph detach') always hands the device
+	// over, whatever --detach-on-exit says. Caught from the start: its
+	// default action would kill the process before the cleanup below.
+	detach := make(chan os.Signal, 1)
+	signal.Notify(detach, detachSignal)
+	defer signal.Stop(detach)
 	var ready *os.File
 	if f.readyFD >= 0 {
 		ready = os.NewFile(uintptr(f.readyFD), "ready")
@@ -212,18 +228,21 @@ func serveMapped(ctx context.Context, env *environment, f *mapFlags, target stri
 	// Serve until the device ends (an unmap from another process
 	// disconnects it) or a signal comes: then hand the device over to
 	// the kernel for the next server, or detach it if asked to.
+	detached := false
 	select {
 	case <-dev.Done():
 		return dev.Wait()
 	case <-ctx.Done():
+	case <-detach:
+		detached = true
 	}
 	sctx, cancel := context.WithTimeout(context.Background(), f.shutdownTimeout)
 	defer cancel()
-	if f.detachOnExit {
+	if f.detachOnExit && !detached {
 		env.log.Info("signal: detaching the device", "device", dev.Path())
 		err = dev.Detach(sctx)
 	} else {
-		env.log.Info("signal: handing the device over; 'attach' serves it again", "device", dev.Path(),
+		env.log.Info("signal: handing the device over; 'attach' serves it again", "device", dev.Path(), "detach", detached,
 			"dead_conn_timeout", f.deadConnTimeout)
 		err = dev.Release(sctx)
 	}
@@ -234,6 +253,10 @@ func serveMapped(ctx context.Context, env *environment, f *mapFlags, target stri
 	}
 	return err
 }
+
+// detachSignal asks a map or attach server to stop serving and leave
+// its device to the kernel (the detach command sends it).
+const detachSignal = syscall.SIGUSR1
 
 // backendID is the identifier recorded in the kernel for target.
 func backendID(target string) (string, error) {

@@ -3,7 +3,6 @@ package main
 import (
 	"bufio"
 	"context"
-	"flag"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -14,6 +13,7 @@ import (
 	"github.com/docker/docker/pkg/reexec"
 	"github.com/rbd-nbd-graph/rbd-nbd-graph/graph"
 	"github.com/rbd-nbd-graph/rbd-nbd-graph/graph/dockerplugin"
+	"github.com/spf13/pflag"
 )
 
 // ApplyDiff unpacks layers in a re-executed copy of this binary (docker's
@@ -31,32 +31,29 @@ type optionList []string
 
 func (o *optionList) String() string     { return strings.Join(*o, " ") }
 func (o *optionList) Set(v string) error { *o = append(*o, v); return nil }
+func (o *optionList) Type() string       { return "key=value" }
 
 // runServe runs the Docker graph driver plugin until SIGTERM or SIGINT.
 func runServe(ctx context.Context, env *environment, args []string) error {
-	fs := flag.NewFlagSet("serve", flag.ContinueOnError)
-	fs.SetOutput(env.stderr)
+	fs := newFlagSet(env, "serve", "serve [flags]", fmt.Sprintf(
+		"Serves the Docker graph driver plugin: every image and container layer is\n"+
+			"an RBD image, attached through in-process NBD. Start it before dockerd.\n\n"+
+			"Driver options (in the config file, with -o, or dockerd --storage-opt):\n  %s",
+		strings.Join(backendOptionKeys(), "\n  ")))
 	name := fs.String("name", "rbd-nbd", "plugin name: dockerd uses the plugin with dockerd --experimental -s NAME")
 	socket := fs.String("socket", "", "unix socket to listen on (default "+dockerplugin.SocketDir+"/NAME.sock)")
 	config := fs.String("config", "", "file of driver options, one key=value per line (# comments)")
 	var opts optionList
-	fs.Var(&opts, "o", "driver option key=value (repeatable); dockerd's --storage-opt values override these")
+	fs.VarP(&opts, "option", "o", "driver option key=value (repeatable); dockerd's --storage-opt values override these")
 	var ceph cephFlags
 	ceph.register(fs)
 	state := fs.String("state", "", "where to record dockerd's Init so a restarted plugin resumes at once (default /run/rbd-nbd-graph/NAME.init.json; keep it on a tmpfs)")
-	grace := fs.Duration("grace", 30*time.Second, "on SIGTERM, how long to wait for plugin requests in flight")
-	shutdownTimeout := fs.Duration("shutdown-timeout", 30*time.Second,
+	var grace, shutdownTimeout time.Duration
+	durationVar(fs, &grace, "grace", 30*time.Second, "on SIGTERM, how long to wait for plugin requests in flight")
+	durationVar(fs, &shutdownTimeout, "shutdown-timeout", 30*time.Second,
 		"on SIGTERM, how long to wait for IO in flight on the devices before exiting anyway")
 	detachOnExit := fs.Bool("detach-on-exit", false,
 		"on SIGTERM unmount and detach every layer (default: leave them mounted for the next plugin process, as a restart or upgrade needs)")
-	fs.Usage = func() {
-		fmt.Fprintf(env.stderr, "usage: rbd-nbd-graph serve [flags]\n\n"+
-			"Serves the Docker graph driver plugin: every image and container layer is\n"+
-			"an RBD image, attached through in-process NBD. Start it before dockerd.\n\n"+
-			"Driver options (in the config file, with -o, or dockerd --storage-opt):\n  %s\n\nflags:\n",
-			strings.Join(backendOptionKeys(), "\n  "))
-		fs.PrintDefaults()
-	}
 	if err := parseFlags(fs, args); err != nil {
 		return err
 	}
@@ -99,20 +96,20 @@ func runServe(ctx context.Context, env *environment, args []string) error {
 		},
 		Logger:          env.log,
 		DetachOnExit:    *detachOnExit,
-		ShutdownTimeout: *shutdownTimeout,
+		ShutdownTimeout: shutdownTimeout,
 	})
 	env.log.Info("serving the graph driver plugin; start dockerd with --experimental -s "+*name, "socket", path)
 	// The socket listens (dockerd's connections queue until Serve takes
 	// them): a Type=notify unit ordered before docker.service may let
 	// dockerd start now.
 	notifySystemd(ctx, env.log, "serving "+path)
-	return dockerplugin.Serve(ctx, ln, p, *grace)
+	return dockerplugin.Serve(ctx, ln, p, grace)
 }
 
 // commandLineOptions gathers a front end's driver options in order of
 // precedence, lowest first (later ones win): the config file, the
 // --ceph-conf flags and their friends, then -o.
-func commandLineOptions(config string, ceph *cephFlags, fs *flag.FlagSet, opts []string) ([]string, error) {
+func commandLineOptions(config string, ceph *cephFlags, fs *pflag.FlagSet, opts []string) ([]string, error) {
 	var kvs []string
 	if config != "" {
 		fileOpts, err := readOptionFile(config)
@@ -151,9 +148,9 @@ func readOptionFile(path string) ([]string, error) {
 // driverOptions are the driver options (rbd.*) that the Ceph flags set
 // on fs's command line stand for, so that they reach the driver with
 // the precedence of flags.
-func (c *cephFlags) driverOptions(fs *flag.FlagSet) []string {
+func (c *cephFlags) driverOptions(fs *pflag.FlagSet) []string {
 	var kvs []string
-	fs.Visit(func(f *flag.Flag) {
+	fs.Visit(func(f *pflag.Flag) {
 		switch f.Name {
 		case "ceph-conf":
 			kvs = append(kvs, "rbd.configfile="+c.conf)

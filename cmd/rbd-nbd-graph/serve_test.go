@@ -5,7 +5,6 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
-	"flag"
 	"io"
 	"log/slog"
 	"net"
@@ -15,6 +14,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/spf13/pflag"
 
 	"github.com/rbd-nbd-graph/rbd-nbd-graph/graph/rbdstore"
 	"github.com/rbd-nbd-graph/rbd-nbd-graph/internal/testkit"
@@ -107,7 +108,7 @@ func TestServeWithoutKernelNBD(t *testing.T) {
 // rbd.cachepolicy does (one parser, rbdio's, reads both).
 func TestCachePolicyFlag(t *testing.T) {
 	var c cephFlags
-	fs := flag.NewFlagSet("t", flag.ContinueOnError)
+	fs := pflag.NewFlagSet("t", pflag.ContinueOnError)
 	fs.SetOutput(io.Discard)
 	c.register(fs)
 	if c.config("rbd", "").CachePolicy != rbdio.CacheNone || defaultBackendOptions().store.CachePolicy != rbdio.CacheNone {
@@ -124,7 +125,7 @@ func TestCachePolicyFlag(t *testing.T) {
 // serve's Ceph flags reach the driver as the rbd.* options they stand
 // for (the fault options were registered on serve without reaching it).
 func TestServeCephFlagsBecomeDriverOptions(t *testing.T) {
-	fs := flag.NewFlagSet("serve", flag.ContinueOnError)
+	fs := pflag.NewFlagSet("serve", pflag.ContinueOnError)
 	var c cephFlags
 	c.register(fs)
 	if err := fs.Parse([]string{"--osd-timeout", "7s", "--connect-timeout", "3s", "--abort-on-full", "--id", "driver",

@@ -3,7 +3,6 @@ package main
 import (
 	"context"
 	"errors"
-	"flag"
 	"fmt"
 	"path/filepath"
 	"strings"
@@ -18,32 +17,28 @@ import (
 // graph driver plugin, with the same options, config file, cluster
 // connection and NBD attachment.
 func runSnapshotter(ctx context.Context, env *environment, args []string) error {
-	fs := flag.NewFlagSet("snapshotter", flag.ContinueOnError)
-	fs.SetOutput(env.stderr)
+	fs := newFlagSet(env, "snapshotter", "snapshotter [flags]", fmt.Sprintf(
+		"Serves containerd's snapshots API (a proxy snapshotter): every snapshot is\n"+
+			"an RBD image, attached through in-process NBD; containerd mounts the device.\n"+
+			"In containerd's config.toml:\n\n"+
+			"  [proxy_plugins.rbd-nbd]\n    type = \"snapshot\"\n    address = %q\n\n"+
+			"Driver options (in the config file or with -o):\n  %s",
+		snapshotter.DefaultSocket, strings.Join(backendOptionKeys(), "\n  ")))
 	socket := fs.String("socket", snapshotter.DefaultSocket, "unix socket to listen on (containerd's proxy_plugins address)")
 	root := fs.String("root", "/var/lib/rbd-nbd-graph/snapshotter", "local directory for the snapshot metadata (metadata.db) and the layer driver's home")
 	config := fs.String("config", "", "file of driver options, one key=value per line (# comments)")
 	var opts optionList
-	fs.Var(&opts, "o", "driver option key=value (repeatable)")
+	fs.VarP(&opts, "option", "o", "driver option key=value (repeatable)")
 	var ceph cephFlags
 	ceph.register(fs)
 	hostID := fs.String("host-id", "", "this host's identity in the cluster (default: the machine ID); with --root it names the host's images")
 	shared := fs.String("shared-prefix", "",
 		"share committed layers in the cluster under this image name prefix, named by chain ID (remote snapshots: a layer one host unpacked is not fetched again by another); every host of the pool must use the same; empty keeps layers per host")
-	shutdownTimeout := fs.Duration("shutdown-timeout", 30*time.Second,
+	var shutdownTimeout time.Duration
+	durationVar(fs, &shutdownTimeout, "shutdown-timeout", 30*time.Second,
 		"on SIGTERM, how long to wait for IO in flight on the devices before exiting anyway")
 	detachOnExit := fs.Bool("detach-on-exit", false,
 		"on SIGTERM detach every device (default: leave them attached for the next snapshotter process, so running containers keep their root filesystems through a restart)")
-	fs.Usage = func() {
-		fmt.Fprintf(env.stderr, "usage: rbd-nbd-graph snapshotter [flags]\n\n"+
-			"Serves containerd's snapshots API (a proxy snapshotter): every snapshot is\n"+
-			"an RBD image, attached through in-process NBD; containerd mounts the device.\n"+
-			"In containerd's config.toml:\n\n"+
-			"  [proxy_plugins.rbd-nbd]\n    type = \"snapshot\"\n    address = %q\n\n"+
-			"Driver options (in the config file or with -o):\n  %s\n\nflags:\n",
-			snapshotter.DefaultSocket, strings.Join(backendOptionKeys(), "\n  "))
-		fs.PrintDefaults()
-	}
 	if err := parseFlags(fs, args); err != nil {
 		return err
 	}
@@ -93,7 +88,7 @@ func runSnapshotter(ctx context.Context, env *environment, args []string) error 
 	notifySystemd(ctx, env.log, "serving "+*socket)
 	err = snapshotter.Serve(ctx, ln, sn)
 
-	sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), *shutdownTimeout)
+	sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), shutdownTimeout)
 	defer cancel()
 	if *detachOnExit {
 		err = errors.Join(err, sn.Close())

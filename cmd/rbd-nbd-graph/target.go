@@ -5,9 +5,9 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"strconv"
 	"strings"
 
+	"github.com/rbd-nbd-graph/rbd-nbd-graph/internal/sizes"
 	"github.com/rbd-nbd-graph/rbd-nbd-graph/nbd"
 )
 
@@ -84,24 +84,5 @@ func checkRBDSpec(s string) error {
 	return nil
 }
 
-// parseSize parses a byte count with an optional binary suffix: 4096,
-// 64K, 512M, 1G, 2T (also KiB, MiB, GiB, TiB, PiB and lower case).
-func parseSize(s string) (int64, error) {
-	t := strings.TrimSpace(s)
-	i := strings.IndexFunc(t, func(r rune) bool { return r < '0' || r > '9' })
-	if i < 0 {
-		i = len(t)
-	}
-	num, unit := t[:i], strings.ToLower(t[i:])
-	unit = strings.TrimSuffix(strings.TrimSuffix(unit, "ib"), "b")
-	shifts := map[string]uint{"": 0, "k": 10, "m": 20, "g": 30, "t": 40, "p": 50}
-	sh, ok := shifts[unit]
-	if num == "" || !ok {
-		return 0, fmt.Errorf("size %q: want a number with an optional K, M, G, T or P suffix (powers of 1024)", s)
-	}
-	n, err := strconv.ParseInt(num, 10, 64)
-	if err != nil || n > (1<<63-1)>>sh {
-		return 0, fmt.Errorf("size %q is too large", s)
-	}
-	return n << sh, nil
-}
+// parseSize is the project's one size grammar (package sizes).
+func parseSize(s string) (int64, error) { return sizes.Parse(s) }

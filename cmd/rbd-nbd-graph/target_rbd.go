@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"flag"
 	"fmt"
 	"log/slog"
 	"strings"
@@ -11,6 +10,7 @@ import (
 	"github.com/rbd-nbd-graph/rbd-nbd-graph/graph/rbdstore"
 	"github.com/rbd-nbd-graph/rbd-nbd-graph/nbd"
 	"github.com/rbd-nbd-graph/rbd-nbd-graph/rbdio"
+	"github.com/spf13/pflag"
 )
 
 // cephFlags are the connection flags of every subcommand that can open an
@@ -31,9 +31,11 @@ type cephFlags struct {
 	log *slog.Logger
 }
 
-func (c *cephFlags) register(fs *flag.FlagSet) {
-	fs.StringVar(&c.conf, "ceph-conf", "", "path to ceph.conf (default: $CEPH_CONF, then /etc/ceph/ceph.conf)")
-	fs.StringVar(&c.keyring, "keyring", "", "path to the cephx keyring (default: the one ceph.conf names)")
+// register defines the Ceph flags on fs. -c (also --conf) and -k are
+// rbd-nbd's and rbd's short forms.
+func (c *cephFlags) register(fs *pflag.FlagSet) {
+	fs.StringVarP(&c.conf, "ceph-conf", "c", "", "path to ceph.conf (also --conf; default: $CEPH_CONF, then /etc/ceph/ceph.conf)")
+	fs.StringVarP(&c.keyring, "keyring", "k", "", "path to the cephx keyring (default: the one ceph.conf names)")
 	fs.StringVar(&c.id, "id", rbdio.DefaultID, "cephx client id (client.ID)")
 	c.cachePolicy = rbdio.CacheNone
 	fs.Func("rbd-cache-policy",
@@ -42,20 +44,12 @@ func (c *cephFlags) register(fs *flag.FlagSet) {
 			c.cachePolicy, err = rbdio.ParseCachePolicy(v)
 			return err
 		})
-	fs.DurationVar(&c.connTimeout, "connect-timeout", rbdio.DefaultConnectTimeout,
+	durationVar(fs, &c.connTimeout, "connect-timeout", rbdio.DefaultConnectTimeout,
 		"give up connecting when no monitor answers within this duration (also bounds every monitor request)")
 	fs.BoolVar(&c.abortOnFull, "abort-on-full", false,
 		"fail writes to a full pool (quota reached or cluster full) with ENOSPC at once, as krbd's abort_on_full; by default they wait until space is freed")
-	fs.Func("osd-timeout",
-		"fail a Ceph request the OSDs do not complete within this duration (e.g. 30s) with ETIMEDOUT (EIO to NBD clients and the kernel) instead of waiting; 0 (default) waits for ever, as krbd's osd_request_timeout",
-		func(v string) error {
-			d, err := time.ParseDuration(v)
-			if err != nil || d < 0 {
-				return fmt.Errorf("want a duration such as 30s (0 waits for ever), not %q", v)
-			}
-			c.osdTimeout = d
-			return nil
-		})
+	durationVar(fs, &c.osdTimeout, "osd-timeout", 0,
+		"fail a Ceph request the OSDs do not complete within this duration (e.g. 30s or 30) with ETIMEDOUT (EIO to NBD clients and the kernel) instead of waiting; 0 (default) waits for ever, as krbd's osd_request_timeout")
 }
 
 // config is the rbdio configuration for pool and namespace.

@@ -3,10 +3,11 @@ package main
 import (
 	"context"
 	"errors"
-	"flag"
 	"io"
 	"testing"
 	"time"
+
+	"github.com/spf13/pflag"
 )
 
 func TestParseRBDTarget(t *testing.T) {
@@ -40,7 +41,7 @@ func TestOpenRBDTargetUsage(t *testing.T) {
 // rbdio.Config; bad values are refused.
 func TestOSDTimeoutFlag(t *testing.T) {
 	var c cephFlags
-	fs := flag.NewFlagSet("t", flag.ContinueOnError)
+	fs := pflag.NewFlagSet("t", pflag.ContinueOnError)
 	fs.SetOutput(io.Discard)
 	c.register(fs)
 	if got := c.config("rbd", "").OSDTimeout; got != 0 {

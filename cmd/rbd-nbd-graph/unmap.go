@@ -3,7 +3,6 @@ package main
 import (
 	"bufio"
 	"context"
-	"flag"
 	"fmt"
 	"os"
 	"strings"
@@ -18,54 +17,25 @@ import (
 // rbd-nbd, waits until the device is free and its server has exited, so a
 // script can reuse the device or the image right after.
 func runUnmap(ctx context.Context, env *environment, args []string) error {
-	fs := flag.NewFlagSet("unmap", flag.ContinueOnError)
-	fs.SetOutput(env.stderr)
+	fs := newFlagSet(env, "unmap", "unmap [flags] DEVICE|TARGET",
+		"Disconnects the device (/dev/nbdN, or every device mapped to TARGET as given to map:\n"+
+			"rbd:POOL/IMAGE, POOL/IMAGE, file:PATH, ...); its server answers what is in flight and exits.\n"+
+			"Waits until the device is free and the server has exited.")
 	force := fs.Bool("force", false, "disconnect even if the device is mounted (the filesystem then sees IO errors)")
-	timeout := fs.Duration("timeout", 60*time.Second, "how long to wait for the device to be free")
-	fs.Usage = func() {
-		fmt.Fprintln(env.stderr, "usage: rbd-nbd-graph unmap [flags] DEVICE|TARGET\n\nDEVICE: /dev/nbdN. TARGET: as given to map (rbd:POOL/IMAGE, POOL/IMAGE, file:PATH, ...).\n\nflags:")
-		fs.PrintDefaults()
-	}
+	var timeout time.Duration
+	durationVar(fs, &timeout, "timeout", 60*time.Second, "how long to wait for the device to be free")
 	if err := parseFlags(fs, args); err != nil {
 		return err
 	}
 	if fs.NArg() != 1 {
-		fs.Usage()
-		return fmt.Errorf("%w: want exactly one DEVICE or TARGET", errUsage)
+		return fmt.Errorf("%w: want exactly one DEVICE or TARGET, got %q", errUsage, fs.Args())
 	}
 	arg := fs.Arg(0)
 
-	var indexes []int
-	if strings.HasPrefix(arg, "/dev/") {
-		i, err := nbd.ParseDevicePath(arg)
-		if err != nil {
-			return fmt.Errorf("%w: %v", errUsage, err)
-		}
-		st, err := nbd.Status(ctx, i)
-		if err != nil {
-			return err
-		}
-		if !st.Connected {
-			return fmt.Errorf("%s is not mapped", arg)
-		}
-		indexes = []int{i}
-	} else {
-		id, err := backendID(arg)
-		if err != nil {
-			return err
-		}
-		devs, err := nbd.FindByBackend(ctx, id)
-		if err != nil {
-			return err
-		}
-		if len(devs) == 0 {
-			return fmt.Errorf("%s is not mapped (see 'rbd-nbd-graph list')", arg)
-		}
-		for _, d := range devs {
-			indexes = append(indexes, d.Index)
-		}
+	indexes, err := mappedDevices(ctx, arg)
+	if err != nil {
+		return err
 	}
-
 	for _, i := range indexes {
 		if !*force {
 			if where := mountedAt(nbd.DevicePath(i)); where != "" {
@@ -73,7 +43,7 @@ func runUnmap(ctx context.Context, env *environment, args []string) error {
 			}
 		}
 	}
-	wctx, cancel := context.WithTimeout(ctx, *timeout)
+	wctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
 	for _, i := range indexes {
 		st, _ := nbd.Status(ctx, i)
@@ -92,6 +62,43 @@ func runUnmap(ctx context.Context, env *environment, args []string) error {
 		env.log.Debug("unmapped", "device", nbd.DevicePath(i))
 	}
 	return nil
+}
+
+// mappedDevices resolves unmap's and detach's argument: /dev/nbdN (which
+// must be connected) or a TARGET (every device mapped to it).
+func mappedDevices(ctx context.Context, arg string) ([]int, error) {
+	var indexes []int
+	if strings.HasPrefix(arg, "/dev/") {
+		i, err := nbd.ParseDevicePath(arg)
+		if err != nil {
+			return nil, fmt.Errorf("%w: %v", errUsage, err)
+		}
+		st, err := nbd.Status(ctx, i)
+		if err != nil {
+			return nil, err
+		}
+		if !st.Connected {
+			return nil, fmt.Errorf("%s is not mapped", arg)
+		}
+		indexes = []int{i}
+	} else {
+		id, err := backendID(arg)
+		if err != nil {
+			return nil, err
+		}
+		devs, err := nbd.FindByBackend(ctx, id)
+		if err != nil {
+			return nil, err
+		}
+		if len(devs) == 0 {
+			return nil, fmt.Errorf("%s is not mapped (see 'rbd-nbd-graph list')", arg)
+		}
+		for _, d := range devs {
+			indexes = append(indexes, d.Index)
+		}
+	}
+
+	return indexes, nil
 }
 
 // mountedAt returns a mount point of dev or of one of its partitions, or "".

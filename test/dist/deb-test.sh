@@ -22,7 +22,8 @@ list=$(dpkg-deb -c "$deb" | awk '{print $1, $NF}')
 for f in "-rwxr-xr-x ./usr/bin/rbd-nbd-graph" "-rw-r--r-- ./lib/systemd/system/rbd-nbd-graph.service" \
 	"-rw-r--r-- ./lib/systemd/system/rbd-nbd-graph-snapshotter.service" \
 	"-rw-r--r-- ./etc/rbd-nbd-graph/rbd-nbd-graph.conf" "-rw-r--r-- ./etc/default/rbd-nbd-graph" \
-	"-rw-r--r-- ./usr/share/man/man8/rbd-nbd-graph.8.gz" "drwxr-xr-x ./"; do
+	"-rw-r--r-- ./usr/share/man/man8/rbd-nbd-graph.8.gz" "drwxr-xr-x ./" \
+	"-rw-r--r-- ./usr/share/bash-completion/completions/rbd-nbd-graph"; do
 	grep -qxF -- "$f" <<<"$list" && pass "holds $f" || fail "lacks $f"
 done
 if [[ $(dpkg-deb -f "$deb" Package Version | tr '\n' ' ') == "Package: rbd-nbd-graph Version: 0.0.1~test " ]]; then pass "control names package and version"; else fail "control: $(dpkg-deb -f "$deb")"; fi
@@ -30,6 +31,12 @@ dpkg-deb -e "$deb" "$tmp/ctl"
 if [[ $(cat "$tmp/ctl/conffiles") == $'/etc/rbd-nbd-graph/rbd-nbd-graph.conf\n/etc/default/rbd-nbd-graph' ]]; then pass "conffiles"; else fail "conffiles: $(cat "$tmp/ctl/conffiles")"; fi
 dpkg-deb -x "$deb" "$tmp/x"
 if "$tmp/x/usr/bin/rbd-nbd-graph" -h 2>&1 | grep -q '^usage: rbd-nbd-graph'; then pass "the packaged binary runs"; else fail "the packaged binary does not run"; fi
+comp="$tmp/x/usr/share/bash-completion/completions/rbd-nbd-graph"
+if bash -c 'source "$1" && COMP_WORDS=(rbd-nbd-graph map --io-t) COMP_CWORD=2 && _rbd_nbd_graph && [[ ${COMPREPLY[*]} == --io-timeout ]]' _ "$comp"; then
+	pass "bash completion completes map --io-t"
+else
+	fail "bash completion does not complete map --io-t"
+fi
 zcat "$tmp/x/usr/share/man/man8/rbd-nbd-graph.8.gz" >"$tmp/page.8"
 warn=$(groff -man -ww -z "$tmp/page.8" 2>&1)
 [[ -z $warn ]] && pass "man page renders without warnings" || fail "groff: $warn"
@@ -37,7 +44,7 @@ text=$(MANWIDTH=100 man -l "$tmp/page.8" 2>/dev/null)
 missing=
 for c in $("$bin" -h 2>&1 | sed -n '/^commands:/,/^$/{s/^  \([a-z][a-z-]*\)  .*/\1/p}'); do
 	# each command's section and one of its own flags (from its -h)
-	flag=$("$bin" "$c" -h 2>&1 | sed -n 's/^  \(-[a-z-]*\).*/\1/p' | head -1)
+	flag=$("$bin" "$c" -h 2>&1 | sed -n 's/^ *\(-[a-z], \)\{0,1\}\(--[a-z-]*\).*/\2/p' | head -1)
 	grep -q "^   $c\$" <<<"$text" && { [[ -z $flag ]] || grep -qF -- "$flag" <<<"$text"; } || missing="$missing $c"
 done
 [[ -z $missing ]] && pass "man page documents every command with its flags" || fail "man page lacks:$missing"

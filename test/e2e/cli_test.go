@@ -145,3 +145,99 @@ func TestMapErrors(t *testing.T) {
 		t.Errorf("map --connections 0: err %v, output %q; want a usage error naming the flag", err, out)
 	}
 }
+
+// detach stops the server and keeps the device, as rbd-nbd's detach:
+// the device stays connected with no server, list shows it with pid 0,
+// and attach serves it again with the data written before. list
+// --format json carries rbd-nbd's list-mapped fields.
+func TestDetachAttach(t *testing.T) {
+	testkit.RequireKernelNBD(t)
+	needCeph(t)
+	image := newImage(t, 64, "")
+	pool, name, _ := strings.Cut(image, "/")
+	dev := mapDevice(t, image)
+	pid := servingPID(t, dev)
+
+	var raw []map[string]any
+	out := testkit.Must(t, time.Minute, testkit.Binary(t), "list", "--format", "json")
+	if err := json.Unmarshal([]byte(out), &raw); err != nil {
+		t.Fatalf("list --format json: %v\n%s", err, out)
+	}
+	var e map[string]any
+	for _, r := range raw {
+		if r["device"] == dev {
+			e = r
+		}
+	}
+	want := map[string]any{"id": float64(pid), "pool": pool, "namespace": "", "image": name, "snap": "",
+		"device": dev, "cookie": "rbd-nbd-graph:rbd:" + image, "pid": float64(pid), "target": "rbd:" + image}
+	for k, v := range want {
+		if e == nil || e[k] != v {
+			t.Errorf("list --format json: %s = %#v, want %#v (entry %v)", k, e[k], v, e)
+		}
+	}
+
+	pattern := make([]byte, 4096)
+	for i := range pattern {
+		pattern[i] = byte(i * 7)
+	}
+	writeAt(t, dev, pattern)
+
+	testkit.Must(t, 2*time.Minute, testkit.Binary(t), "detach", image)
+	if processAlive(pid) {
+		t.Errorf("the server %d is alive after detach", pid)
+	}
+	if !isConnected(t, dev) {
+		t.Fatalf("%s is not connected after detach: detach must keep the device", dev)
+	}
+	if e := findEntry(listJSON(t), dev); e == nil || e.PID != 0 || !e.Connected {
+		t.Errorf("list after detach: %+v; want %s connected with no server", e, dev)
+	}
+	if out, err := testkit.Run(t, time.Minute, testkit.Binary(t), "detach", dev); err == nil || !strings.Contains(out, "detached already") {
+		t.Errorf("a second detach: err %v, output %q; want 'detached already'", err, out)
+	}
+
+	got := strings.TrimSpace(testkit.Must(t, 3*time.Minute, testkit.Binary(t), "attach", image))
+	if got != dev {
+		t.Fatalf("attach printed %q, want %s", got, dev)
+	}
+	if b := readBack(t, dev, len(pattern)); string(b) != string(pattern) {
+		t.Errorf("data written before detach did not survive detach and attach")
+	}
+	// sysfs's pid still names the thread that sent CONNECT (dead now):
+	// list reads the server's own record.
+	if e := findEntry(listJSON(t), dev); e == nil || e.PID == pid || !processAlive(e.PID) {
+		t.Errorf("list after attach: %+v (server before detach %d); want a new live server", e, pid)
+	}
+}
+
+func writeAt(t *testing.T, dev string, b []byte) {
+	t.Helper()
+	f, err := os.OpenFile(dev, os.O_WRONLY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	if _, err := f.WriteAt(b, 0); err != nil {
+		t.Fatal(err)
+	}
+	if err := f.Sync(); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func readBack(t *testing.T, dev string, n int) []byte {
+	t.Helper()
+	// Drop the page cache so the read goes to the new server.
+	testkit.Run(t, time.Minute, "blockdev", "--flushbufs", dev) //nolint:errcheck
+	f, err := os.Open(dev)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	b := make([]byte, n)
+	if _, err := f.ReadAt(b, 0); err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
