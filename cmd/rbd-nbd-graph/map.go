@@ -33,6 +33,7 @@ type mapFlags struct {
 	maxPart         int
 	logFile         string
 	readyFD         int // internal: the pipe to the parent that daemonised us
+	metrics         *metricsFlags
 }
 
 func parseMapFlags(name string, env *environment, args []string) (*mapFlags, string, error) {
@@ -59,6 +60,7 @@ func parseMapFlags(name string, env *environment, args []string) (*mapFlags, str
 	fs.IntVar(&f.maxPart, "max-part", 0, "max_part parameter if the nbd module has to be loaded (0: module default)")
 	fs.StringVar(&f.logFile, "log-file", "/var/log/rbd-nbd-graph.log", "where the background process logs ('' for nowhere)")
 	fs.IntVar(&f.readyFD, "ready-fd", -1, "internal: report readiness on this descriptor")
+	f.metrics = registerMetricsFlags(fs)
 	fs.Usage = func() {
 		fmt.Fprintf(env.stderr, "usage: rbd-nbd-graph %s [flags] TARGET\n\n"+
 			"TARGET: rbd:POOL/IMAGE[@SNAP] (or just POOL/IMAGE[@SNAP]), file:PATH, mem:SIZE.\n"+
@@ -135,11 +137,17 @@ func serveMapped(ctx context.Context, env *environment, f *mapFlags, target stri
 		// filesystem would replace its data with zeros.
 		return fmt.Errorf("%w: cannot reattach a mem: target: its data died with the process that served it; unmap the device and map it again", errUsage)
 	}
+	reg, stopMetrics, err := startMetrics(ctx, env, f.metrics)
+	if err != nil {
+		return err
+	}
+	defer stopMetrics()
 	f.ceph.log = env.log // the blocklist and reopen messages of an rbd: target
 	b, closeTarget, err := openTarget(ctx, target, f.ceph, f.readOnly)
 	if err != nil {
 		return err
 	}
+	obs := observeTarget(reg, target, b)
 	keepOpen := false // requests still in flight in the backend: exit without closing it
 	defer func() {
 		if keepOpen {
@@ -161,6 +169,9 @@ func serveMapped(ctx context.Context, env *environment, f *mapFlags, target stri
 		Module:          nbd.ModuleOptions{NBDsMax: f.nbdsMax, MaxPart: f.maxPart},
 		Logger:          env.log,
 		ForceMode:       f.force,
+	}
+	if obs != nil {
+		opts.Observer = obs
 	}
 	if f.device != "" {
 		opts.Index, _ = nbd.ParseDevicePath(f.device)
@@ -198,6 +209,9 @@ func serveMapped(ctx context.Context, env *environment, f *mapFlags, target stri
 		env.log.Warn("cannot record the serving pid", "err", perr)
 	}
 	defer nbdattach.RemoveServerPID(dev.Index())
+	if obs != nil {
+		obs.SetPath(dev.Path())
+	}
 	if ready != nil {
 		fmt.Fprintf(ready, "ready %s\n", dev.Path())
 		ready.Close()

@@ -28,6 +28,7 @@ type Reopener struct {
 	log  *slog.Logger
 
 	cur    atomic.Pointer[opened]
+	obs    atomic.Pointer[ClusterObserver]
 	sizeCh chan int64
 	stop   chan struct{}
 	done   chan struct{}
@@ -45,6 +46,27 @@ var (
 	_ nbd.Resizer      = (*Reopener)(nil)
 	_ nbd.Extenter     = (*Reopener)(nil)
 )
+
+// ClusterObserver is told the state of the connection a Reopener
+// serves through (for metrics): connected or blocklisted, and each
+// recovery from a blocklisting.
+type ClusterObserver interface {
+	SetConnected(ok bool)
+	BlocklistRecovered()
+}
+
+// Observe makes o follow r's connection from now on; it is told at once
+// that r is connected.
+func (r *Reopener) Observe(o ClusterObserver) {
+	r.obs.Store(&o)
+	o.SetConnected(true)
+}
+
+func (r *Reopener) observe(f func(ClusterObserver)) {
+	if o := r.obs.Load(); o != nil {
+		f(*o)
+	}
+}
 
 // Reopen attempts back off from reopenMin to reopenMax.
 const (
@@ -132,11 +154,13 @@ func (r *Reopener) loop() {
 			break
 		}
 		r.log.Error("rbd: this client was blocklisted by the cluster (requests fail with ESHUTDOWN); opening a new connection", "image", o.im.String())
+		r.observe(func(o ClusterObserver) { o.SetConnected(false) })
 		next, ok := r.reopen()
 		if !ok {
 			return
 		}
 		r.cur.Store(next)
+		r.observe(func(o ClusterObserver) { o.SetConnected(true); o.BlocklistRecovered() })
 		r.log.Info("rbd: reopened after the blocklisting; serving again", "image", next.im.String())
 		if next.im.Size() != o.im.Size() {
 			r.sendSize(next.im.Size())

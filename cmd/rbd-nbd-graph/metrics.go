@@ -1,0 +1,75 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+
+	"github.com/rbd-nbd-graph/rbd-nbd-graph/graph/rbdstore"
+	"github.com/rbd-nbd-graph/rbd-nbd-graph/internal/metrics"
+	"github.com/rbd-nbd-graph/rbd-nbd-graph/nbd"
+)
+
+// metricsFlags are --metrics-listen and --metrics-allow-remote, shared by
+// serve, snapshotter, map (and attach) and export.
+type metricsFlags struct {
+	listen      string
+	allowRemote bool
+}
+
+// registerMetricsFlags adds the metrics flags to a subcommand's flag set:
+// the one place each subcommand's flag code calls.
+func registerMetricsFlags(fs *flag.FlagSet) *metricsFlags {
+	m := &metricsFlags{}
+	fs.StringVar(&m.listen, "metrics-listen", "",
+		"serve Prometheus metrics at /metrics on this loopback HOST:PORT (e.g. 127.0.0.1:9137) or unix socket (unix:/PATH or /PATH); empty: no metrics")
+	fs.BoolVar(&m.allowRemote, "metrics-allow-remote", false,
+		"let --metrics-listen use a non-loopback TCP address: the endpoint has no authentication")
+	return m
+}
+
+// startMetrics listens on --metrics-listen and serves a new registry
+// there until ctx ends. Without the flag it returns a nil registry: the
+// callers then attach no observers and the IO loop counts nothing. stop
+// closes the endpoint.
+func startMetrics(ctx context.Context, env *environment, m *metricsFlags) (reg *metrics.Registry, stop func(), err error) {
+	if m == nil || m.listen == "" {
+		return nil, func() {}, nil
+	}
+	ln, exposure, err := metrics.Listen(m.listen, m.allowRemote)
+	if errors.Is(err, metrics.ErrRemote) || errors.Is(err, metrics.ErrAddr) {
+		return nil, nil, fmt.Errorf("%w: --metrics-listen: %v (or add --metrics-allow-remote)", errUsage, err)
+	}
+	if err != nil {
+		return nil, nil, fmt.Errorf("--metrics-listen: %w", err)
+	}
+	if exposure != "" {
+		env.log.Warn("metrics: the endpoint has no authentication: anyone who can reach this address can read it",
+			"listen", m.listen, "exposure", exposure)
+	}
+	reg = metrics.New()
+	ctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		if err := metrics.Serve(ctx, ln, reg.Handler(), env.log); err != nil {
+			env.log.Error("metrics: endpoint stopped", "listen", m.listen, "err", err)
+		}
+	}()
+	env.log.Info("metrics: serving", "listen", ln.Addr().String(), "path", "/metrics")
+	return reg, func() { cancel(); <-done }, nil
+}
+
+// observeTarget returns the observer of the device or export serving
+// target's backend b under the label name (nil without metrics), and
+// follows the cluster connection of an rbd: target.
+func observeTarget(reg *metrics.Registry, name string, b nbd.Backend) *metrics.Device {
+	if reg == nil {
+		return nil
+	}
+	if r, ok := b.(*rbdstore.Reopener); ok {
+		r.Observe(reg.Cluster())
+	}
+	return reg.Device(name)
+}
