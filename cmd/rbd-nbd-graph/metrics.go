@@ -6,6 +6,9 @@ import (
 	"flag"
 	"fmt"
 
+	"github.com/rbd-nbd-graph/rbd-nbd-graph/graph"
+	"github.com/rbd-nbd-graph/rbd-nbd-graph/graph/dockerplugin"
+	"github.com/rbd-nbd-graph/rbd-nbd-graph/graph/nbdattach"
 	"github.com/rbd-nbd-graph/rbd-nbd-graph/graph/rbdstore"
 	"github.com/rbd-nbd-graph/rbd-nbd-graph/internal/metrics"
 	"github.com/rbd-nbd-graph/rbd-nbd-graph/nbd"
@@ -72,4 +75,33 @@ func observeTarget(reg *metrics.Registry, name string, b nbd.Backend) *metrics.D
 		r.Observe(reg.Cluster())
 	}
 	return reg.Device(name)
+}
+
+// observeBackend makes the devices of a layer backend report to reg
+// (one device label per layer image) and shows its cluster connection
+// as up until the backend closes. Without metrics it returns b as is.
+func observeBackend(reg *metrics.Registry, b dockerplugin.Backend) dockerplugin.Backend {
+	if reg == nil || b.Attacher == nil {
+		return b
+	}
+	if a, ok := b.Attacher.(*nbdattach.Attacher); ok {
+		a.ObserveDevices(func(name string) nbdattach.DeviceObserver { return reg.Device(name) })
+	}
+	reg.Cluster().SetConnected(true)
+	if close := b.Close; close != nil {
+		b.Close = func() error {
+			reg.Cluster().SetConnected(false)
+			return close()
+		}
+	}
+	return b
+}
+
+// layerObserver is the layer driver's observer: nil without metrics (a
+// nil graph.Observer, not a typed nil).
+func layerObserver(reg *metrics.Registry) graph.Observer {
+	if reg == nil {
+		return nil
+	}
+	return reg.Layers()
 }

@@ -32,6 +32,7 @@ func runSnapshotter(ctx context.Context, env *environment, args []string) error 
 		"share committed layers in the cluster under this image name prefix, named by chain ID (remote snapshots: a layer one host unpacked is not fetched again by another); every host of the pool must use the same; empty keeps layers per host")
 	shutdownTimeout := fs.Duration("shutdown-timeout", 30*time.Second,
 		"on SIGTERM, how long to wait for IO in flight on the devices before exiting anyway")
+	mflags := registerMetricsFlags(fs)
 	detachOnExit := fs.Bool("detach-on-exit", false,
 		"on SIGTERM detach every device (default: leave them attached for the next snapshotter process, so running containers keep their root filesystems through a restart)")
 	fs.Usage = func() {
@@ -71,13 +72,19 @@ func runSnapshotter(ctx context.Context, env *environment, args []string) error 
 		return err
 	}
 	defer ln.Close()
+	reg, stopMetrics, err := startMetrics(ctx, env, mflags)
+	if err != nil {
+		return err
+	}
+	defer stopMetrics()
 	backend, err := openRBDBackend(ctx, o, env.log)
 	if err != nil {
 		return err
 	}
+	backend = observeBackend(reg, backend)
 	d, err := graph.New(ctx, graph.Config{
 		Home: filepath.Join(*root, "layers"), Options: o.layers, Store: backend.Store, Attacher: backend.Attacher,
-		HostID: *hostID, Logger: env.log, BlockDevices: true,
+		HostID: *hostID, Logger: env.log, BlockDevices: true, Observer: layerObserver(reg),
 	})
 	if err != nil {
 		return errors.Join(err, closeBackend(backend.Close))
