@@ -67,16 +67,16 @@ func runSnapshotter(ctx context.Context, env *environment, args []string) error 
 
 	// Listen first: a second instance on the same socket fails before
 	// it touches devices the first one serves.
-	ln, err := snapshotter.Listen(*socket)
-	if err != nil {
-		return err
-	}
-	defer ln.Close()
 	reg, stopMetrics, err := startMetrics(ctx, env, mflags)
 	if err != nil {
 		return err
 	}
 	defer stopMetrics()
+	ln, err := snapshotter.Listen(*socket)
+	if err != nil {
+		return err
+	}
+	defer ln.Close()
 	backend, err := openRBDBackend(ctx, o, env.log)
 	if err != nil {
 		return err
