@@ -231,3 +231,42 @@ func startPaired(b *testing.B, obs Observer, cmd uint16, workers bool) *pipeline
 	p.run(b, 4*depth)
 	return p
 }
+
+// A request the timer answers with EIO is done once, with that EIO; the
+// backend's late result for it is not counted again (worker and async
+// paths), and its time covers the wait.
+func TestObserverCountsTimedOutRequestOnce(t *testing.T) {
+	for _, mode := range []string{"worker", "async"} {
+		t.Run(mode, func(t *testing.T) {
+			g := newGateBackend(1 << 20)
+			defer g.open()
+			var b Backend = g
+			if mode == "async" {
+				b = newAsyncOver(t, g, false)
+			}
+			obs := newCountingObserver()
+			c, done := serving(t, b, TransmissionOptions{RequestTimeout: 100 * time.Millisecond, Observer: obs})
+			rc := rawConn{t, c}
+			rc.send(Request{Type: CmdRead, Cookie: 1, Offset: 0, Length: 512}, nil)
+			<-g.entered
+			if r, _ := rc.reply(map[uint64]int{1: 512}); r.Errno != EIO {
+				t.Fatalf("reply %+v, want EIO", r)
+			}
+			g.open()
+			if errno, _ := rc.roundTrip(Request{Type: CmdRead, Cookie: 2, Offset: 4096, Length: 512}, nil); errno != 0 {
+				t.Fatalf("read after the timeout: errno %d", errno)
+			}
+			rc.send(Request{Type: CmdDisc}, nil)
+			rc.expectClosed()
+			if err := waitErr(t, done); err != nil {
+				t.Fatal(err)
+			}
+			obs.mu.Lock()
+			defer obs.mu.Unlock()
+			if obs.started[CmdRead] != 2 || obs.done[CmdRead] != 2 || obs.errnos[EIO] != 1 || obs.bytes[CmdRead] != 512 || obs.open != 0 {
+				t.Errorf("started %v done %v errnos %v bytes %v open %d; want 2 reads started and done, one EIO, 512 bytes, 0 open",
+					obs.started, obs.done, obs.errnos, obs.bytes, obs.open)
+			}
+		})
+	}
+}
