@@ -1,7 +1,10 @@
 package main
 
 import (
+	"context"
+	"errors"
 	"os"
+	"path/filepath"
 	"regexp"
 	"slices"
 	"strings"
@@ -9,6 +12,7 @@ import (
 	"time"
 
 	"github.com/rbd-nbd-graph/rbd-nbd-graph/internal/metrics"
+	"github.com/rbd-nbd-graph/rbd-nbd-graph/internal/testkit"
 )
 
 // README's "Metrics" table names every family of the registry, and
@@ -65,5 +69,49 @@ func TestMetricsListenRefusesRemote(t *testing.T) {
 		if code != 2 || !strings.Contains(stderr.String(), "--metrics-listen") || !strings.Contains(stderr.String(), "not loopback") {
 			t.Errorf("%v: exit %d, want 2 and the refusal; output:\n%s", args, code, stderr.String())
 		}
+	}
+}
+
+// serve with --metrics-listen answers scrapes from its start, before
+// dockerd's Init: the layer and cluster families are there (no cluster
+// yet: connected 0) beside Go's, and the endpoint closes with serve.
+func TestServeMetricsEndpoint(t *testing.T) {
+	dir := t.TempDir()
+	msock := filepath.Join(dir, "m.sock")
+	env, _, _ := testEnv()
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() {
+		done <- runServe(ctx, env, []string{"--socket", filepath.Join(dir, "p.sock"), "--state", filepath.Join(dir, "state.json"),
+			"--metrics-listen", "unix:" + msock})
+	}()
+	var m map[string]float64
+	testkit.Eventually(t, 10*time.Second, "a scrape of serve's endpoint", func() bool {
+		var err error
+		m, err = metrics.Scrape(ctx, "unix:"+msock)
+		return err == nil
+	})
+	for s, want := range map[string]float64{
+		"rbd_nbd_graph_layer_flattens_pending": 0,
+		"rbd_nbd_graph_cluster_connected":      0,
+	} {
+		if got, ok := m[s]; !ok || got != want {
+			t.Errorf("%s = %v (present %v), want %v", s, got, ok, want)
+		}
+	}
+	if m["go_goroutines"] == 0 {
+		t.Error("no go_goroutines: Go's collector is not registered")
+	}
+	cancel()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Errorf("serve: %v", err)
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("serve did not stop")
+	}
+	if _, err := os.Stat(msock); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("metrics socket left behind after serve stopped: %v", err)
 	}
 }
