@@ -11,6 +11,7 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"time"
 )
 
 // ErrAttached: the layer is attached in a way the call cannot use (Get
@@ -44,7 +45,8 @@ func (d *Driver) MountOptions() []string {
 // mode returns the same device (one attachment per layer, whoever asks
 // again). A read-only attach of a layer with a snapshot serves the
 // snapshot, which is what its children were cloned from.
-func (d *Driver) AttachDevice(ctx context.Context, id string, readOnly bool) (string, error) {
+func (d *Driver) AttachDevice(ctx context.Context, id string, readOnly bool) (_ string, err error) {
+	defer d.observe(OpAttach, time.Now(), &err)
 	if err := ValidateID(id); err != nil {
 		return "", err
 	}
@@ -92,7 +94,8 @@ func (d *Driver) Device(id string) (path string, readOnly, ok bool) {
 // DetachDevice detaches a layer attached by AttachDevice; a layer that
 // is not attached (or does not exist) is no error, so retries converge.
 // Whatever mounted the device must have unmounted it first.
-func (d *Driver) DetachDevice(ctx context.Context, id string) error {
+func (d *Driver) DetachDevice(ctx context.Context, id string) (err error) {
+	defer d.observe(OpDetach, time.Now(), &err)
 	if err := ValidateID(id); err != nil {
 		return err
 	}

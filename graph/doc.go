@@ -28,7 +28,9 @@
 // The boundaries are small interfaces: ImageStore (graph/rbdstore on an
 // RBD pool; graphtest.FileStore for tests), Attacher (graph/nbdattach
 // serves images through package nbd; graphtest.LoopAttacher for tests)
-// and Filesystem (NewFilesystem: mkfs, mount(2), online grow, freeze).
+// and Filesystem (NewFilesystem: mkfs, mount(2), online grow, freeze);
+// Observer (observe.go; internal/metrics in production) sees every
+// layer operation with its duration, and the flattens pending.
 // This package imports neither adapter.
 //
 // Files: driver.go (Driver, Config), startup.go (New), layers.go

@@ -42,6 +42,9 @@ type Config struct {
 	// ability is asked whether its pools are full (default
 	// DefaultSpaceCheckInterval); Status asks as well.
 	SpaceCheckInterval time.Duration
+	// Observer, when set, sees every layer operation and the flattens
+	// pending (metrics); nil sees nothing.
+	Observer Observer
 }
 
 // Driver keeps layers as images: the base image is formatted once, every
@@ -60,6 +63,7 @@ type Driver struct {
 	attacher Attacher
 	fs       Filesystem
 	log      *slog.Logger
+	obs      Observer // Config.Observer: nil sees nothing
 	home     string
 	mnt      string
 	root     Identity

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"sync"
+	"time"
 )
 
 // flattener flattens, one at a time and in the order they were created,
@@ -106,8 +107,12 @@ func (f *flattener) flatten(id string) {
 	d.mu.Unlock()
 
 	d.log.Debug("flattening layer", "layer", id, "depth", depth)
+	start := time.Now()
 	err := d.store.FlattenImage(ctx, l.image)
 	cancel()
+	if !errors.Is(err, context.Canceled) {
+		d.observe(OpFlatten, start, &err) // a cancelled one was the caller's choice
+	}
 	if err == nil {
 		d.step(StepFlattenDone)
 	}

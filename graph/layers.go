@@ -10,6 +10,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"time"
 
 	units "github.com/docker/go-units"
 )
@@ -47,6 +48,7 @@ func (d *Driver) Create(ctx context.Context, id, parent string, co CreateOptions
 // none yet); parent is p's layer ID ("" for a base image or an image
 // outside the driver). The caller holds id's lock and p's.
 func (d *Driver) create(ctx context.Context, id, parent string, p *layer, co CreateOptions) (err error) {
+	defer d.observe(OpCreate, time.Now(), &err)
 	size := p.size
 	if co.Size > 0 && co.Size < p.size {
 		return fmt.Errorf("%w: size=%s is smaller than the parent layer (%s); filesystems only grow",
@@ -121,6 +123,7 @@ func (d *Driver) ensureSnapshot(ctx context.Context, p *layer) (err error) {
 	if p.snapshot && p.snapshotProtected {
 		return nil
 	}
+	defer d.observe(OpSnapshot, time.Now(), &err)
 	// An existing snapshot (found at start-up) only needs protecting;
 	// CreateSnapshot does that. A new one of a writable layer needs a
 	// frozen filesystem.
@@ -178,7 +181,8 @@ func (d *Driver) Remove(ctx context.Context, id string) error {
 
 // removeLayer releases and deletes l; the caller holds l's lock (or is
 // New, before anyone else can).
-func (d *Driver) removeLayer(ctx context.Context, l *layer, atStart bool) error {
+func (d *Driver) removeLayer(ctx context.Context, l *layer, atStart bool) (err error) {
+	defer d.observe(OpRemove, time.Now(), &err)
 	ph := newPhases()
 	d.cancelFlatten(l)
 	if m := l.mount; m != nil {

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"time"
 )
 
 // Get attaches and mounts layer id (once; later calls count references)
@@ -48,6 +49,7 @@ func (d *Driver) Get(ctx context.Context, id string) (string, error) {
 // attachAndMount attaches l and mounts it on its mount point, with one
 // reference; on failure it undoes what it did.
 func (d *Driver) attachAndMount(ctx context.Context, l *layer, readOnly bool) (m *mount, err error) {
+	defer d.observe(OpMount, time.Now(), &err)
 	var undo undoStack
 	defer undo.onError(&err)
 
@@ -107,7 +109,8 @@ func (d *Driver) Put(ctx context.Context, id string) error {
 
 // unmountAndDetach releases m. If the unmount fails the layer stays
 // mounted (with no references), so a later Put, Remove or Close retries.
-func (d *Driver) unmountAndDetach(ctx context.Context, l *layer, m *mount) error {
+func (d *Driver) unmountAndDetach(ctx context.Context, l *layer, m *mount) (err error) {
+	defer d.observe(OpUnmount, time.Now(), &err)
 	ph := newPhases()
 	if m.dir != "" { // "": attached only (AttachDevice)
 		if err := d.fs.Unmount(ctx, m.dir); err != nil {

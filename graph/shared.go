@@ -12,6 +12,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"time"
 )
 
 // ImageRenamer is an optional ability of an ImageStore, needed to
@@ -61,7 +62,8 @@ func (d *Driver) CreateFrom(ctx context.Context, id string, from ImageRef, co Cr
 // the layer. If the name is taken (another host published the same
 // layer first) Publish returns ErrImageExists and the layer is
 // unchanged.
-func (d *Driver) Publish(ctx context.Context, id, name string) error {
+func (d *Driver) Publish(ctx context.Context, id, name string) (err error) {
+	defer d.observe(OpPublish, time.Now(), &err)
 	if err := ValidateID(id); err != nil {
 		return err
 	}

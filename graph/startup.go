@@ -55,6 +55,7 @@ func New(ctx context.Context, cfg Config) (*Driver, error) {
 		attacher: cfg.Attacher,
 		fs:       fs,
 		log:      log.With("prefix", prefix),
+		obs:      cfg.Observer,
 		home:     filepath.Clean(cfg.Home),
 		root:     cfg.Root,
 		owner:    owner(cfg.HostID, cfg.Home),
@@ -102,6 +103,9 @@ func New(ctx context.Context, cfg Config) (*Driver, error) {
 	}
 	d.cleanUnfinished(ctx)
 	d.flat = startFlattener(d)
+	if d.obs != nil {
+		d.obs.FlattensPendingFrom(d.flat.pending)
+	}
 	d.mu.Lock()
 	for _, l := range d.layers {
 		if d.depthLocked(l) > d.opts.MaxCloneDepth {

@@ -27,6 +27,10 @@ func benchTransmission(b *testing.B, cmd uint16, size, depth int) {
 }
 
 func benchTransmissionOn(b *testing.B, m Backend, cmd uint16, size, depth int) {
+	benchTransmissionOpts(b, m, cmd, size, depth, TransmissionOptions{QueueDepth: depth})
+}
+
+func benchTransmissionOpts(b *testing.B, m Backend, cmd uint16, size, depth int, opts TransmissionOptions) {
 	span := m.Size()
 	// Touch every chunk so reads hit allocated memory, as on a used disk.
 	m.(ZeroWriter).WriteZeroes(0, span, false)
@@ -36,7 +40,8 @@ func benchTransmissionOn(b *testing.B, m Backend, cmd uint16, size, depth int) {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	done := make(chan error, 1)
-	go func() { done <- ServeTransmission(ctx, srv, m, TransmissionOptions{QueueDepth: depth, Logger: log}) }()
+	opts.Logger = log
+	go func() { done <- ServeTransmission(ctx, srv, m, opts) }()
 
 	p := newPipeliner(cli, cmd, size, depth, span)
 	p.run(b, 4*depth) // warm up: workers started, buffers allocated

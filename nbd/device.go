@@ -29,6 +29,10 @@ type AttachOptions struct {
 	// ForceMode lets Reattach serve a device whose read-only state
 	// differs from ReadOnly: it sets the device's state to ReadOnly.
 	ForceMode bool
+	// Observer, when set, sees every request on every connection of the
+	// device (TransmissionOptions.Observer) and, if it is also a
+	// ConnectionObserver, every connection replaced.
+	Observer Observer
 }
 
 // IndexAny as AttachOptions.Index lets the kernel pick a free device.
@@ -74,7 +78,7 @@ func (o AttachOptions) transmission() TransmissionOptions {
 	// The kernel only sends requests aligned to the logical block size;
 	// telling the engine lets it refuse anything else.
 	return TransmissionOptions{ReadOnly: o.ReadOnly, QueueDepth: o.QueueDepth, Logger: o.Logger, BlockSize: o.BlockSize,
-		RequestTimeout: o.IOTimeout}
+		RequestTimeout: o.IOTimeout, Observer: o.Observer}
 }
 
 // Device is a kernel NBD device (/dev/nbdN) whose transmission phase this
@@ -503,6 +507,9 @@ func (d *Device) replace(slot int, delay time.Duration) {
 		err := d.replaceOnce(slot)
 		if err == nil {
 			n := d.replaced.Add(1)
+			if co, ok := d.opts.Observer.(ConnectionObserver); ok {
+				co.ConnectionReplaced()
+			}
 			d.log.Warn("replaced a connection", "connection", slot, "attempt", attempt, "live", d.live.Load(), "replaced_total", n)
 			return
 		}

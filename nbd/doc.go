@@ -34,6 +34,11 @@
 //   - bufpool.go, sockread.go, writev.go: pooled payload buffers, and
 //     raw read(2)/writev(2) inside RawConn callbacks, so the goroutine
 //     never enters the syscall state (which wakes the runtime's sysmon).
+//   - observer.go: Observer, told of every request started and answered
+//     (TransmissionOptions.Observer, AttachOptions.Observer) and of
+//     connections replaced (ConnectionObserver), so metrics live outside
+//     this package; nil costs nothing, and it is called without
+//     allocating or locking in the loop.
 //   - errno.go: Errno, the one mapping of backend errors (a
 //     syscall.Errno anywhere in the chain) to the protocol's values.
 //   - client.go: Client, a pipelined client that is itself a Backend.

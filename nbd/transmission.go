@@ -49,6 +49,9 @@ type TransmissionOptions struct {
 	// waited for, so the kernel path can replace a connection the
 	// kernel gave up on without waiting for a slow backend.
 	ReadDone func(disc bool)
+	// Observer, when set, is told of every request started and answered
+	// (for metrics); nil costs nothing.
+	Observer Observer
 
 	// budget, set by Server, is shared by every connection it serves.
 	budget *byteBudget
@@ -222,6 +225,8 @@ type request struct {
 	// orphan marks a reply that owns no slot: the timer's error reply
 	// for a request whose slot the backend still holds.
 	orphan bool
+	// begun is when the request was read (monotonic), for Observer.
+	begun time.Duration
 }
 
 const (
@@ -247,6 +252,7 @@ type session struct {
 	fua   FUAWriter
 	async AsyncBackend
 	ext   Extenter
+	obs   Observer
 	opts  TransmissionOptions
 	log   *slog.Logger
 	align uint64 // BlockSize-1
@@ -309,6 +315,7 @@ func newSession(conn net.Conn, b Backend, opts TransmissionOptions) *session {
 	s.fua, _ = b.(FUAWriter)
 	s.async, _ = b.(AsyncBackend)
 	s.ext, _ = b.(Extenter)
+	s.obs = opts.Observer
 	s.slotFree.L = &s.slotMu
 	s.slots = make([]*request, opts.QueueDepth)
 	for i := range s.free {
@@ -340,6 +347,11 @@ func (s *session) readLoop() error {
 			s.disc = true
 			return nil
 		}
+		var begun time.Duration
+		if s.obs != nil {
+			begun = monotonic()
+			s.obs.RequestStarted(h.Type)
+		}
 		errno := s.check(&h)
 		var payload, replyData uint32
 		if h.Type == CmdWrite {
@@ -363,7 +375,7 @@ func (s *session) readLoop() error {
 						return payloadError(err, payload)
 					}
 					r := s.acquire(0)
-					r.hdr = h
+					r.hdr, r.begun = h, begun
 					s.serve(r, s.rbuf[s.rpos:s.rpos+int(payload)])
 					s.rpos += int(payload)
 					s.finishInline(r)
@@ -373,7 +385,7 @@ func (s *session) readLoop() error {
 			}
 		}
 		r := s.acquire(int(replyData))
-		r.hdr, r.errno = h, errno
+		r.hdr, r.errno, r.begun = h, errno, begun
 		if payload > 0 {
 			var err error
 			if errno == 0 {
@@ -813,7 +825,11 @@ func (s *session) finishInline(r *request) {
 }
 
 // encodeReply puts r's reply header in front of its data.
+// Every reply passes here exactly once, so the Observer hears of it here.
 func (s *session) encodeReply(r *request) {
+	if s.obs != nil {
+		s.obs.RequestDone(r.hdr.Type, r.hdr.Length, r.errno, monotonic()-r.begun)
+	}
 	if s.opts.structured && (r.hdr.Type == CmdRead || r.hdr.Type == CmdBlockStatus) {
 		s.encodeChunk(r)
 		return
@@ -974,7 +990,7 @@ func (s *session) timeOut(r *request, age time.Duration) {
 	h := r.hdr
 	s.log.Warn("nbd: request timed out; answering EIO", "cmd", CommandName(h.Type), "offset", h.Offset,
 		"length", h.Length, "age", age.Round(time.Millisecond), "timeout", s.opts.RequestTimeout)
-	reply := &request{hdr: h, errno: EIO, buf: make([]byte, replyHeadroom), orphan: true}
+	reply := &request{hdr: h, errno: EIO, buf: make([]byte, replyHeadroom), orphan: true, begun: r.begun}
 	s.encodeReply(reply)
 	s.wMu.Lock()
 	s.queue = append(s.queue, reply)

@@ -38,6 +38,7 @@ type exportFlags struct {
 	tlsCA      string
 	// shutdownTimeout bounds the drain after SIGTERM: see runExport.
 	shutdownTimeout time.Duration
+	metrics         *metricsFlags
 }
 
 // defaultShutdownTimeout is how long export waits, after SIGINT or
@@ -74,6 +75,7 @@ func parseExportFlags(env *environment, args []string) (*exportFlags, string, er
 	fs.StringVar(&f.tlsKey, "tls-key", "", "server private key (PEM) for --tls on|require")
 	fs.StringVar(&f.tlsCA, "tls-ca", "", "CA certificates (PEM): clients must present a certificate they signed")
 	fs.IntVar(&f.maxConns, "max-connections", nbd.DefaultMaxConnections, "clients served at once; more are closed at once with a log line")
+	f.metrics = registerMetricsFlags(fs)
 	inflight := fs.String("max-inflight-bytes", fmt.Sprintf("%dM", nbd.DefaultServerMaxInFlightBytes>>20),
 		fmt.Sprintf("payload bytes held by requests in flight across all clients (each client also at most %dM); more requests wait", nbd.DefaultMaxInFlightBytes>>20))
 	if err := parseFlags(fs, args); err != nil {

@@ -30,6 +30,11 @@ func runExport(ctx context.Context, env *environment, args []string) (err error)
 	if err != nil {
 		return err
 	}
+	reg, stopMetrics, err := startMetrics(ctx, env, f.metrics)
+	if err != nil {
+		return err
+	}
+	defer stopMetrics()
 	f.ceph.log = env.log
 	b, closeTarget, err := openTarget(ctx, target, f.ceph, f.readOnly)
 	if err != nil {
@@ -62,11 +67,20 @@ func runExport(ctx context.Context, env *environment, args []string) (err error)
 	if desc == "" {
 		desc = target
 	}
+	topts := nbd.TransmissionOptions{ReadOnly: f.readOnly, QueueDepth: f.queueDepth, BlockSize: bs, Logger: env.log}
+	// The export's label: its name, or TARGET for the unnamed default.
+	label := f.name
+	if label == "" {
+		label = target
+	}
+	if obs := observeTarget(reg, label, b); obs != nil {
+		topts.Observer = obs
+	}
 	srv, err := nbd.NewServer([]nbd.Export{{
 		Name:        f.name,
 		Description: desc,
 		Backend:     b,
-		Options:     nbd.TransmissionOptions{ReadOnly: f.readOnly, QueueDepth: f.queueDepth, BlockSize: bs, Logger: env.log},
+		Options:     topts,
 		MultiConn:   f.multiConn,
 	}}, nbd.ServerOptions{Logger: env.log, MaxConnections: f.maxConns, MaxInFlightBytes: f.maxInLimit,
 		TLS: tlsConf, TLSRequired: f.tlsMode == "require"})

@@ -35,6 +35,7 @@ type mapFlags struct {
 	maxPart         int
 	logFile         string
 	readyFD         int // internal: the pipe to the parent that daemonised us
+	metrics         *metricsFlags
 }
 
 const mapAbout = `Attaches TARGET to a kernel NBD device (/dev/nbdN) and serves it from a background
@@ -69,6 +70,7 @@ func (f *mapFlags) register(fs *pflag.FlagSet) {
 	fs.StringVar(&f.logFile, "log-file", "/var/log/rbd-nbd-graph.log", "where the background process logs ('' for nowhere)")
 	fs.IntVar(&f.readyFD, "ready-fd", -1, "internal: report readiness on this descriptor")
 	hide(fs, "ready-fd")
+	f.metrics = registerMetricsFlags(fs)
 }
 
 func parseMapFlags(name string, env *environment, args []string) (*mapFlags, string, error) {
@@ -151,11 +153,17 @@ func serveMapped(ctx context.Context, env *environment, f *mapFlags, target stri
 		// filesystem would replace its data with zeros.
 		return fmt.Errorf("%w: cannot reattach a mem: target: its data died with the process that served it; unmap the device and map it again", errUsage)
 	}
+	reg, stopMetrics, err := startMetrics(ctx, env, f.metrics)
+	if err != nil {
+		return err
+	}
+	defer stopMetrics()
 	f.ceph.log = env.log // the blocklist and reopen messages of an rbd: target
 	b, closeTarget, err := openTarget(ctx, target, f.ceph, f.readOnly)
 	if err != nil {
 		return err
 	}
+	obs := observeTarget(reg, target, b)
 	keepOpen := false // requests still in flight in the backend: exit without closing it
 	defer func() {
 		if keepOpen {
@@ -177,6 +185,9 @@ func serveMapped(ctx context.Context, env *environment, f *mapFlags, target stri
 		Module:          nbd.ModuleOptions{NBDsMax: f.nbdsMax, MaxPart: f.maxPart},
 		Logger:          env.log,
 		ForceMode:       f.force,
+	}
+	if obs != nil {
+		opts.Observer = obs
 	}
 	if f.device != "" {
 		opts.Index, _ = nbd.ParseDevicePath(f.device)
@@ -214,6 +225,9 @@ func serveMapped(ctx context.Context, env *environment, f *mapFlags, target stri
 		env.log.Warn("cannot record the serving pid", "err", perr)
 	}
 	defer nbdattach.RemoveServerPID(dev.Index())
+	if obs != nil {
+		obs.SetPath(dev.Path())
+	}
 	if ready != nil {
 		fmt.Fprintf(ready, "ready %s\n", dev.Path())
 		ready.Close()

@@ -54,6 +54,7 @@ func runServe(ctx context.Context, env *environment, args []string) error {
 		"on SIGTERM, how long to wait for IO in flight on the devices before exiting anyway")
 	detachOnExit := fs.Bool("detach-on-exit", false,
 		"on SIGTERM unmount and detach every layer (default: leave them mounted for the next plugin process, as a restart or upgrade needs)")
+	mflags := registerMetricsFlags(fs)
 	if err := parseFlags(fs, args); err != nil {
 		return err
 	}
@@ -73,6 +74,11 @@ func runServe(ctx context.Context, env *environment, args []string) error {
 		return fmt.Errorf("%w: %v", errUsage, err)
 	}
 
+	reg, stopMetrics, err := startMetrics(ctx, env, mflags)
+	if err != nil {
+		return err
+	}
+	defer stopMetrics()
 	path := *socket
 	if path == "" {
 		path = dockerplugin.SocketPath(*name)
@@ -91,12 +97,14 @@ func runServe(ctx context.Context, env *environment, args []string) error {
 		Parse: func(kvs []string) (graph.Options, dockerplugin.Opener, error) {
 			o, err := parseBackendOptions(kvs)
 			return o.layers, func(ctx context.Context) (dockerplugin.Backend, error) {
-				return openRBDBackend(ctx, o, env.log)
+				b, err := openRBDBackend(ctx, o, env.log)
+				return observeBackend(reg, b), err
 			}, err
 		},
 		Logger:          env.log,
 		DetachOnExit:    *detachOnExit,
 		ShutdownTimeout: shutdownTimeout,
+		Observer:        layerObserver(reg),
 	})
 	env.log.Info("serving the graph driver plugin; start dockerd with --experimental -s "+*name, "socket", path)
 	// The socket listens (dockerd's connections queue until Serve takes

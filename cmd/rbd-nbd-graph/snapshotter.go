@@ -37,6 +37,7 @@ func runSnapshotter(ctx context.Context, env *environment, args []string) error 
 	var shutdownTimeout time.Duration
 	durationVar(fs, &shutdownTimeout, "shutdown-timeout", 30*time.Second,
 		"on SIGTERM, how long to wait for IO in flight on the devices before exiting anyway")
+	mflags := registerMetricsFlags(fs)
 	detachOnExit := fs.Bool("detach-on-exit", false,
 		"on SIGTERM detach every device (default: leave them attached for the next snapshotter process, so running containers keep their root filesystems through a restart)")
 	if err := parseFlags(fs, args); err != nil {
@@ -61,6 +62,11 @@ func runSnapshotter(ctx context.Context, env *environment, args []string) error 
 
 	// Listen first: a second instance on the same socket fails before
 	// it touches devices the first one serves.
+	reg, stopMetrics, err := startMetrics(ctx, env, mflags)
+	if err != nil {
+		return err
+	}
+	defer stopMetrics()
 	ln, err := snapshotter.Listen(*socket)
 	if err != nil {
 		return err
@@ -70,9 +76,10 @@ func runSnapshotter(ctx context.Context, env *environment, args []string) error 
 	if err != nil {
 		return err
 	}
+	backend = observeBackend(reg, backend)
 	d, err := graph.New(ctx, graph.Config{
 		Home: filepath.Join(*root, "layers"), Options: o.layers, Store: backend.Store, Attacher: backend.Attacher,
-		HostID: *hostID, Logger: env.log, BlockDevices: true,
+		HostID: *hostID, Logger: env.log, BlockDevices: true, Observer: layerObserver(reg),
 	})
 	if err != nil {
 		return errors.Join(err, closeBackend(backend.Close))

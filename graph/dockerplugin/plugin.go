@@ -69,6 +69,9 @@ type Config struct {
 	Filesystem graph.Filesystem
 	HostID     string
 	Logger     *slog.Logger
+	// Observer, when set, is every driver instance's graph.Observer
+	// (metrics).
+	Observer graph.Observer
 }
 
 // Plugin is the driver as dockerd sees it: it implements
@@ -203,6 +206,7 @@ func (p *Plugin) Init(home string, options []string, uidMaps, gidMaps []idtools.
 		Root:       graph.Identity{UID: root.UID, GID: root.GID},
 		HostID:     p.cfg.HostID,
 		Logger:     p.log,
+		Observer:   p.cfg.Observer,
 	})
 	if err != nil {
 		if backend.Close != nil {

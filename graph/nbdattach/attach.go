@@ -26,6 +26,24 @@ type Attacher struct {
 	where string // POOL or POOL/NAMESPACE, part of every backend identifier
 	opts  Options
 	log   *slog.Logger
+	// observe, set by ObserveDevices, gives each device its observer.
+	observe func(name string) DeviceObserver
+}
+
+// DeviceObserver sees the requests of one device (metrics): the
+// nbd.Observer the IO loop calls, told the device's path once it is
+// attached and forgotten when the device ends.
+type DeviceObserver interface {
+	nbd.Observer
+	SetPath(path string)
+	Forget()
+}
+
+// ObserveDevices makes every device attached or adopted from now on
+// report to observer(name), name being the image it serves (IMAGE or
+// IMAGE@SNAP). Call it before the driver attaches anything.
+func (a *Attacher) ObserveDevices(observer func(name string) DeviceObserver) {
+	a.observe = observer
 }
 
 // New returns the attacher serving the images open opens, with the
@@ -54,7 +72,20 @@ func (a *Attacher) attachOptions(req graph.AttachRequest, readOnly bool) nbd.Att
 		DeadConnTimeout: a.opts.DeadConnTimeout,
 		BackendID:       LayerID(req.Owner, a.where, req.Ref()),
 		Logger:          a.log,
+		Observer:        a.observer(req.Ref()),
 	}
+}
+
+// observer is the observer of a device serving ref, or nil (a nil
+// nbd.Observer, not a typed nil: the loop then counts nothing).
+func (a *Attacher) observer(ref graph.ImageRef) nbd.Observer {
+	if a.observe == nil {
+		return nil
+	}
+	if o := a.observe(ref.String()); o != nil {
+		return o
+	}
+	return nil
 }
 
 func (a *Attacher) Attach(ctx context.Context, req graph.AttachRequest) (graph.Device, error) {
@@ -65,15 +96,23 @@ func (a *Attacher) Attach(ctx context.Context, req graph.AttachRequest) (graph.D
 	}
 	// The device outlives the request that attached it: it ends by
 	// Detach only, so it gets a context of its own.
-	dev, err := nbd.Attach(context.WithoutCancel(ctx), b, a.attachOptions(req, ro))
+	opts := a.attachOptions(req, ro)
+	dev, err := nbd.Attach(context.WithoutCancel(ctx), b, opts)
 	if err != nil {
 		return nil, errors.Join(err, closeImage())
 	}
-	return a.track(dev, req.Ref(), closeImage), nil
+	return a.track(dev, req.Ref(), closeImage, opts.Observer), nil
 }
 
-func (a *Attacher) track(dev *nbd.Device, ref graph.ImageRef, closeImage func() error) *nbdDevice {
+func (a *Attacher) track(dev *nbd.Device, ref graph.ImageRef, closeImage func() error, obs nbd.Observer) *nbdDevice {
 	d := &nbdDevice{dev: dev, closeImage: closeImage}
+	if o, ok := obs.(DeviceObserver); ok {
+		o.SetPath(dev.Path())
+		go func() {
+			<-dev.Done()
+			o.Forget()
+		}()
+	}
 	// The kernel's sysfs pid names the process that sent CONNECT, dead
 	// after an adoption: record who serves the device now, and its
 	// connections, for `list`.
@@ -201,7 +240,7 @@ func (s *staleNBD) Adopt(ctx context.Context) (graph.Device, error) {
 	if err != nil {
 		return nil, errors.Join(err, closeImage())
 	}
-	return s.a.track(dev, ref, closeImage), nil
+	return s.a.track(dev, ref, closeImage, opts.Observer), nil
 }
 
 // Served reports whether a live process other than this one serves the

@@ -146,6 +146,8 @@ func TestBlocklistedStoreReopensItsImages(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer closeIdle()
+	obs := &clusterRecorder{}
+	store.Observe(obs)
 	addr := blocklistWatcher(t, img)
 	t0 := time.Now()
 	var errs []error
@@ -188,6 +190,11 @@ func TestBlocklistedStoreReopensItsImages(t *testing.T) {
 	}
 	if n := strings.Count(logs.String(), "opening a new connection for all layers"); n != 1 {
 		t.Errorf("the store renewed its connection %d times for one blocklisting, want once for all layers", n)
+	}
+	// What the metrics endpoint shows of it: up, down during the
+	// renewal, up again, one recovery.
+	if got := obs.String(); got != "up down up recovered" {
+		t.Errorf("the store's observer saw %q, want %q", got, "up down up recovered")
 	}
 
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
@@ -306,4 +313,28 @@ func TestBlocklistedStoreMetadataRecovers(t *testing.T) {
 	}
 	t.Logf("CreateImage+StatImage right after the blocklisting: %v; renewals in the log: %d", time.Since(t0).Round(time.Millisecond),
 		strings.Count(logs.String(), "opening a new connection for all layers"))
+}
+
+// clusterRecorder is a ClusterObserver that keeps what it was told.
+type clusterRecorder struct {
+	mu     sync.Mutex
+	events []string
+}
+
+func (c *clusterRecorder) SetConnected(ok bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.events = append(c.events, map[bool]string{true: "up", false: "down"}[ok])
+}
+
+func (c *clusterRecorder) BlocklistRecovered() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.events = append(c.events, "recovered")
+}
+
+func (c *clusterRecorder) String() string {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return strings.Join(c.events, " ")
 }

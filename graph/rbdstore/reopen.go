@@ -46,6 +46,7 @@ type Reopener struct {
 	name   string
 
 	cur    atomic.Pointer[opened]
+	obs    atomic.Pointer[ClusterObserver]
 	fenced atomic.Bool
 	closed atomic.Bool
 	// changed is closed and replaced whenever cur or fenced changes, for
@@ -97,6 +98,27 @@ var (
 	_ nbd.Resizer      = (*Reopener)(nil)
 	_ nbd.Extenter     = (*Reopener)(nil)
 )
+
+// ClusterObserver is told the state of the connection a Reopener
+// serves through (for metrics): connected or blocklisted, and each
+// recovery from a blocklisting.
+type ClusterObserver interface {
+	SetConnected(ok bool)
+	BlocklistRecovered()
+}
+
+// Observe makes o follow r's connection from now on; it is told at once
+// that r is connected.
+func (r *Reopener) Observe(o ClusterObserver) {
+	r.obs.Store(&o)
+	o.SetConnected(true)
+}
+
+func (r *Reopener) observe(f func(ClusterObserver)) {
+	if o := r.obs.Load(); o != nil {
+		f(*o)
+	}
+}
 
 // Reopen attempts back off from reopenMin to reopenMax.
 const (
@@ -317,11 +339,13 @@ func (r *Reopener) loop() {
 			}
 		}
 		r.log.Error("rbd: "+why, "image", r.name)
+		r.observe(func(o ClusterObserver) { o.SetConnected(false) })
 		next, ok := r.reopen(o)
 		if !ok {
 			return
 		}
 		r.use(next)
+		r.observe(func(o ClusterObserver) { o.SetConnected(true); o.BlocklistRecovered() })
 		r.log.Info("rbd: reopened after the blocklisting; serving again", "image", r.name)
 		if next.im.Size() != o.im.Size() {
 			r.sendSize(next.im.Size())

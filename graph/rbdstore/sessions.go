@@ -55,6 +55,7 @@ type sessions struct {
 	failedAt time.Time
 	failWait time.Duration
 	failErr  error
+	obs      ClusterObserver // nil: nobody follows the connection
 }
 
 func newSessions(conn *rbdio.Conn, connect func(context.Context) (*rbdio.Conn, error), log *slog.Logger) *sessions {
@@ -125,8 +126,12 @@ func (s *sessions) renew(ctx context.Context, old *session) (*session, error) {
 		s.mu.Unlock()
 		return nil, err
 	}
+	obs := s.obs
 	s.mu.Unlock()
 
+	if obs != nil {
+		obs.SetConnected(false)
+	}
 	s.log.Error("rbd: the cluster blocklisted the layer store's client (requests fail with ESHUTDOWN); opening a new connection for all layers", "generation", old.gen)
 	conn, err := s.connect(ctx)
 	s.mu.Lock()
@@ -151,8 +156,21 @@ func (s *sessions) renew(ctx context.Context, old *session) (*session, error) {
 	if old.refs == 0 {
 		s.closeLocked(old)
 	}
+	if obs != nil {
+		obs.SetConnected(true)
+		obs.BlocklistRecovered()
+	}
 	s.log.Info("rbd: new cluster connection open; reopening the layers' images on it", "generation", next.gen, "images", len(s.images))
 	return next, nil
+}
+
+// observe makes o follow the store's connection from now on; it is told
+// at once whether the connection is up.
+func (s *sessions) observe(o ClusterObserver) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.obs = o
+	o.SetConnected(!s.closed && s.failErr == nil)
 }
 
 // openImage opens name on the current session; on a blocklisted one it

@@ -74,6 +74,11 @@ func New(ctx context.Context, conn *rbdio.Conn, o Options, log *slog.Logger) *St
 // connection; later calls fail (rbdio.ErrClosed).
 func (s *Store) Close() error { return s.conns.close() }
 
+// Observe makes o follow the store's cluster connection: down while a
+// blocklisted one is being renewed (or its renewal keeps failing), up
+// again with BlocklistRecovered once a new one is open.
+func (s *Store) Observe(o ClusterObserver) { s.conns.observe(o) }
+
 // do runs a metadata operation on the store's connection. When it fails
 // because the cluster blocklisted this client, the store opens a new
 // connection (once for all callers, sessions.renew) and runs it once
