@@ -156,6 +156,24 @@ restart_snapshotter() {
 	[ "$after" -gt "$before" ]
 }
 
+# remove_all: the container and the image go; containerd's garbage
+# collector removes our snapshots through the proxy, and with them their
+# RBD images (the base image stays: it is the snapshotter's).
+remove_all() {
+	ctrd task kill -s SIGKILL live
+	for _ in $(seq 60); do ctrd task ls | grep -q RUNNING || break; sleep 1; done
+	ctrd task rm live && ctrd containers rm live && ctrd images rm --sync docker.io/library/busybox:demo || return
+	local n
+	for _ in $(seq 120); do
+		n=$(ctrd snapshots --snapshotter "$sn_name" ls | tail -n +2 | wc -l)
+		[ "$n" = 0 ] && break
+		sleep 1
+	done
+	echo "snapshots left: $n; our RBD images:"
+	rbd ls -p rbd | grep "^$prefix"
+	[ "$n" = 0 ]
+}
+
 step "start a one-node Ceph cluster" start_ceph
 step "start the snapshotter: rbd-nbd-graph snapshotter --socket $sock" start_snapshotter
 step "start containerd with a proxy_plugins entry for it" start_containerd
@@ -169,3 +187,4 @@ step "ctr run -d a container writing a line every 0.2 s" \
 	ctrd run -d --snapshotter "$sn_name" docker.io/library/busybox:demo live sh -c 'i=0; while true; do echo $i >> /log; i=$((i+1)); sleep 0.2; done'
 sleep 2
 step "restart the snapshotter under the running container" restart_snapshotter
+step "remove the container and the image: containerd's GC removes our snapshots and their RBD images" remove_all

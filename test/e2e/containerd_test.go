@@ -155,6 +155,8 @@ func (e *ctrEnv) startContainerd() {
 root = %q
 state = %q
 disabled_plugins = ["io.containerd.grpc.v1.cri"]
+[debug]
+  level = "debug"
 [grpc]
   address = %q
 [proxy_plugins]
@@ -378,7 +380,6 @@ func rootMount(out string) []string {
 // of the snapshotter under a running container loses nothing; removing
 // everything leaves only the base image in the pool.
 func TestContainerdSnapshotter(t *testing.T) {
-	containerdOptIn(t)
 	e := newCtrEnv(t)
 	e.startSnapshotter()
 	e.startContainerd()
@@ -498,17 +499,5 @@ func TestContainerdSnapshotter(t *testing.T) {
 	})
 	if left := rbdImagesWithPrefix(t, e.prefix); len(left) != 1 || !strings.HasSuffix(left[0], "base") {
 		t.Fatalf("images left after removing everything: %v, want only the base image", left)
-	}
-}
-
-// containerdOptIn keeps the containerd tests out of `make vmtest` (and so
-// out of `make test`) until they pass: both still fail at their removal
-// step, where containerd 1.6's garbage collector does not remove some of
-// the snapshotter's committed snapshots (docs/2026-12-04-containerd-snapshotter.md).
-// `make vmtest-containerd` runs them.
-func containerdOptIn(t *testing.T) {
-	t.Helper()
-	if os.Getenv("E2E_CONTAINERD") != "1" {
-		t.Skip("the containerd tests run with E2E_CONTAINERD=1 (make vmtest-containerd); they still fail at their removal step")
 	}
 }
