@@ -213,7 +213,9 @@ func TestContainerdSharedLayers(t *testing.T) {
 	b.mustCtr("containers", "rm", "live")
 	b.mustCtr("images", "rm", "--sync", ref)
 	testkit.Eventually(t, 3*time.Minute, "B's snapshots to go", func() bool { return len(b.snapshots()) == 0 })
-	testkit.Eventually(t, 3*time.Minute, "every shared image to go", func() bool {
+	// The snapshotter deletes them in the background, a few RBD calls
+	// each (seconds apiece on a loaded TCG guest).
+	testkit.Eventually(t, 8*time.Minute, "every shared image to go", func() bool {
 		return len(rbdImagesWithPrefix(t, shared)) == 0
 	})
 	for _, e := range []*ctrEnv{a, b} {
