@@ -27,7 +27,7 @@ DEBS := gcc pkg-config librbd-dev librados-dev \
 	docker.io iproute2 e2fsprogs xfsprogs util-linux procps jq librsvg2-bin \
 	python3-libnbd golang-go systemd docker-registry
 
-.PHONY: all build deb deps test test-dist test-vm-clone test-unit test-fuzz test-clients test-integration check bench demo demo-containerd cluster cluster-stop vmtest vmtest-containerd soak bench-vm bench-vm-crosscheck bench-sweep-vm clean
+.PHONY: all build deb deps test test-dist test-vm-clone test-unit test-fuzz test-clients test-integration check bench demo demo-containerd cluster cluster-stop vmtest vmtest-containerd soak bench-vm bench-vm-crosscheck bench-sweep-vm bench-vm-containerd clean
 
 all: build
 
@@ -152,14 +152,13 @@ vmtest: deps build deb
 		--env TEST2JSON=$(BUILD)/test2json --env RBD_NBD_GRAPH_REQUIRE=1 \
 		--env E2E_DEB=$$(ls $(DEB_DIR)/rbd-nbd-graph_*.deb) \
 		--env RUN='$(RUN)' --env E2E_TIMEOUT=$$(( $(VM_TIMEOUT) - 120 ))s \
-		--env E2E_CONTAINERD=$(E2E_CONTAINERD) \
+		--env E2E_CONTAINERD_BENCH=$(E2E_CONTAINERD_BENCH) \
 		test/vm/e2e.sh || rc=$$?; \
 	test/vm/summary $(VM_OUT); exit $$rc
 
-# The containerd snapshotter's VM tests (not yet in make test: they fail
-# at their removal step, see docs/2026-12-04-containerd-snapshotter.md).
+# The containerd snapshotter's VM tests alone (make vmtest runs them too).
 vmtest-containerd:
-	$(MAKE) vmtest E2E_CONTAINERD=1 RUN='^TestContainerd'
+	$(MAKE) vmtest RUN='^TestContainerd'
 
 # The VM harness from a copy of the tree under /tmp, which the guest's
 # tmpfs on /tmp would hide: one boot, no Ceph (test/vm/clone-test.sh).
@@ -220,6 +219,13 @@ bench-vm: deps build
 # results/sweep-vm/sweep (docs/sweep/ holds a committed run's).
 bench-sweep-vm: deps build
 	RBD_NBD_GRAPH_BIN=$(BIN) bench/scripts/sweep-vm.sh --out results/sweep-vm
+
+# The containerd snapshotter's pull benchmark, in one VM boot: pull and
+# start an image of ~75 MiB on host A (cold), host B (layers shared in the
+# cluster) and containerd's overlayfs on local disk; prints the ratios
+# (results/containerd-vm/).
+bench-vm-containerd: deps build
+	GO=$(GO) RBD_NBD_GRAPH_BIN=$(BIN) bench/scripts/containerd-vm.sh --out results/containerd-vm
 
 # The device target's cross-check against fio libaio, in the VM.
 bench-vm-crosscheck: deps build

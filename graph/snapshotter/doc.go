@@ -18,8 +18,13 @@
 //     (Driver.Seal) and records it committed with its usage, all inside
 //     one MetaStore transaction: a failure leaves the active snapshot.
 //   - Remove refuses a snapshot with children (FailedPrecondition),
-//     detaches and deletes the layer. Cleanup deletes layers no
-//     snapshot names (left by a crash between the layer and the record).
+//     drops the record and queues the layer's detach and deletion, which
+//     a background reaper does after the commit, in order (reaper.go:
+//     containerd's GC calls Remove and Cleanup under its lock, and
+//     containerd 1.6 loses deletions made during a long pass);
+//     WaitRemovals waits for the queue. Cleanup deletes layers no
+//     snapshot names (a crash between the layer and the record, a
+//     deletion that failed), leaving queued ones to the reaper.
 //   - Errors carry containerd's errdefs codes (NotFound, AlreadyExists,
 //     FailedPrecondition, InvalidArgument), which snapshotservice turns
 //     into gRPC codes.

@@ -172,14 +172,18 @@ func (s *Snapshotter) releaseShared(ctx context.Context, image string) error {
 		if err != nil {
 			return err
 		}
-		for k := range info.Metadata {
+		for k, host := range info.Metadata {
 			if strings.HasPrefix(k, userPrefix) {
-				return nil // used (here or on another host)
+				// Used (here or on another host): say so, as a layer that
+				// stays is what an operator will ask about.
+				s.log.Debug("shared layer kept: in use", "image", image, "use", k, "host", host)
+				return nil
 			}
 		}
 		err = s.store.RemoveSnapshot(ctx, image, graph.PublishedSnapshot)
 		if errors.Is(err, graph.ErrImageBusy) {
-			return nil // layers are cloned from it
+			s.log.Debug("shared layer kept: layers are cloned from it", "image", image, "err", err)
+			return nil
 		}
 		if err != nil {
 			return err

@@ -152,6 +152,7 @@ func TestRemoteSnapshotsAcrossHosts(t *testing.T) {
 			t.Fatalf("A: Remove(%s): %v", k, err)
 		}
 	}
+	a.waitRemovals()
 	if got := images(t, store, shared); len(got) != 2 {
 		t.Fatalf("A's removal deleted shared layers B uses: left %v", got)
 	}
@@ -163,6 +164,7 @@ func TestRemoteSnapshotsAcrossHosts(t *testing.T) {
 			t.Fatalf("B: Remove(%s): %v", k, err)
 		}
 	}
+	b.waitRemovals()
 	if got := images(t, store, shared); len(got) != 0 {
 		t.Fatalf("shared images left after both hosts removed the image: %v", got)
 	}
@@ -221,6 +223,7 @@ func TestRemoteSnapshotsCommitRace(t *testing.T) {
 				t.Fatal(err)
 			}
 		}
+		h.waitRemovals()
 	}
 	if got := images(t, store, shared); len(got) != 0 {
 		t.Fatalf("shared images left: %v", got)
@@ -245,6 +248,7 @@ func TestRemoteSnapshotsDeadHost(t *testing.T) {
 	if err := b.sn.Remove(ctx, c); err != nil {
 		t.Fatal(err)
 	}
+	b.waitRemovals()
 	img := shared + "sha256-" + c[7:]
 	st, err := store.StatImage(ctx, img)
 	if err != nil {
@@ -271,6 +275,7 @@ func TestRemoteSnapshotsDeadHost(t *testing.T) {
 	if err := b.sn.Remove(ctx, c); err != nil {
 		t.Fatal(err)
 	}
+	b.waitRemovals()
 	if got := images(t, store, shared); len(got) != 0 {
 		t.Fatalf("shared images left after the last use went: %v", got)
 	}

@@ -49,6 +49,8 @@ type Snapshotter struct {
 	shared string // Config.SharedPrefix
 	store  graph.ImageStore
 	hostID string
+
+	r *reaper // deletes removed snapshots' layers (reaper.go)
 }
 
 var (
@@ -86,7 +88,9 @@ func New(ctx context.Context, cfg Config) (*Snapshotter, error) {
 	if hostID == "" {
 		hostID = graph.HostID() // never empty: an empty value would remove the use
 	}
-	return &Snapshotter{ms: ms, d: cfg.Driver, log: log, shared: cfg.SharedPrefix, store: cfg.Store, hostID: hostID}, nil
+	s := &Snapshotter{ms: ms, d: cfg.Driver, log: log, shared: cfg.SharedPrefix, store: cfg.Store, hostID: hostID, r: newReaper()}
+	go s.reap(context.WithoutCancel(ctx))
+	return s, nil
 }
 
 func layerID(snapID string) string { return layerPrefix + snapID }
@@ -275,10 +279,12 @@ func (s *Snapshotter) Commit(ctx context.Context, name, key string, opts ...snap
 	})
 }
 
-// Remove deletes a snapshot that has no children, with its layer (or
-// this host's use of the shared layer it stands for).
+// Remove deletes the record of a snapshot that has no children (and
+// this host's use of the shared layer it stands for) and queues its
+// layer's deletion, which the reaper does after the commit (reaper.go
+// says why); a failed deletion leaves an orphan for Cleanup.
 func (s *Snapshotter) Remove(ctx context.Context, key string) error {
-	var released string
+	var job reapJob
 	err := s.withTx(ctx, true, func(ctx context.Context, tx *bolt.Tx) error {
 		id, _, err := storage.Remove(ctx, key)
 		if err != nil {
@@ -288,30 +294,22 @@ func (s *Snapshotter) Remove(ctx context.Context, key string) error {
 			if err := s.unuse(ctx, tx, id, image); err != nil {
 				return fmt.Errorf("remove %q: %w", key, err)
 			}
-			released = image
+			// After the commit: another host may still use it.
+			job.shared = image
 			return nil
 		}
-		if err := s.d.DetachDevice(ctx, layerID(id)); err != nil {
-			return fmt.Errorf("remove %q: %w", key, mapErr(err))
-		}
-		if err := s.d.Remove(ctx, layerID(id)); err != nil {
-			return fmt.Errorf("remove %q: %w", key, mapErr(err))
-		}
+		job.layer = layerID(id)
 		return nil
 	})
 	if err != nil {
 		// containerd's GC drops a FailedPrecondition without a word: say
 		// here why a snapshot stayed.
 		s.log.Warn("could not remove snapshot", "key", key, "err", err)
+		return err
 	}
-	if err == nil && released != "" {
-		// After the commit: another host may still use it; a failure
-		// here leaves an unused image that the next Remove retries.
-		if rerr := s.releaseShared(ctx, released); rerr != nil {
-			s.log.Warn("could not delete an unused shared layer", "image", released, "err", rerr)
-		}
-	}
-	return err
+	s.log.Debug("snapshot removed", "key", key, "layer", job.layer, "shared", job.shared)
+	s.r.add(job)
+	return nil
 }
 
 // Walk calls fn for every snapshot matching the filters (containerd's
@@ -323,7 +321,9 @@ func (s *Snapshotter) Walk(ctx context.Context, fn snapshots.WalkFunc, fs ...str
 }
 
 // Cleanup deletes layers that no snapshot names (a crash between making
-// a layer and recording it), children before parents.
+// a layer and recording it, a deletion after Remove that failed),
+// children before parents; the layers the reaper is about to delete are
+// left to it.
 //
 // It holds a write transaction throughout: Prepare makes its layer
 // inside one before the record is visible, so a Cleanup beside it would
@@ -362,7 +362,7 @@ func (s *Snapshotter) removeOrphans(ctx context.Context, ids map[string]string) 
 	var orphans []string
 	for _, l := range s.d.Layers() {
 		id, ok := strings.CutPrefix(l, layerPrefix)
-		if _, named := ids[id]; ok && !named {
+		if _, named := ids[id]; ok && !named && !s.r.isBusy(l) {
 			orphans = append(orphans, l)
 		}
 	}
@@ -393,12 +393,14 @@ func (s *Snapshotter) removeOrphans(ctx context.Context, ids map[string]string) 
 // restart of the snapshotter under running containers) and closes the
 // MetaStore.
 func (s *Snapshotter) Release(ctx context.Context) error {
+	s.stopReaper()
 	return errors.Join(s.d.Release(ctx), s.ms.Close())
 }
 
 // Close detaches every device and closes the MetaStore: nothing may be
 // mounted from them any more.
 func (s *Snapshotter) Close() error {
+	s.stopReaper()
 	return errors.Join(s.d.Close(context.Background()), s.ms.Close())
 }
 

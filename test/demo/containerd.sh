@@ -78,13 +78,17 @@ start_ceph() {
 
 start_snapshotter() {
 	rm -f "$sock"
+	# This start's lines only: the log is appended across restarts. No
+	# <(...): the VM guest has no /dev/fd.
+	local from
+	from=$(( $(wc -l < "$dir/snapshotter.log" 2>/dev/null || echo 0) + 1 ))
 	"$bin" snapshotter --socket "$sock" --root "$dir/sn" \
 		-o rbd.pool=rbd -o "rbd.configfile=$CEPH_CONF" \
 		-o rbd.imageprefix=$prefix -o rbd.basesize=2G \
 		>> "$dir/snapshotter.log" 2>&1 &
 	sn_pid=$!
 	for _ in $(seq 600); do
-		grep -q "serving containerd's snapshots API" <(tail -n 5 "$dir/snapshotter.log") &&
+		tail -n "+$from" "$dir/snapshotter.log" | grep "serving containerd's snapshots API" >/dev/null &&
 			{ echo "serving on $sock (pid $sn_pid, mode $(stat -c %a "$sock"))"; return 0; }
 		kill -0 "$sn_pid" 2>/dev/null || break
 		sleep 0.2
@@ -156,6 +160,24 @@ restart_snapshotter() {
 	[ "$after" -gt "$before" ]
 }
 
+# remove_all: the container and the image go; containerd's garbage
+# collector removes our snapshots through the proxy, and with them their
+# RBD images (the base image stays: it is the snapshotter's).
+remove_all() {
+	ctrd task kill -s SIGKILL live
+	for _ in $(seq 60); do ctrd task ls | grep -q RUNNING || break; sleep 1; done
+	ctrd task rm live && ctrd containers rm live && ctrd images rm --sync docker.io/library/busybox:demo || return
+	local n
+	for _ in $(seq 120); do
+		n=$(ctrd snapshots --snapshotter "$sn_name" ls | tail -n +2 | wc -l)
+		[ "$n" = 0 ] && break
+		sleep 1
+	done
+	echo "snapshots left: $n; our RBD images:"
+	rbd ls -p rbd | grep "^$prefix"
+	[ "$n" = 0 ]
+}
+
 step "start a one-node Ceph cluster" start_ceph
 step "start the snapshotter: rbd-nbd-graph snapshotter --socket $sock" start_snapshotter
 step "start containerd with a proxy_plugins entry for it" start_containerd
@@ -169,3 +191,4 @@ step "ctr run -d a container writing a line every 0.2 s" \
 	ctrd run -d --snapshotter "$sn_name" docker.io/library/busybox:demo live sh -c 'i=0; while true; do echo $i >> /log; i=$((i+1)); sleep 0.2; done'
 sleep 2
 step "restart the snapshotter under the running container" restart_snapshotter
+step "remove the container and the image: containerd's GC removes our snapshots and their RBD images" remove_all
