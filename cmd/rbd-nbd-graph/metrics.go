@@ -77,6 +77,12 @@ func observeTarget(reg *metrics.Registry, name string, b nbd.Backend) *metrics.D
 	return reg.Device(name)
 }
 
+// clusterObservable is a layer store whose cluster connection can be
+// followed (rbdstore.Store).
+type clusterObservable interface {
+	Observe(rbdstore.ClusterObserver)
+}
+
 // observeBackend makes the devices of a layer backend report to reg
 // (one device label per layer image) and follows its store's cluster
 // connection (down while a blocklisted one is renewed) until the backend
@@ -88,7 +94,7 @@ func observeBackend(reg *metrics.Registry, b dockerplugin.Backend) dockerplugin.
 	if a, ok := b.Attacher.(*nbdattach.Attacher); ok {
 		a.ObserveDevices(func(name string) nbdattach.DeviceObserver { return reg.Device(name) })
 	}
-	if st, ok := b.Store.(interface{ Observe(rbdstore.ClusterObserver) }); ok {
+	if st, ok := b.Store.(clusterObservable); ok {
 		st.Observe(reg.Cluster())
 	} else {
 		reg.Cluster().SetConnected(true)
