@@ -216,7 +216,7 @@ bench-vm: deps build
 
 # The sweep that recommends driver options: bench sweep --target device of
 # an RBD image in the VM (the host kernel has no NBD); charts in
-# results/sweep-vm/sweep (docs/sweep/ holds a committed run's).
+# results/sweep-vm/sweep (docs/sweep/ holds the run of docs/2026-12-05-device-sweep.md).
 bench-sweep-vm: deps build
 	RBD_NBD_GRAPH_BIN=$(BIN) bench/scripts/sweep-vm.sh --out results/sweep-vm
 
