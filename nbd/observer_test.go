@@ -240,10 +240,7 @@ func TestObserverCountsTimedOutRequestOnce(t *testing.T) {
 		t.Run(mode, func(t *testing.T) {
 			g := newGateBackend(1 << 20)
 			defer g.open()
-			var b Backend = g
-			if mode == "async" {
-				b = newAsyncOver(t, g, false)
-			}
+			b := servedOn(t, mode, g)
 			obs := newCountingObserver()
 			c, done := serving(t, b, TransmissionOptions{RequestTimeout: 100 * time.Millisecond, Observer: obs})
 			rc := rawConn{t, c}

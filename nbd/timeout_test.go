@@ -5,6 +5,15 @@ import (
 	"time"
 )
 
+// servedOn is g as the IO loop's path named mode sees it: "worker" (g's
+// own synchronous calls) or "async".
+func servedOn(t *testing.T, mode string, g *gateBackend) Backend {
+	if mode == "async" {
+		return newAsyncOver(t, g, false)
+	}
+	return g
+}
+
 // TestRequestTimeout: a request the backend sits on past RequestTimeout
 // is answered with EIO, the connection stays in sync, later requests
 // are served, and the late result is dropped (no second reply), on the
@@ -14,10 +23,7 @@ func TestRequestTimeout(t *testing.T) {
 		t.Run(mode, func(t *testing.T) {
 			g := newGateBackend(1 << 20)
 			defer g.open()
-			var b Backend = g
-			if mode == "async" {
-				b = newAsyncOver(t, g, false)
-			}
+			b := servedOn(t, mode, g)
 			const timeout = 200 * time.Millisecond
 			c, done := serving(t, b, TransmissionOptions{RequestTimeout: timeout})
 			rc := rawConn{t, c}

@@ -55,10 +55,7 @@ func TestBenchContainerdPull(t *testing.T) {
 		e.startSnapshotter()
 		e.startContainerd()
 	}
-	a.mustCtr("images", "import", "--no-unpack", archive)
-	a.mustCtr("images", "tag", "docker.io/library/busybox:bench", ref)
-	a.mustCtr("images", "push", "--plain-http", ref)
-	a.mustCtr("images", "rm", "--sync", ref, "docker.io/library/busybox:bench")
+	reg.push(a, archive, "docker.io/library/busybox:bench", ref)
 
 	const want = "layer 1\nlayer 2\nlayer 3\n"
 	// pullStart returns the pull's time and the pull+start's.

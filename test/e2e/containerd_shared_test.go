@@ -81,6 +81,15 @@ func startRegistry(t *testing.T, dir string) *registry {
 }
 
 // size is how much of the access log there is now.
+// push puts the image name of archive into the registry as ref, through
+// e's content store (no unpack), and leaves e without it.
+func (r *registry) push(e *ctrEnv, archive, name, ref string) {
+	e.mustCtr("images", "import", "--no-unpack", archive)
+	e.mustCtr("images", "tag", name, ref)
+	e.mustCtr("images", "push", "--plain-http", ref)
+	e.mustCtr("images", "rm", "--sync", ref, name)
+}
+
 func (r *registry) size() int {
 	b, _ := os.ReadFile(r.log)
 	return len(b)
@@ -152,11 +161,7 @@ func TestContainerdSharedLayers(t *testing.T) {
 		e.startSnapshotter()
 		e.startContainerd()
 	}
-	// Into the registry, through A's content store (no unpack).
-	a.mustCtr("images", "import", "--no-unpack", archive)
-	a.mustCtr("images", "tag", "docker.io/library/busybox:shared", ref)
-	a.mustCtr("images", "push", "--plain-http", ref)
-	a.mustCtr("images", "rm", "--sync", ref, "docker.io/library/busybox:shared")
+	reg.push(a, archive, "docker.io/library/busybox:shared", ref)
 
 	// Host A, cold.
 	startA := time.Now()
