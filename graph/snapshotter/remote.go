@@ -8,7 +8,8 @@
 // publishing the same chain ID one wins, the other drops its copy and
 // uses the winner's. Each committed snapshot standing for a shared image
 // records its use on the image (metadata key userPrefix+<driver
-// identity>.<snapshot ID>), so every host sees every other host's uses;
+// identity>.<snapshot ID>.<tag of the image's name>), so every host sees
+// every other host's uses;
 // the image is deleted when the last use goes and nothing is cloned from
 // it. A dead host's uses stay until an operator removes them (rbd
 // image-meta remove). The first layer of a chain is a clone of its
@@ -18,6 +19,8 @@ package snapshotter
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"slices"
@@ -72,7 +75,34 @@ func setShared(tx *bolt.Tx, id, image string) error {
 	return b.Put([]byte(id), []byte(image))
 }
 
-func (s *Snapshotter) userKey(id string) string { return userPrefix + s.d.Identity() + "." + id }
+// userKey is the metadata key of snapshot id's use of image. It ends
+// with a tag of image's name because librbd copies a parent's metadata
+// into each clone: a shared layer cloned from another carries the
+// parent's use keys, which are not uses of it (counting them kept every
+// shared layer above the first forever).
+func (s *Snapshotter) userKey(id, image string) string {
+	return userPrefix + s.d.Identity() + "." + id + "." + useTag(image)
+}
+
+func useTag(image string) string {
+	h := sha256.Sum256([]byte(image))
+	return hex.EncodeToString(h[:6])
+}
+
+// usesOf returns the uses of image among its metadata md: the use keys
+// tagged with image's name, and untagged ones (written before tags: never
+// free a layer that may be in use; an operator removes a stale one).
+func usesOf(image string, md map[string]string) map[string]string {
+	tag := "." + useTag(image)
+	u := map[string]string{}
+	for k, host := range md {
+		rest, ok := strings.CutPrefix(k, userPrefix)
+		if ok && (strings.Count(rest, ".") == 1 || strings.HasSuffix(rest, tag)) {
+			u[k] = host
+		}
+	}
+	return u
+}
 
 // prepareRemote records snapshot key committed if the layer ref names is
 // published already. found reports that Prepare is answered (err is then
@@ -116,7 +146,7 @@ func (s *Snapshotter) prepareRemote(ctx context.Context, key, parent, ref string
 		if err := setShared(tx, snap.ID, image); err != nil {
 			return err
 		}
-		return s.store.SetMetadata(ctx, image, map[string]string{s.userKey(snap.ID): s.hostID})
+		return s.store.SetMetadata(ctx, image, map[string]string{s.userKey(snap.ID, image): s.hostID})
 	})
 	if err == nil || errors.Is(err, errAlreadyHere) {
 		s.log.Info("layer found in the cluster: not unpacking it", "key", key, "chain", ref, "image", image)
@@ -145,7 +175,7 @@ func (s *Snapshotter) publish(ctx context.Context, tx *bolt.Tx, id, image string
 	if err := setShared(tx, id, image); err != nil {
 		return err
 	}
-	return s.store.SetMetadata(ctx, image, map[string]string{s.userKey(id): s.hostID})
+	return s.store.SetMetadata(ctx, image, map[string]string{s.userKey(id, image): s.hostID})
 }
 
 // unuse forgets that snapshot id stands for image and drops this host's
@@ -154,7 +184,7 @@ func (s *Snapshotter) unuse(ctx context.Context, tx *bolt.Tx, id, image string) 
 	if err := setShared(tx, id, ""); err != nil {
 		return err
 	}
-	err := s.store.SetMetadata(ctx, image, map[string]string{s.userKey(id): ""})
+	err := s.store.SetMetadata(ctx, image, map[string]string{s.userKey(id, image): ""})
 	if errors.Is(err, graph.ErrImageNotFound) {
 		return nil
 	}
@@ -172,13 +202,11 @@ func (s *Snapshotter) releaseShared(ctx context.Context, image string) error {
 		if err != nil {
 			return err
 		}
-		for k, host := range info.Metadata {
-			if strings.HasPrefix(k, userPrefix) {
-				// Used (here or on another host): say so, as a layer that
-				// stays is what an operator will ask about.
-				s.log.Debug("shared layer kept: in use", "image", image, "use", k, "host", host)
-				return nil
-			}
+		for k, host := range usesOf(image, info.Metadata) {
+			// Used (here or on another host): say so, as a layer that
+			// stays is what an operator will ask about.
+			s.log.Debug("shared layer kept: in use", "image", image, "use", k, "host", host)
+			return nil
 		}
 		err = s.store.RemoveSnapshot(ctx, image, graph.PublishedSnapshot)
 		if errors.Is(err, graph.ErrImageBusy) {

@@ -13,6 +13,7 @@ import (
 	"github.com/containerd/containerd/errdefs"
 	"github.com/containerd/containerd/snapshots"
 	"github.com/rbd-nbd-graph/rbd-nbd-graph/graph/graphtest"
+	"github.com/rbd-nbd-graph/rbd-nbd-graph/graph/snapshotter"
 )
 
 const refLabel = "containerd.io/snapshot.ref"
@@ -99,6 +100,7 @@ func TestRemoteSnapshotsAcrossHosts(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	store.CloneCopiesMetadata = true // as librbd's clone
 	const shared = "shared-"
 	a := newHost(t, store, "a", shared)
 	b := newHost(t, store, "b", shared)
@@ -137,8 +139,8 @@ func TestRemoteSnapshotsAcrossHosts(t *testing.T) {
 		t.Fatal(err)
 	}
 	users := 0
-	for k, v := range st.Metadata {
-		if strings.HasPrefix(k, "rbd-nbd-graph.user.") && (v == "a" || v == "b") {
+	for _, v := range snapshotter.UsesOf(want[0], st.Metadata) {
+		if v == "a" || v == "b" {
 			users++
 		}
 	}
@@ -183,6 +185,7 @@ func TestRemoteSnapshotsCommitRace(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	store.CloneCopiesMetadata = true // as librbd's clone
 	const shared = "shared-"
 	a := newHost(t, store, "a", shared)
 	b := newHost(t, store, "b", shared)
@@ -238,6 +241,7 @@ func TestRemoteSnapshotsDeadHost(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	store.CloneCopiesMetadata = true // as librbd's clone
 	const shared = "shared-"
 	a := newHost(t, store, "a", shared)
 	b := newHost(t, store, "b", shared)
@@ -255,13 +259,11 @@ func TestRemoteSnapshotsDeadHost(t *testing.T) {
 		t.Fatalf("the shared layer went while host A (gone, say) still uses it: %v", err)
 	}
 	var aKey string
-	for k, v := range st.Metadata {
-		if strings.HasPrefix(k, "rbd-nbd-graph.user.") {
-			if v != "a" {
-				t.Fatalf("a use of host %q is left on %s after B removed its own", v, img)
-			}
-			aKey = k
+	for k, v := range snapshotter.UsesOf(img, st.Metadata) {
+		if v != "a" {
+			t.Fatalf("a use of host %q is left on %s after B removed its own", v, img)
 		}
+		aKey = k
 	}
 	if aKey == "" {
 		t.Fatalf("no use of host A recorded on %s: %v", img, st.Metadata)
