@@ -32,13 +32,7 @@ func TestBenchContainerdPull(t *testing.T) {
 	if os.Getenv("E2E_CONTAINERD_BENCH") != "1" {
 		t.Skip("the containerd pull benchmark runs with E2E_CONTAINERD_BENCH=1 (bench/scripts/containerd-vm.sh)")
 	}
-	shared := dkPrefix(t) + "shared-"
-	a, b := newCtrEnv(t), newCtrEnv(t)
-	t.Cleanup(func() { removeRBDImages(t, shared) })
-	a.label, b.label = "-a", "-b"
-	a.snArgs = []string{"--host-id", "host-a", "--shared-prefix", shared}
-	b.snArgs = []string{"--host-id", "host-b", "--shared-prefix", shared}
-	reg := startRegistry(t, a.dir)
+	a, b, _, reg := twoHosts(t)
 
 	const layerMiB = 24
 	archive := filepath.Join(a.dir, "bench-oci.tar")

@@ -23,6 +23,19 @@ import (
 
 // registry is Debian's docker-registry on a loopback port, with its
 // access log in its log file.
+// twoHosts sets up two hosts in this VM (two containerd, two snapshotters
+// with their own host IDs) sharing layers under shared in one pool, and a
+// registry on loopback; the shared images are removed at the end.
+func twoHosts(t *testing.T) (a, b *ctrEnv, shared string, reg *registry) {
+	shared = dkPrefix(t) + "shared-"
+	a, b = newCtrEnv(t), newCtrEnv(t)
+	t.Cleanup(func() { removeRBDImages(t, shared) })
+	a.label, b.label = "-a", "-b"
+	a.snArgs = []string{"--host-id", "host-a", "--shared-prefix", shared}
+	b.snArgs = []string{"--host-id", "host-b", "--shared-prefix", shared}
+	return a, b, shared, startRegistry(t, a.dir)
+}
+
 type registry struct {
 	t    *testing.T
 	addr string
@@ -141,13 +154,7 @@ func (e *ctrEnv) pull(ref, snapshotter string) time.Duration {
 // of A (cold) and B (shared) are logged; TestBenchContainerdPull is the
 // benchmark, with containerd's overlayfs beside them.
 func TestContainerdSharedLayers(t *testing.T) {
-	shared := dkPrefix(t) + "shared-"
-	a, b := newCtrEnv(t), newCtrEnv(t)
-	t.Cleanup(func() { removeRBDImages(t, shared) })
-	a.label, b.label = "-a", "-b"
-	a.snArgs = []string{"--host-id", "host-a", "--shared-prefix", shared}
-	b.snArgs = []string{"--host-id", "host-b", "--shared-prefix", shared}
-	reg := startRegistry(t, a.dir)
+	a, b, shared, reg := twoHosts(t)
 
 	// Three layers, the two on top of busybox of a few MiB of data each.
 	archive := filepath.Join(a.dir, "image-oci.tar")
