@@ -107,6 +107,16 @@ func TestCrashAtEveryStepLeavesAConsistentStore(t *testing.T) {
 					l = "p"
 				}
 				image := "t-layer-" + l
+				// A Create that crashed before its record said ready
+				// never happened: its layer must be gone (the
+				// clone carries its parent's record, as librbd copies
+				// image-meta, which must not pass for the layer's own).
+				if !sc.remove {
+					want := step == graph.StepCreateReady || step == graph.StepFlattenDone
+					if got := e.d.Exists(l); got != want {
+						t.Fatalf("after a crash at %s, Exists(%s) = %t, want %t", step, l, got, want)
+					}
+				}
 				if e.d.Exists(l) {
 					t.Logf("after a crash at %s, layer %s is there", step, l)
 					if got := e.read(l, "f"); got != "p" {

@@ -22,8 +22,10 @@
 //     reference; Put unmounts and detaches on the last. Each layer has a
 //     lock; a Get that fails half way undoes what it did.
 //   - Every layer's state (creating, ready, removing) is image metadata,
-//     changed only by transition. New finishes or undoes what a crash
-//     interrupted and adopts devices still mounted from an earlier run.
+//     changed only by transition, in a record that names its image: an
+//     RBD clone starts with a copy of its parent's metadata, which is not
+//     its own. New finishes or undoes what a crash interrupted and adopts
+//     devices still mounted from an earlier run.
 //
 // The boundaries are small interfaces: ImageStore (graph/rbdstore on an
 // RBD pool; graphtest.FileStore for tests), Attacher (graph/nbdattach

@@ -137,14 +137,16 @@ func (d *Driver) load(ctx context.Context) error {
 		if err != nil {
 			return fmt.Errorf("stat image %s: %w", image, err)
 		}
-		rec, labelled, err := parseRecord(info.Metadata)
+		rec, labelled, err := d.names.parseRecord(image, info.Parent.Image, info.Metadata)
 		if err != nil {
 			// Not ours to judge: leave it alone rather than clean it.
 			d.log.Warn("ignoring an image whose record cannot be read", "image", image, "err", err)
 			continue
 		}
 		if !labelled {
-			rec.State = StateCreating // cloned, never labelled: see State
+			// Cloned, never given its own record (see State); any
+			// record it carries is its parent's.
+			rec = record{State: StateCreating}
 		}
 		l := &layer{
 			id:       id,
@@ -176,12 +178,12 @@ func (d *Driver) checkOwner(ctx context.Context) error {
 		if err != nil {
 			return fmt.Errorf("base image %s: %w", image, err)
 		}
-		rec, _, err := parseRecord(info.Metadata)
+		rec, _, err := d.names.parseRecord(image, info.Parent.Image, info.Metadata)
 		if err != nil {
 			return fmt.Errorf("base image %s: %w", image, err)
 		}
 		if rec.Owner != "" && rec.Owner != d.owner {
-			fix, _ := json.Marshal(record{State: rec.State, Owner: d.owner})
+			fix, _ := json.Marshal(record{State: rec.State, Image: image, Owner: d.owner})
 			return fmt.Errorf("%w: base image %s belongs to %q (this driver is %q, host:home): give each driver its own rbd.imageprefix, or, if that one is gone for good, take the prefix over with `rbd image-meta set %s %s '%s'`",
 				ErrOwnedElsewhere, d.qualify(image), rec.Owner, d.owner, d.qualify(image), metaRecord, fix)
 		}

@@ -37,10 +37,6 @@ type FileStore struct {
 	// of RemoveSnapshot (unprotected, then removed), which are saved
 	// separately as RBD makes them, so crash tests can stop in between.
 	CrashHook graph.CrashHook
-	// CloneCopiesMetadata makes CloneImage copy the parent's image
-	// metadata to the clone, as librbd's clone does (its CloneRequest
-	// copies image-meta); off, a clone starts with none.
-	CloneCopiesMetadata bool
 
 	mu    sync.Mutex
 	cat   catalogue
@@ -177,9 +173,11 @@ func (s *FileStore) CloneImage(ctx context.Context, parent, snap, name string) e
 	if err := sparseCopy(ctx, s.DataPath(graph.ImageRef{Image: name}), s.DataPath(from)); err != nil {
 		return err
 	}
-	md := map[string]string{}
-	if s.CloneCopiesMetadata {
-		maps.Copy(md, p.Metadata)
+	// As librbd's clone (its CloneRequest copies image-meta), the clone
+	// starts with the parent's metadata.
+	md := maps.Clone(p.Metadata)
+	if md == nil {
+		md = map[string]string{}
 	}
 	s.cat.Images[name] = &fileImage{Size: p.Size, Parent: from, Snapshots: map[string]bool{}, Metadata: md}
 	return s.save()

@@ -90,6 +90,9 @@ func StoreSuite(t *testing.T, store graph.ImageStore, prefix string) {
 			t.Fatal(err)
 		}
 		mustNot(t, store.CloneImage(ctx, p, "s", c), graph.ErrImageNotFound, "clone of a missing snapshot")
+		if err := store.SetMetadata(ctx, p, map[string]string{"inherited": "from-parent"}); err != nil {
+			t.Fatal(err)
+		}
 		if err := store.CreateSnapshot(ctx, p, "s"); err != nil {
 			t.Fatal(err)
 		}
@@ -106,6 +109,12 @@ func StoreSuite(t *testing.T, store graph.ImageStore, prefix string) {
 		}
 		if want := (graph.ImageRef{Image: p, Snapshot: "s"}); info.Parent != want || info.Size != size {
 			t.Fatalf("clone stat: %+v, want parent %v size %d", info, want, size)
+		}
+		// librbd's clone copies the parent's image-meta into the clone
+		// (its CloneRequest does), so a new clone is not blank: the
+		// Driver must tell its own records from inherited ones.
+		if got := info.Metadata["inherited"]; got != "from-parent" {
+			t.Fatalf("clone metadata: %v, want the parent's key inherited=from-parent (as librbd copies it)", info.Metadata)
 		}
 		pinfo, err := store.StatImage(ctx, p)
 		if err != nil || !slices.Contains(pinfo.Snapshots, "s") {

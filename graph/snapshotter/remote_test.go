@@ -100,7 +100,6 @@ func TestRemoteSnapshotsAcrossHosts(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	store.CloneCopiesMetadata = true // as librbd's clone
 	const shared = "shared-"
 	a := newHost(t, store, "a", shared)
 	b := newHost(t, store, "b", shared)
@@ -185,7 +184,6 @@ func TestRemoteSnapshotsCommitRace(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	store.CloneCopiesMetadata = true // as librbd's clone
 	const shared = "shared-"
 	a := newHost(t, store, "a", shared)
 	b := newHost(t, store, "b", shared)
@@ -241,7 +239,6 @@ func TestRemoteSnapshotsDeadHost(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	store.CloneCopiesMetadata = true // as librbd's clone
 	const shared = "shared-"
 	a := newHost(t, store, "a", shared)
 	b := newHost(t, store, "b", shared)
