@@ -81,7 +81,8 @@ start_snapshotter() {
 	# This start's lines only: the log is appended across restarts. No
 	# <(...): the VM guest has no /dev/fd.
 	local from
-	from=$(( $(wc -l < "$dir/snapshotter.log" 2>/dev/null || echo 0) + 1 ))
+	from=1
+	[ -f "$dir/snapshotter.log" ] && from=$(( $(wc -l < "$dir/snapshotter.log") + 1 ))
 	"$bin" snapshotter --socket "$sock" --root "$dir/sn" \
 		-o rbd.pool=rbd -o "rbd.configfile=$CEPH_CONF" \
 		-o rbd.imageprefix=$prefix -o rbd.basesize=2G \
@@ -161,8 +162,9 @@ restart_snapshotter() {
 }
 
 # remove_all: the container and the image go; containerd's garbage
-# collector removes our snapshots through the proxy, and with them their
-# RBD images (the base image stays: it is the snapshotter's).
+# collector removes our snapshots through the proxy, and the snapshotter's
+# reaper then deletes their RBD images in the background (the base image
+# stays: it is the snapshotter's).
 remove_all() {
 	ctrd task kill -s SIGKILL live
 	for _ in $(seq 60); do ctrd task ls | grep -q RUNNING || break; sleep 1; done
@@ -173,9 +175,17 @@ remove_all() {
 		[ "$n" = 0 ] && break
 		sleep 1
 	done
-	echo "snapshots left: $n; our RBD images:"
+	echo "snapshots left: $n"
+	[ "$n" = 0 ] || return
+	local left start=$SECONDS
+	for _ in $(seq 120); do
+		left=$(rbd ls -p rbd | grep "^$prefix" | grep -vc "^${prefix}base")
+		[ "$left" = 0 ] && break
+		sleep 1
+	done
+	echo "layer images deleted in the background within $((SECONDS - start)) s; our RBD images now:"
 	rbd ls -p rbd | grep "^$prefix"
-	[ "$n" = 0 ]
+	[ "$left" = 0 ]
 }
 
 step "start a one-node Ceph cluster" start_ceph

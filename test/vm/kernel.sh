@@ -41,7 +41,9 @@ fi
 echo "kernel.sh: fetching $pkg" >&2
 rm -rf "$dir" "$dir.tmp"
 mkdir -p "$dir.tmp/deb"
-(cd "$dir.tmp/deb" && apt-get download -q "$pkg" >&2)
+# As root into a folder _apt cannot enter: no sandbox user, so apt does
+# not warn that it downloads unsandboxed.
+(cd "$dir.tmp/deb" && apt-get download -q -o APT::Sandbox::User=root "$pkg" >&2)
 deb=$(ls "$dir.tmp"/deb/*.deb)
 dpkg -x "$deb" "$dir.tmp/root"
 release=${pkg#linux-image-}
