@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"net"
 	"os"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -24,8 +25,14 @@ type AttachOptions struct {
 	IOTimeout       time.Duration // a request the backend has not answered in this time fails with EIO (0: wait as long as it takes)
 	DeadConnTimeout time.Duration // how long the kernel holds IO while all connections are dead, waiting for a Reattach
 	BackendID       string        // NBD_ATTR_BACKEND_IDENTIFIER, shown in /sys/block/nbdN/backend; finds the device after a restart
-	Module          ModuleOptions // parameters if this call has to load the nbd module
-	Logger          *slog.Logger  // nil: slog.Default()
+	// MaxSectorsKB is the largest request the kernel sends, in KiB
+	// (queue/max_sectors_kb), set when the device is attached: 0 means
+	// DefaultMaxSectorsKB, -1 leaves the device's value. The kernel's nbd
+	// driver starts every device at 128 KiB and keeps what the last
+	// server set.
+	MaxSectorsKB int
+	Module       ModuleOptions // parameters if this call has to load the nbd module
+	Logger       *slog.Logger  // nil: slog.Default()
 	// ForceMode lets Reattach serve a device whose read-only state
 	// differs from ReadOnly: it sets the device's state to ReadOnly.
 	ForceMode bool
@@ -37,6 +44,17 @@ type AttachOptions struct {
 
 // IndexAny as AttachOptions.Index lets the kernel pick a free device.
 const IndexAny = -1
+
+// DefaultMaxSectorsKB is AttachOptions.MaxSectorsKB's default: a 1 MiB
+// request costs the server one request's overhead (a read of the header,
+// a librbd call, a reply) instead of the kernel default's eight of
+// 128 KiB; docs/2026-12-06-large-io.md has the measurements.
+const DefaultMaxSectorsKB = 1024
+
+// maxHWSectorsKB is the nbd driver's max_hw_sectors_kb (65536 sectors):
+// max_sectors_kb cannot go above it, and it equals DefaultMaxPayload, so
+// every request the kernel may send fits the server's payload limit.
+const maxHWSectorsKB = 32 << 10
 
 // kernelTimeout is NBD_ATTR_TIMEOUT for an IOTimeout. The server answers
 // late requests itself (TransmissionOptions.RequestTimeout), so the
@@ -67,6 +85,12 @@ func (o AttachOptions) normalized() (AttachOptions, error) {
 	}
 	if o.IOTimeout < 0 || o.DeadConnTimeout < 0 {
 		return o, errors.New("nbd: timeouts must not be negative")
+	}
+	if o.MaxSectorsKB == 0 {
+		o.MaxSectorsKB = DefaultMaxSectorsKB
+	}
+	if o.MaxSectorsKB != -1 && (o.MaxSectorsKB < 4 || o.MaxSectorsKB > maxHWSectorsKB || o.MaxSectorsKB < int(o.BlockSize>>10)) {
+		return o, fmt.Errorf("nbd: largest request %d KiB is out of range: want 4 to %d KiB, and at least one block", o.MaxSectorsKB, maxHWSectorsKB)
 	}
 	if o.Logger == nil {
 		o.Logger = slog.Default()
@@ -214,6 +238,7 @@ func Attach(ctx context.Context, b Backend, opts AttachOptions) (*Device, error)
 	d.index = index
 	d.log = opts.Logger.With("device", d.Path())
 	d.goLive()
+	d.setMaxSectors(opts.MaxSectorsKB)
 	d.log.Info("attached", "size", size, "connections", opts.Connections, "read_only", opts.ReadOnly, "backend_id", opts.BackendID)
 	d.run(ctx)
 	return d, nil
@@ -239,6 +264,9 @@ func Reattach(ctx context.Context, index int, b Backend, opts AttachOptions) (*D
 				DevicePath(index), bs, opts.BlockSize)
 		}
 		opts.BlockSize = uint32(bs)
+	}
+	if opts.MaxSectorsKB == 0 {
+		opts.MaxSectorsKB = -1 // as the block size: the device keeps its own
 	}
 	opts, err := opts.normalized()
 	if err != nil {
@@ -295,6 +323,7 @@ func Reattach(ctx context.Context, index int, b Backend, opts AttachOptions) (*D
 	d.index = index
 	d.log = opts.Logger.With("device", d.Path())
 	d.goLive()
+	d.setMaxSectors(opts.MaxSectorsKB)
 	d.log.Info("reattached", "connections", opts.Connections, "live", d.live.Load(), "backend_id", opts.BackendID)
 	d.run(ctx)
 	return d, nil
@@ -315,6 +344,18 @@ func modeName(ro bool) string {
 }
 
 // setReadOnly sets the device's read-only flag (BLKROSET).
+// setMaxSectors sets the largest request the kernel sends the device
+// (kb -1: leave it). A device that keeps its limit still works, only with
+// more, smaller requests, so a failure is logged, not returned.
+func (d *Device) setMaxSectors(kb int) {
+	if kb == -1 {
+		return
+	}
+	if err := writeSys(d.index, "queue/max_sectors_kb", strconv.Itoa(kb)); err != nil {
+		d.log.Warn("cannot set the largest request size; the kernel's stays", "max_sectors_kb", kb, "err", err)
+	}
+}
+
 func setReadOnly(index int, ro bool) error {
 	f, err := os.OpenFile(DevicePath(index), os.O_RDONLY, 0)
 	if err != nil {

@@ -132,6 +132,10 @@ func readSysInt(index int, name string) (int64, error) {
 	return strconv.ParseInt(strings.TrimSpace(string(b)), 10, 64)
 }
 
+func writeSys(index int, name, value string) error {
+	return os.WriteFile(sysPath(index, name), []byte(value), 0)
+}
+
 // readBackendID is "" when the device has no backend identifier (the
 // kernel creates the file only while a backend is connected).
 func readBackendID(index int) string {

@@ -113,8 +113,19 @@ func TestAttachOptionsValidation(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if o.Connections != 1 || o.BlockSize != 4096 || o.Logger == nil {
+	if o.Connections != 1 || o.BlockSize != 4096 || o.MaxSectorsKB != DefaultMaxSectorsKB || o.Logger == nil {
 		t.Errorf("defaults: %+v", o)
+	}
+	// The largest request: the kernel's limits, and at least one block.
+	for _, kb := range []int{-2, 2, 32<<10 + 1} {
+		if _, err := (AttachOptions{Index: IndexAny, MaxSectorsKB: kb}).normalized(); err == nil || !strings.Contains(err.Error(), "largest request") {
+			t.Errorf("MaxSectorsKB %d: %v, want a range error", kb, err)
+		}
+	}
+	for _, kb := range []int{-1, 4, 32 << 10} {
+		if o, err := (AttachOptions{Index: IndexAny, MaxSectorsKB: kb}).normalized(); err != nil || o.MaxSectorsKB != kb {
+			t.Errorf("MaxSectorsKB %d: %d, %v", kb, o.MaxSectorsKB, err)
+		}
 	}
 }
 

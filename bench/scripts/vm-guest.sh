@@ -6,14 +6,22 @@
 # paths from round to round, and appends one JSON line per measurement to
 # $VM_OUT/bench.jsonl:
 #   {"round":1,"path":"ours","workload":"randread-4k-qd32","rw":"randread","bs":"4k","iodepth":32,
-#    "iops":1234.5,"bw_bytes":5056512,"lat_us":25.1}
+#    "iops":1234.5,"bw_bytes":5056512,"lat_us":25.1,"p50_us":20.1,"p99_us":80.3,
+#    "ios":12345,"server_cpu_s":4.2,"cpu_us_per_io":340.2}
+# server_cpu_s is the CPU time (user + system, all threads) of the process
+# serving the device during the measured fio run, read from /proc; krbd
+# has no such process (its work is in the kernel's threads), so its CPU
+# fields are null. Each workload runs 2 s unmeasured first (the warm-up
+# fio's ramp_time would count CPU for IOs fio does not report).
 # A path that fails to map gets {"path":...,"error":"..."} and the run goes on.
 #
 # Environment: RBD_NBD_GRAPH_BIN, VM_OUT; BENCH_ROUNDS (3: with the
 # rotation each path runs once in each position), BENCH_RUNTIME
 # (fio seconds per workload, 10), BENCH_SIZE (image size, 512M),
 # BENCH_OURS_FLAGS (extra map flags for ours, e.g. "--connections 2"),
-# BENCH_PATHS ("ours rbd-nbd krbd"), BENCH_CEPH_CLUSTER (another cluster
+# BENCH_ALT_FLAGS (map flags for the path ours-alt: ours again with other
+# settings, e.g. "--max-sectors-kb 128", compared in the same boot),
+# BENCH_PATHS ("ours rbd-nbd krbd", may add ours-alt), BENCH_CEPH_CLUSTER (another cluster
 # script with test/ceph/cluster's CLI), BENCH_CACHE_POLICY (librbd's cache
 # for ours and rbd-nbd alike, so the ratio compares paths, not cache
 # modes: none (default: rbd_cache=false, ours' default), writethrough,
@@ -61,17 +69,33 @@ log "librbd cache for ours and rbd-nbd: $policy"
 map_path() { # path -> device on stdout
 	case $1 in
 	ours) timeout 300 "$RBD_NBD_GRAPH_BIN" map --rbd-cache-policy "$policy" ${BENCH_OURS_FLAGS:-} --log-file "$work/ours.log" "$image" ;;
+	ours-alt) timeout 300 "$RBD_NBD_GRAPH_BIN" map --rbd-cache-policy "$policy" ${BENCH_ALT_FLAGS:-} --log-file "$work/ours-alt.log" "$image" ;;
 	rbd-nbd) timeout 300 rbd-nbd map "${rbd_nbd_cache[@]}" "$image" ;;
 	krbd) timeout 300 rbd device map -o noudev "$image" ;;
 	esac
 }
 unmap_path() { # path device
 	case $1 in
-	ours) "$RBD_NBD_GRAPH_BIN" unmap "$2" ;;
+	ours | ours-alt) "$RBD_NBD_GRAPH_BIN" unmap "$2" ;;
 	rbd-nbd) rbd-nbd unmap "$2" && while [ -e "/sys/block/${2#/dev/}/pid" ]; do sleep 0.2; done ;;
 	krbd) rbd device unmap -o noudev "$2" ;;
 	esac
 }
+# server_pid DEVICE: the process serving the device (sysfs names the
+# thread that sent CONNECT), or nothing for krbd.
+server_pid() {
+	local tid
+	tid=$(cat "/sys/block/${1#/dev/}/pid" 2>/dev/null) || return 0
+	awk '/^Tgid:/ {print $2}' "/proc/$tid/status" 2>/dev/null
+}
+# cpu_ticks PID: user + system time of the process and all its threads,
+# in clock ticks (fields 14 and 15 of /proc/PID/stat, after the command
+# name, which has no spaces for our servers).
+cpu_ticks() {
+	[ -n "$1" ] || return 0
+	awk '{sub(/^.*\) /, ""); print $12 + $13}' "/proc/$1/stat" 2>/dev/null
+}
+hz=$(getconf CLK_TCK)
 json_error() { jq -cn --argjson r "$1" --arg p "$2" --arg e "$3" '{round:$r,path:$p,error:$e}' >> "$out"; }
 
 for ((r = 1; r <= rounds; r++)); do
@@ -91,24 +115,35 @@ for ((r = 1; r <= rounds; r++)); do
 		for w in "${workloads[@]}"; do
 			set -- $w
 			name=$1 rw=$2 bs=$3 qd=$4
-			res=$(fio --name="$name" --filename="$dev" --ioengine=libaio --direct=1 --rw="$rw" --bs="$bs" \
-				--iodepth="$qd" --time_based --runtime="$runtime" --ramp_time=2 --size="$size" \
-				--randrepeat=0 --eta=never --output-format=json 2>"$work/fio.err")
-			if [ $? -ne 0 ] || [ -z "$res" ]; then
+			fio_args=(--filename="$dev" --ioengine=libaio --direct=1 --rw="$rw" --bs="$bs"
+				--iodepth="$qd" --time_based --size="$size" --randrepeat=0 --eta=never)
+			fio --name=warm "${fio_args[@]}" --runtime=2 --output=/dev/null 2>/dev/null
+			pid=$(server_pid "$dev")
+			cpu0=$(cpu_ticks "$pid")
+			res=$(fio --name="$name" "${fio_args[@]}" --runtime="$runtime" --output-format=json 2>"$work/fio.err")
+			rc=$?
+			cpu1=$(cpu_ticks "$pid")
+			if [ $rc -ne 0 ] || [ -z "$res" ]; then
 				json_error "$r" "$p" "fio $name failed: $(tr '\n' ' ' < "$work/fio.err")"
 				continue
 			fi
 			dir=read
 			case $rw in *write) dir=write ;; esac
+			cpu=null
+			[ -n "$cpu0" ] && [ -n "$cpu1" ] && cpu=$(awk -v a="$cpu0" -v b="$cpu1" -v hz="$hz" 'BEGIN {print (b - a) / hz}')
 			echo "$res" | jq -c --argjson r "$r" --arg p "$p" --arg w "$name" --arg rw "$rw" --arg bs "$bs" \
-				--argjson qd "$qd" --arg d "$dir" \
+				--argjson qd "$qd" --arg d "$dir" --argjson cpu "$cpu" \
 				'.jobs[0][$d] | {round:$r, path:$p, workload:$w, rw:$rw, bs:$bs, iodepth:$qd,
-				iops:.iops, bw_bytes:.bw_bytes, lat_us:(.lat_ns.mean/1000)}' >> "$out"
-			log "  $name: $(tail -n1 "$out" | jq -r '"\(.iops | floor) IOPS, \(.bw_bytes / 1048576 * 10 | floor / 10) MiB/s"')"
+				iops:.iops, bw_bytes:.bw_bytes, lat_us:(.lat_ns.mean/1000),
+				p50_us:(.clat_ns.percentile["50.000000"] / 1000), p99_us:(.clat_ns.percentile["99.000000"] / 1000),
+				ios:.total_ios, server_cpu_s:$cpu,
+				cpu_us_per_io:(if $cpu == null or .total_ios == 0 then null else $cpu * 1e6 / .total_ios end)}' >> "$out"
+			log "  $name: $(tail -n1 "$out" | jq -r '"\(.iops | floor) IOPS, \(.bw_bytes / 1048576 * 10 | floor / 10) MiB/s, p50 \(.p50_us | floor) us, server CPU \(.cpu_us_per_io // "-" | if type == "number" then floor else . end) us/IO"')"
 		done
 		unmap_path "$p" "$dev" || json_error "$r" "$p" "unmap of $dev failed"
 	done
 done
 dmesg > "$VM_OUT/dmesg.log" 2>&1
 cp "$work/ours.log" "$VM_OUT/ours.log" 2>/dev/null
+cp "$work/ours-alt.log" "$VM_OUT/ours-alt.log" 2>/dev/null
 exit 0

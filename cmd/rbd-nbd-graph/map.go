@@ -22,6 +22,7 @@ type mapFlags struct {
 	connections     int
 	queueDepth      int
 	blockSize       uint
+	maxSectorsKB    int
 	ioTimeout       time.Duration
 	deadConnTimeout time.Duration
 	shutdownTimeout time.Duration
@@ -54,6 +55,7 @@ func (f *mapFlags) register(fs *pflag.FlagSet) {
 	fs.IntVar(&f.connections, "connections", 1, "sockets between the kernel and this process (>1: multi-connection)")
 	fs.IntVar(&f.queueDepth, "queue-depth", 0, "requests served at once per connection (0: default)")
 	fs.UintVar(&f.blockSize, "block-size", 4096, "logical block size of the device: 512, 1024, 2048 or 4096")
+	fs.IntVar(&f.maxSectorsKB, "max-sectors-kb", 0, fmt.Sprintf("largest request the kernel sends, in KiB, 4 to 32768 (0: %d, or on attach the device's; -1: the device's)", nbd.DefaultMaxSectorsKB))
 	durationVar(fs, &f.ioTimeout, "io-timeout", 0, "fail (EIO) a request the backend has not answered in this time, e.g. 30 or 30s; the device stays up (0: wait as long as the cluster needs)")
 	durationVar(fs, &f.deadConnTimeout, "dead-conn-timeout", 60*time.Second,
 		"after the serving process exits, dies or is detached, how long the kernel holds IO waiting for 'attach' (0: fail IO at once); rbd-nbd's --reattach-timeout")
@@ -178,6 +180,7 @@ func serveMapped(ctx context.Context, env *environment, f *mapFlags, target stri
 		Connections:     f.connections,
 		QueueDepth:      f.queueDepth,
 		BlockSize:       uint32(f.blockSize),
+		MaxSectorsKB:    f.maxSectorsKB,
 		ReadOnly:        f.readOnly,
 		IOTimeout:       f.ioTimeout,
 		DeadConnTimeout: f.deadConnTimeout,

@@ -66,6 +66,9 @@ func (d driverOptions) effective() driverOptions {
 	if d.attach.QueueDepth == 0 {
 		d.attach.QueueDepth = nbd.DefaultQueueDepth
 	}
+	if d.attach.MaxSectorsKB == 0 {
+		d.attach.MaxSectorsKB = nbd.DefaultMaxSectorsKB
+	}
 	if d.store.ConnectTimeout == 0 {
 		d.store.ConnectTimeout = rbdio.DefaultConnectTimeout
 	}

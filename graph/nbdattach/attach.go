@@ -67,6 +67,7 @@ func (a *Attacher) attachOptions(req graph.AttachRequest, readOnly bool) nbd.Att
 		Index:           nbd.IndexAny,
 		Connections:     a.opts.Connections,
 		QueueDepth:      a.opts.QueueDepth,
+		MaxSectorsKB:    a.opts.MaxSectorsKB,
 		ReadOnly:        readOnly,
 		IOTimeout:       a.opts.IOTimeout,
 		DeadConnTimeout: a.opts.DeadConnTimeout,

@@ -8,11 +8,12 @@ import (
 )
 
 // Options tune the kernel devices (keys nbd.connections, nbd.queuedepth,
-// nbd.iotimeout, nbd.deadconntimeout). Zero values leave the choice to
+// nbd.maxsectorskb, nbd.iotimeout, nbd.deadconntimeout). Zero values leave the choice to
 // package nbd. *Options is a graph.OptionSet.
 type Options struct {
 	Connections     int           // nbd.connections: sockets per device
 	QueueDepth      int           // nbd.queuedepth: requests in flight per socket
+	MaxSectorsKB    int           // nbd.maxsectorskb: largest request the kernel sends, KiB
 	IOTimeout       time.Duration // nbd.iotimeout: 0 waits forever
 	DeadConnTimeout time.Duration // nbd.deadconntimeout: how long the kernel waits for a restarted server
 }
@@ -30,6 +31,7 @@ func DefaultOptions() Options {
 const (
 	maxConnections = 64
 	maxQueueDepth  = 4096
+	maxSectorsKB   = 32 << 10 // the nbd driver's max_hw_sectors_kb
 )
 
 var keys = graph.OptionSetters[Options]{
@@ -39,6 +41,10 @@ var keys = graph.OptionSetters[Options]{
 	},
 	"nbd.queuedepth": func(o *Options, v string) (err error) {
 		o.QueueDepth, err = graph.ParseIntOption(v, 1, maxQueueDepth)
+		return err
+	},
+	"nbd.maxsectorskb": func(o *Options, v string) (err error) {
+		o.MaxSectorsKB, err = graph.ParseIntOption(v, 4, maxSectorsKB)
 		return err
 	},
 	"nbd.iotimeout": func(o *Options, v string) (err error) {
@@ -65,6 +71,8 @@ func (o *Options) Validate() error {
 		return fmt.Errorf("%w: nbd.connections=%d: want 1 to %d", graph.ErrInvalidOption, o.Connections, maxConnections)
 	case o.QueueDepth < 0 || o.QueueDepth > maxQueueDepth:
 		return fmt.Errorf("%w: nbd.queuedepth=%d: want 1 to %d", graph.ErrInvalidOption, o.QueueDepth, maxQueueDepth)
+	case o.MaxSectorsKB != 0 && (o.MaxSectorsKB < 4 || o.MaxSectorsKB > maxSectorsKB):
+		return fmt.Errorf("%w: nbd.maxsectorskb=%d: want 4 to %d", graph.ErrInvalidOption, o.MaxSectorsKB, maxSectorsKB)
 	case o.IOTimeout < 0 || o.DeadConnTimeout < 0:
 		return fmt.Errorf("%w: nbd.iotimeout and nbd.deadconntimeout must not be negative", graph.ErrInvalidOption)
 	}

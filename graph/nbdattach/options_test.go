@@ -14,8 +14,8 @@ func TestParseOptions(t *testing.T) {
 	if o.DeadConnTimeout != 2*time.Minute {
 		t.Fatalf("default dead connection timeout %v", o.DeadConnTimeout)
 	}
-	err := graph.ParseOptionSets([]string{"nbd.connections=4", "NBD.QueueDepth=64", "nbd.iotimeout=30", "nbd.deadconntimeout=5m"}, &o)
-	want := Options{Connections: 4, QueueDepth: 64, IOTimeout: 30 * time.Second, DeadConnTimeout: 5 * time.Minute}
+	err := graph.ParseOptionSets([]string{"nbd.connections=4", "NBD.QueueDepth=64", "nbd.iotimeout=30", "nbd.deadconntimeout=5m", "nbd.maxsectorskb=4096"}, &o)
+	want := Options{Connections: 4, QueueDepth: 64, MaxSectorsKB: 4096, IOTimeout: 30 * time.Second, DeadConnTimeout: 5 * time.Minute}
 	if err != nil || o != want {
 		t.Fatalf("parsed %+v, %v; want %+v", o, err, want)
 	}
@@ -23,6 +23,8 @@ func TestParseOptions(t *testing.T) {
 		{"nbd.connections=x", "integer"},
 		{"nbd.connections=65", "from 1 to 64"},
 		{"nbd.queuedepth=0", "from 1 to 4096"},
+		{"nbd.maxsectorskb=2", "from 4 to 32768"},
+		{"nbd.maxsectorskb=65536", "from 4 to 32768"},
 		{"nbd.iotimeout=-1s", "negative"},
 		{"nbd.deadconntimeout=later", "duration"},
 	} {

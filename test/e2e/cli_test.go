@@ -5,6 +5,7 @@ package e2e
 import (
 	"encoding/json"
 	"os"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -240,4 +241,54 @@ func readBack(t *testing.T, dev string, n int) []byte {
 		t.Fatal(err)
 	}
 	return b
+}
+
+// The largest request the kernel sends the device: map sets 1 MiB (the
+// nbd driver starts every device at 128 KiB), so a 1 MiB direct read is
+// one request, not eight; --max-sectors-kb sets another, which attach
+// keeps.
+func TestMapLargestRequest(t *testing.T) {
+	testkit.RequireKernelNBD(t)
+	needCeph(t)
+	image := newImage(t, 64, "")
+	dev := mapDevice(t, image)
+	if got := sysBlock(t, dev, "queue/max_sectors_kb"); got != "1024" {
+		t.Errorf("%s max_sectors_kb = %s, want 1024", dev, got)
+	}
+	testkit.Must(t, time.Minute, "dd", "if=/dev/urandom", "of="+dev, "bs=1M", "count=4", "oflag=direct")
+	before := readIOs(t, dev)
+	testkit.Must(t, time.Minute, "dd", "if="+dev, "of=/dev/null", "bs=1M", "count=4", "iflag=direct")
+	if n := readIOs(t, dev) - before; n != 4 {
+		t.Errorf("a 4 MiB direct read in 1 MiB reads took %d requests, want 4", n)
+	}
+	unmap(t, dev)
+
+	dev = mapDevice(t, image, "--max-sectors-kb", "256")
+	if got := sysBlock(t, dev, "queue/max_sectors_kb"); got != "256" {
+		t.Errorf("--max-sectors-kb 256: %s max_sectors_kb = %s", dev, got)
+	}
+	testkit.Must(t, 2*time.Minute, testkit.Binary(t), "detach", image)
+	testkit.Must(t, 3*time.Minute, testkit.Binary(t), "attach", image)
+	if got := sysBlock(t, dev, "queue/max_sectors_kb"); got != "256" {
+		t.Errorf("after detach and attach: %s max_sectors_kb = %s, want 256 kept", dev, got)
+	}
+	unmap(t, dev)
+
+	if out, err := testkit.Run(t, time.Minute, testkit.Binary(t), "map", "--max-sectors-kb", "2", image); err == nil || !strings.Contains(out, "largest request") {
+		t.Errorf("--max-sectors-kb 2: err %v, output %q; want a range error", err, out)
+	}
+}
+
+// readIOs is the device's count of completed reads (/sys/block/X/stat).
+func readIOs(t *testing.T, dev string) int {
+	t.Helper()
+	f := strings.Fields(sysBlock(t, dev, "stat"))
+	if len(f) == 0 {
+		t.Fatalf("%s has no stat", dev)
+	}
+	n, err := strconv.Atoi(f[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	return n
 }
