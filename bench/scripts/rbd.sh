@@ -1,16 +1,20 @@
 #!/bin/bash
 # bench/scripts/rbd.sh: how close does `rbd-nbd-graph export rbd:` get to
 # raw librbd? 4k random read and random write at queue depth 16 on one
-# RBD image, three ways, alternated and repeated in one run:
+# RBD image (--iodepth sets another depth), three ways, alternated and
+# repeated in one run:
 #   raw       fio --ioengine=rbd (librbd straight from fio: the ceiling)
 #   ours      fio --ioengine=nbd -> `rbd-nbd-graph export rbd:POOL/IMG`
 #   qemu-nbd  fio --ioengine=nbd -> qemu-nbd exporting the same image
 #             (-f raw -t --cache=none --aio=threads rbd:POOL/IMG:conf=CONF)
 # Each ratio is median(ours) / median(raw) over the rounds (bar: 0.85);
-# qemu-nbd / raw is reported beside it. Prints every ratio and ends with
-# the smallest ours/raw; exits 1 if it is below the bar.
+# qemu-nbd / raw is reported beside it, and the latency each path adds to
+# raw's (median of the rounds' fio completion latency p50 and p99, in µs:
+# at --iodepth 1 this is the export's cost per request as an application
+# feels it). Prints every ratio and ends with the smallest ours/raw; exits
+# 1 if it is below the bar.
 #
-#   bench/scripts/rbd.sh [--rounds N] [--runtime SECS] [--size SIZE] [--cache-policy P] [--out DIR]
+#   bench/scripts/rbd.sh [--rounds N] [--runtime SECS] [--size SIZE] [--iodepth N] [--cache-policy P] [--out DIR]
 #
 # Environment: RBD_NBD_GRAPH_BIN (default bin/rbd-nbd-graph); CEPH_CONF
 # (a running cluster; without it one is started in .build/bench/ceph and
@@ -47,11 +51,13 @@ size=512M
 out=$repo/results/rbd
 bar=0.85
 policy=none
+iodepth=16
 while [ $# -gt 0 ]; do
 	case $1 in
 	--rounds) rounds=$2; shift 2 ;;
 	--runtime) runtime=$2; shift 2 ;;
 	--size) size=$2; shift 2 ;;
+	--iodepth) iodepth=$2; shift 2 ;;
 	--cache-policy) policy=$2; shift 2 ;;
 	--out) out=$2; shift 2 ;;
 	-h | --help) sed -n '2,/^set -euo/p' "$0" | sed '$d' | sed 's/^# \{0,1\}//'; exit 0 ;;
@@ -114,19 +120,22 @@ start_server() {
 	exit 1
 }
 
-# run_fio NAME RW ENGINE-ARGS...: one fio run; sets iops. (No command
+# run_fio NAME RW ENGINE-ARGS...: one fio run; sets iops, p50 and p99
+# (completion latency, µs). (No command
 # substitution here or in measure: a server started in a subshell would
 # escape the cleanup.)
-iops=0
+iops=0 p50=0 p99=0
 run_fio() {
 	local name=$1 rw=$2 json dir=read
 	shift 2
 	json=$out/fio-$name-$rw-$round.json
-	fio --name=t "$@" --rw="$rw" --bs=4k --iodepth=16 \
+	fio --name=t "$@" --rw="$rw" --bs=4k --iodepth="$iodepth" \
 		--size="$size" --time_based --runtime="$runtime" --ramp_time=1 \
 		--randrepeat=0 --norandommap --output-format=json --output="$json" >/dev/null
 	[ "$rw" = randwrite ] && dir=write
 	iops=$(jq ".jobs[0].$dir.iops | floor" "$json")
+	p50=$(jq ".jobs[0].$dir.clat_ns.percentile[\"50.000000\"] / 1000 | floor" "$json")
+	p99=$(jq ".jobs[0].$dir.clat_ns.percentile[\"99.000000\"] / 1000 | floor" "$json")
 }
 
 # measure WHO RW: one measurement of raw, ours or qemu-nbd; sets iops.
@@ -151,7 +160,8 @@ measure() {
 }
 
 median() { sort -n | awk '{v[NR]=$1} END {print (NR%2) ? v[(NR+1)/2] : (v[NR/2]+v[NR/2+1])/2}'; }
-med() { awk -F'\t' -v w="$1" -v s="$2" '$1==w && $2==s {print $4}' "$out/rbd.tsv" | median; }
+# med RW WHO [COLUMN]: the median of a tsv column (4 IOPS, 5 p50, 6 p99).
+med() { awk -F'\t' -v w="$1" -v s="$2" -v c="${3:-4}" '$1==w && $2==s {print $c}' "$out/rbd.tsv" | median; }
 
 loadavg() { cut -d' ' -f1-3 /proc/loadavg; }
 echo "rbd.sh: $rounds rounds of ${runtime}s per path and workload, image $pool/$img ($size), rbd_cache_policy $policy, $(fio --version), $(rbd --version | cut -d' ' -f1-3), $(nproc) CPUs, load average $(loadavg)"
@@ -160,7 +170,7 @@ for round in $(seq "$rounds"); do
 	for rw in randread randwrite; do
 		for who in "${order[@]}"; do
 			measure "$who" "$rw"
-			printf '%s\t%s\t%d\t%s\n' "$rw" "$who" "$round" "$iops" >>"$out/rbd.tsv"
+			printf '%s\t%s\t%d\t%s\t%s\t%s\n' "$rw" "$who" "$round" "$iops" "$p50" "$p99" >>"$out/rbd.tsv"
 		done
 	done
 	order=("${order[@]:1}" "${order[0]}")
@@ -176,8 +186,15 @@ for rw in randread randwrite; do
 	r_qemu=$(awk -v a="$qemu" -v b="$raw" 'BEGIN {printf "%.2f", (b > 0) ? a / b : 0}')
 	verdict=ok
 	awk -v r="$r_ours" -v bar="$bar" 'BEGIN {exit !(r >= bar)}' || verdict="BELOW BAR"
-	printf '%-9s 4k qd16: raw %7.0f IOPS  ours %7.0f (%s of raw, bar %s) %s  qemu-nbd %7.0f (%s of raw)\n' \
-		"$rw" "$raw" "$ours" "$r_ours" "$bar" "$verdict" "$qemu" "$r_qemu"
+	printf '%-9s 4k qd%s: raw %7.0f IOPS  ours %7.0f (%s of raw, bar %s) %s  qemu-nbd %7.0f (%s of raw)\n' \
+		"$rw" "$iodepth" "$raw" "$ours" "$r_ours" "$bar" "$verdict" "$qemu" "$r_qemu"
+	for q in 5:p50 6:p99; do
+		col=${q%%:*}
+		l_raw=$(med "$rw" raw "$col") l_ours=$(med "$rw" ours "$col") l_qemu=$(med "$rw" qemu-nbd "$col")
+		printf '%-9s 4k qd%s %s latency: raw %6.0f us, ours %6.0f (%+.0f), qemu-nbd %6.0f (%+.0f)\n' "$rw" "$iodepth" "${q#*:}" \
+			"$l_raw" "$l_ours" "$(awk -v a="$l_ours" -v b="$l_raw" 'BEGIN {print a - b}')" \
+			"$l_qemu" "$(awk -v a="$l_qemu" -v b="$l_raw" 'BEGIN {print a - b}')"
+	done
 	if [ -z "$smallest" ] || awk -v a="$r_ours" -v b="${smallest%% *}" 'BEGIN {exit !(a < b)}'; then
 		smallest="$r_ours $rw"
 	fi
