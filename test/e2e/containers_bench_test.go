@@ -230,6 +230,7 @@ func newBenchSetup(b *testing.B, name string) *benchSetup {
 // sparse file in e's folder and returns a data root on it.
 func overlayDataRoot(b *testing.B, e *dockerEnv) string {
 	img, mnt := filepath.Join(e.dir, "overlay2-ext4.img"), filepath.Join(e.dir, "overlay2-mnt")
+	testkit.Must(b, time.Minute, "modprobe", "loop") // a module in Debian's kernel
 	testkit.Must(b, time.Minute, "truncate", "-s", "4G", img)
 	testkit.Must(b, 5*time.Minute, "mkfs.ext4", "-F", "-q", img)
 	if err := os.MkdirAll(mnt, 0o755); err != nil {
