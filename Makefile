@@ -27,7 +27,7 @@ DEBS := gcc pkg-config librbd-dev librados-dev \
 	docker.io iproute2 e2fsprogs xfsprogs util-linux procps jq librsvg2-bin \
 	python3-libnbd golang-go systemd docker-registry
 
-.PHONY: all build deb deps test test-dist test-vm-clone test-unit test-fuzz test-clients test-integration check bench demo demo-containerd cluster cluster-stop vmtest vmtest-containerd soak bench-vm bench-vm-crosscheck bench-sweep-vm bench-vm-containerd clean
+.PHONY: all build deb deps test test-dist test-vm-clone test-unit test-fuzz test-clients test-integration check bench demo demo-containerd cluster cluster-stop vmtest vmtest-containerd soak bench-vm bench-vm-containers bench-vm-crosscheck bench-sweep-vm bench-vm-containerd clean
 
 all: build
 
@@ -211,8 +211,17 @@ bench: deps build
 # mapped by rbd-nbd-graph, Debian's rbd-nbd and krbd, fio on each; prints
 # the table and the ours/rbd-nbd ratios (results/bench-vm/).
 bench-vm: deps build
-	RBD_NBD_GRAPH_BIN=$(BIN) bench/scripts/vm.sh --out results/bench-vm
+	GO=$(GO) RBD_NBD_GRAPH_BIN=$(BIN) bench/scripts/vm.sh --out results/bench-vm
 	GO=$(GO) RBD_NBD_GRAPH_BIN=$(BIN) bench/scripts/layers-vm.sh --out results/layers-vm
+
+# Whole containers, in one VM boot: `docker run --rm busybox true`, a
+# 10-step `docker build` and `docker import` of ~100 MiB on our driver,
+# on overlay2 (ext4 on a loop device) and the seed's way with krbd
+# (test/krbdplugin), CONTAINERS_ROUNDS rounds (3) in rotated order;
+# medians, ratios and the driver's step timings (results/containers-vm/).
+# make bench-vm runs it too, in its boot after fio, unless BENCH_CONTAINERS=0.
+bench-vm-containers: deps build
+	GO=$(GO) RBD_NBD_GRAPH_BIN=$(BIN) bench/scripts/containers-vm.sh --out results/containers-vm
 
 # The sweep that recommends driver options: bench sweep --target device of
 # an RBD image in the VM (the host kernel has no NBD); charts in

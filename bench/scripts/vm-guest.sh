@@ -146,4 +146,9 @@ done
 dmesg > "$VM_OUT/dmesg.log" 2>&1
 cp "$work/ours.log" "$VM_OUT/ours.log" 2>/dev/null
 cp "$work/ours-alt.log" "$VM_OUT/ours-alt.log" 2>/dev/null
+# Whole containers on the same cluster (vm.sh passes CONTAINERS_TEST_BIN
+# unless BENCH_CONTAINERS=0): bench/scripts/containers-vm-guest.sh.
+if [ -n "${CONTAINERS_TEST_BIN:-}" ]; then
+	"$(dirname "${BASH_SOURCE[0]}")/containers-vm-guest.sh" || log "whole containers: failed (containers-bench.log)"
+fi
 exit 0

@@ -33,7 +33,8 @@ envs=()
 for v in BENCH_ROUNDS BENCH_RUNTIME BENCH_SIZE BENCH_OURS_FLAGS BENCH_ALT_FLAGS BENCH_PATHS BENCH_CEPH_CLUSTER BENCH_CACHE_POLICY; do
 	[ -n "${!v:-}" ] && envs+=(--env "$v=${!v}")
 done
-vm_host_run "${BENCH_VM_TIMEOUT:-3600}" vm-guest.sh --verbose "${envs[@]}"
+vm_host_containers_env # whole containers in the same boot (BENCH_CONTAINERS=0: not)
+vm_host_run $((${BENCH_VM_TIMEOUT:-3600} + containers_timeout)) vm-guest.sh --verbose "${envs[@]}" "${containers_envs[@]}"
 raw=$out/vm/bench.jsonl
 [ -s "$raw" ] || { vm_host_no_results 30; exit 1; }
 
@@ -87,6 +88,7 @@ echo
 cat "$out/bench-vm.md"
 echo
 echo "bench-vm: results in $out/bench-vm.json and $out/bench-vm.md"
+vm_host_containers_report
 if jq -e '[.table[] | select(.meets_bar == false)] | length > 0' "$out/bench-vm.json" >/dev/null; then
 	echo "bench-vm: ours/rbd-nbd is below a bar (see 'met'); timings under TCG on a shared machine are noisy: rerun on a quiet one" >&2
 fi

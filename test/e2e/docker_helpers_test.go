@@ -32,6 +32,10 @@ type dockerEnv struct {
 	dir        string
 	prefix     string // RBD image prefix of this env
 	dockerArgs []string
+	// storageDriver, when set, is a built-in driver (overlay2) dockerd
+	// uses instead of the plugin; dataRoot, when set, is its --data-root.
+	storageDriver string
+	dataRoot      string
 
 	plugin     *exec.Cmd
 	pluginDone chan error
@@ -128,19 +132,31 @@ func (e *dockerEnv) host() string { return "unix://" + filepath.Join(e.dir, "doc
 func (e *dockerEnv) startPlugin(extra ...string) {
 	e.t.Helper()
 	args := []string{"serve", "--name", e.name,
-		"--state", filepath.Join(e.dir, "plugin-state.json"),
+		"--state", filepath.Join(e.dir, "plugin-state.json")}
+	args = append(append(args, e.pluginOptions()...), extra...)
+	e.startPluginCmd(testkit.Binary(e.t), args...)
+}
+
+// pluginOptions are the driver options every env's plugin gets.
+func (e *dockerEnv) pluginOptions() []string {
+	return []string{
 		"-o", "rbd.pool=rbd",
 		"-o", "rbd.configfile=" + os.Getenv("CEPH_CONF"),
 		"-o", "rbd.imageprefix=" + e.prefix,
 		"-o", "rbd.basesize=1G",
 	}
-	args = append(args, extra...)
+}
+
+// startPluginCmd runs the plugin binary bin with args in the background
+// (debug log in plugin.log) and waits for its socket.
+func (e *dockerEnv) startPluginCmd(bin string, args ...string) {
+	e.t.Helper()
 	logf, err := os.OpenFile(filepath.Join(e.dir, "plugin.log"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
 	if err != nil {
 		e.t.Fatal(err)
 	}
 	defer logf.Close()
-	cmd := exec.Command(testkit.Binary(e.t), args...)
+	cmd := exec.Command(bin, args...)
 	cmd.Stdout, cmd.Stderr = logf, logf
 	cmd.Env = append(os.Environ(), "RBD_NBD_GRAPH_LOG=debug")
 	sock := filepath.Join("/run/docker/plugins", e.name+".sock")
@@ -249,14 +265,20 @@ func (e *dockerEnv) startContainerd() {
 func (e *dockerEnv) startDockerd() {
 	e.t.Helper()
 	e.startContainerd()
-	args := []string{"--experimental", "-s", e.name,
-		"--data-root", filepath.Join(e.dir, "data"),
+	driver, dataRoot := []string{"--experimental", "-s", e.name}, filepath.Join(e.dir, "data")
+	if e.storageDriver != "" {
+		driver = []string{"--storage-driver", e.storageDriver}
+	}
+	if e.dataRoot != "" {
+		dataRoot = e.dataRoot
+	}
+	args := append(driver, "--data-root", dataRoot,
 		"--exec-root", filepath.Join(e.dir, "exec"),
 		"--pidfile", filepath.Join(e.dir, "dockerd.pid"),
 		"--containerd", filepath.Join(e.dir, "containerd.sock"),
 		"-H", e.host(),
 		"--iptables=false", "--bridge=none",
-	}
+	)
 	args = append(args, e.dockerArgs...)
 	logf, err := os.OpenFile(filepath.Join(e.dir, "dockerd.log"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
 	if err != nil {
