@@ -54,7 +54,8 @@
 //     Release, which hands the device over: it stays configured and the
 //     kernel holds its IO for DeadConnTimeout until Reattach (here or in
 //     another process) gives it new sockets through RECONFIGURE, keeping
-//     its block size and mode. A connection the kernel drops (its request
+//     its block size, mode and largest request (Attach sets that to
+//     MaxSectorsKB, 1 MiB by default: the kernel's is 128 KiB). A connection the kernel drops (its request
 //     timer during a slow backend) is replaced the same way at once.
 //     Past their deadline, Release and Detach report ErrInFlight and the
 //     backend must not be closed. List, Status, FindByBackend, Disconnect
