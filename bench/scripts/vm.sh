@@ -59,8 +59,7 @@ jq -s '
 			p99_us: ([ $ps[] as $p | {key: $p, value: med($w; $p; .p99_us)} ] | from_entries),
 			ours_mib_s: med($w; "ours"; .bw_bytes / 1048576),
 			bar: bar($w)
-		} | .ours = .iops.ours | .["rbd-nbd"] = .iops["rbd-nbd"] | .krbd = .iops.krbd
-		  | .ratio = ratio(.iops.ours; .iops["rbd-nbd"])
+		} | .ratio = ratio(.iops.ours; .iops["rbd-nbd"])
 		  | .alt_ratio = ratio(.iops["ours-alt"]; .iops["rbd-nbd"])
 		  | .cpu_ratio = ratio(.cpu_us_per_io.ours; .cpu_us_per_io["rbd-nbd"])
 		  | .meets_bar = (if .bar == null or .ratio == null then null else .ratio >= .bar end) ]
