@@ -21,9 +21,9 @@ const (
 	StepCreateGrow           = "create:grow"            // image and filesystem grown
 	StepCreateFlatten        = "create:flatten"         // flattened before Create returns
 	StepCreateReady          = "create:ready"           // the record says ready
-	StepRemoveSnapshot       = "remove:snapshot"        // the layer's snapshot is gone
-	StepRemoveStateRemoving  = "remove:state-removing"  // the record says removing
-	StepRemoveImage          = "remove:image"           // the image is gone
+	StepRemoveStateRemoving  = "remove:state-removing"  // the record says removing (Remove returns next)
+	StepRemoveSnapshot       = "remove:snapshot"        // the layer's snapshot is gone (in the background)
+	StepRemoveImage          = "remove:image"           // the image is gone (in the background)
 	StepFlattenDone          = "flatten:done"           // a background flatten finished
 
 	StepSnapshotCreated     = "snapshot:created"     // the snapshot exists, not yet protected

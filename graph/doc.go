@@ -21,6 +21,11 @@
 //   - Get attaches (Attacher) and mounts (Filesystem) on the first
 //     reference; Put unmounts and detaches on the last. Each layer has a
 //     lock; a Get that fails half way undoes what it did.
+//   - Remove returns once the layer's record durably says removing and
+//     the layer is out of the tables; its snapshot and image are deleted
+//     in the background, in the order layers were removed (children
+//     first), and a layer with children is refused at once.
+//     WaitRemovals waits for those deletions; Close finishes them.
 //   - Every layer's state (creating, ready, removing) is image metadata,
 //     changed only by transition, in a record that names its image: an
 //     RBD clone starts with a copy of its parent's metadata, which is not
@@ -36,7 +41,7 @@
 // This package imports neither adapter.
 //
 // Files: driver.go (Driver, Config), startup.go (New), layers.go
-// (Create, Remove), mount.go (Get, Put), shutdown.go (Close, Release),
+// (Create, Remove), reap.go (deleting removed layers), mount.go (Get, Put), shutdown.go (Close, Release),
 // undo.go (the undo stack), state.go (the state machine), recover.go
 // (start-up adoption), flatten.go (background flattening), options.go
 // (the layer options, and OptionSet: how a front end parses them with

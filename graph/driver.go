@@ -81,6 +81,7 @@ type Driver struct {
 	closed  bool
 
 	flat  *flattener
+	reap  *reaper     // deletes removed layers' images (reap.go)
 	space *spaceWatch // nil unless the store is a SpaceReporter
 }
 

@@ -10,6 +10,7 @@ import (
 	"strings"
 	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/moby/sys/mountinfo"
 	"github.com/rbd-nbd-graph/rbd-nbd-graph/graph"
@@ -199,10 +200,16 @@ func (e *env) depth(id string) int {
 	return n
 }
 
-// images lists the store's images with the prefix.
+// images lists the store's images with the prefix, once the layers
+// removed so far are deleted.
 func (e *env) images(prefix string) []string {
 	e.t.Helper()
-	names, err := e.store.ListImages(context.Background(), prefix)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	if err := e.d.WaitRemovals(ctx); err != nil {
+		e.t.Fatalf("WaitRemovals: %v", err)
+	}
+	names, err := e.store.ListImages(ctx, prefix)
 	if err != nil {
 		e.t.Fatal(err)
 	}

@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"sort"
 	"strings"
 	"time"
 
@@ -68,6 +69,11 @@ func (d *Driver) create(ctx context.Context, id, parent string, p *layer, co Cre
 	l := &layer{id: id, image: d.names.layerImage(id), parentID: parent, size: p.size,
 		cloneOf: ImageRef{Image: p.image, Snapshot: snapName}, state: StateCreating}
 
+	// A layer of this ID removed a moment ago may still be deleting the
+	// image name the new one needs.
+	if err := d.reap.waitImage(ctx, l.image); err != nil {
+		return fmt.Errorf("create layer %s: %w", id, err)
+	}
 	var undo undoStack
 	defer undo.onError(&err)
 	if err := d.store.CloneImage(ctx, p.image, snapName, l.image); err != nil {
@@ -180,7 +186,9 @@ func (d *Driver) Remove(ctx context.Context, id string) error {
 }
 
 // removeLayer releases and deletes l; the caller holds l's lock (or is
-// New, before anyone else can).
+// start-up, atStart, which deletes at once). Otherwise, once l's record
+// durably says removing and l is out of the tables, the reaper deletes
+// its snapshot and image in the background (reap.go).
 func (d *Driver) removeLayer(ctx context.Context, l *layer, atStart bool) (err error) {
 	defer d.observe(OpRemove, time.Now(), &err)
 	ph := newPhases()
@@ -191,15 +199,22 @@ func (d *Driver) removeLayer(ctx context.Context, l *layer, atStart bool) (err e
 			return fmt.Errorf("remove layer %s: %w", l.id, err)
 		}
 	}
-	// The snapshot goes first: while children depend on it this fails
-	// and nothing has changed; once it is gone the layer is still a
-	// consistent ready layer (a new child would snapshot it again).
-	if l.snapshot {
-		if err := d.removeSnapshot(ctx, l); err != nil {
-			return fmt.Errorf("remove layer %s: %w", l.id, err)
+	if atStart {
+		// The snapshot goes first: while children depend on it this
+		// fails and nothing has changed.
+		if l.snapshot {
+			if err := d.removeSnapshot(ctx, l); err != nil {
+				return fmt.Errorf("remove layer %s: %w", l.id, err)
+			}
+			ph.done("remove_snapshot")
+			d.step(StepRemoveSnapshot)
 		}
-		ph.done("remove_snapshot")
-		d.step(StepRemoveSnapshot)
+	} else if kids := d.children(l); len(kids) > 0 {
+		// Refused before anything changes. Clones of l are layers of
+		// this driver (a published layer, whose clones live on other
+		// hosts, has left the tables), and removed ones are out of
+		// the tables, queued ahead of l.
+		return fmt.Errorf("remove layer %s: %w: %s", l.id, ErrHasChildren, strings.Join(kids, ", "))
 	}
 	if l.state != StateRemoving {
 		if err := d.transition(ctx, l, StateRemoving); err != nil {
@@ -210,17 +225,33 @@ func (d *Driver) removeLayer(ctx context.Context, l *layer, atStart bool) (err e
 		ph.done("state_removing")
 		d.step(StepRemoveStateRemoving)
 	}
-	if err := d.store.RemoveImage(ctx, l.image); err != nil && !errors.Is(err, ErrImageNotFound) {
-		return fmt.Errorf("remove layer %s: %w", l.id, err)
+	if !atStart {
+		d.forget(l)
+		d.reap.enqueue(l)
+		d.log.Debug("layer removed; deleting its images in the background", append([]any{"layer", l.id}, ph.attrs...)...)
+		return nil
 	}
-	ph.done("remove_image")
-	d.step(StepRemoveImage)
+	if err := d.deleteLayerImages(ctx, l); err != nil {
+		return err
+	}
 	d.forget(l)
-	if err := os.Remove(filepath.Join(d.mnt, l.id)); err != nil && !errors.Is(err, os.ErrNotExist) {
-		d.log.Warn("could not remove mount point", "layer", l.id, "err", err)
-	}
 	d.log.Debug("layer removed", append([]any{"layer", l.id}, ph.attrs...)...)
 	return nil
+}
+
+// children are the IDs of the layers in the tables cloned from l's
+// snapshot.
+func (d *Driver) children(l *layer) []string {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	var kids []string
+	for _, k := range d.layers {
+		if k != l && k.cloneOf.Image == l.image {
+			kids = append(kids, k.id)
+		}
+	}
+	sort.Strings(kids)
+	return kids
 }
 
 // removeImages deletes l's snapshot, if it has one, and image; missing

@@ -18,7 +18,8 @@ type Observer interface {
 // The kinds of operation an Observer sees.
 const (
 	OpCreate   = "create"   // a layer made as a clone (Create, CreateFrom)
-	OpRemove   = "remove"   // a layer and its images deleted
+	OpRemove   = "remove"   // a layer removed (its images are deleted in the background)
+	OpDelete   = "delete"   // a removed layer's snapshot and image deleted, in the background
 	OpSnapshot = "snapshot" // a parent's snapshot made and protected for its first child
 	OpMount    = "mount"    // attach and mount (Get's first reference)
 	OpUnmount  = "unmount"  // unmount and detach (Put's last reference, Remove)

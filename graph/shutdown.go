@@ -11,17 +11,20 @@ import (
 
 // Close (dockerd's Cleanup) stops background work and unmounts and
 // detaches every layer. It leaves no mount, device or open image behind,
-// or says which it could not release.
+// or says which it could not release. Removed layers still being
+// deleted are finished while ctx lasts; the rest are left to the next
+// start.
 func (d *Driver) Close(ctx context.Context) error {
-	if !d.stop() {
+	if !d.stop(ctx, true) {
 		return nil
 	}
 	return d.releaseAll(ctx)
 }
 
-// stop marks the driver closed and stops background work; false if it
-// already was.
-func (d *Driver) stop() bool {
+// stop marks the driver closed and stops background work; with drain
+// the reaper has until ctx ends to finish its queue, else only the
+// deletion it is doing. False if the driver already was closed.
+func (d *Driver) stop(ctx context.Context, drain bool) bool {
 	d.mu.Lock()
 	if d.closed {
 		d.mu.Unlock()
@@ -29,6 +32,14 @@ func (d *Driver) stop() bool {
 	}
 	d.closed = true
 	d.mu.Unlock()
+	if d.reap != nil {
+		if drain {
+			if err := d.reap.wait(ctx); err != nil {
+				d.log.Info("stopping with removed layers not deleted yet; the next start deletes them", "layers", d.reap.pending(), "err", err)
+			}
+		}
+		d.reap.stop()
+	}
 	if d.flat != nil {
 		d.flat.stop()
 	}
@@ -44,7 +55,7 @@ func (d *Driver) stop() bool {
 // (recoverDevices), so containers keep running through it. ctx bounds
 // the wait for requests in flight.
 func (d *Driver) Release(ctx context.Context) error {
-	if !d.stop() {
+	if !d.stop(ctx, false) {
 		return nil
 	}
 	var errs []error

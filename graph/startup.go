@@ -102,6 +102,7 @@ func New(ctx context.Context, cfg Config) (*Driver, error) {
 		return nil, errors.Join(err, d.releaseAll(ctx))
 	}
 	d.cleanUnfinished(ctx)
+	d.reap = startReaper(d)
 	d.flat = startFlattener(d)
 	if d.obs != nil {
 		d.obs.FlattensPendingFrom(d.flat.pending)

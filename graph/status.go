@@ -46,8 +46,12 @@ func (d *Driver) Status() [][2]string {
 	if base != nil {
 		st = append(st, [2]string{"Base Image", fmt.Sprintf("%s (%s, %s)", base.image, units.BytesSize(float64(base.size)), d.fs.Type())})
 	}
+	deleting := 0
+	if d.reap != nil {
+		deleting = d.reap.pending()
+	}
 	st = append(st,
-		[2]string{"Layers", strconv.Itoa(ready)},
+		[2]string{"Layers", fmt.Sprintf("%d (removed, being deleted: %d)", ready, deleting)},
 		[2]string{"Attached Devices", strconv.Itoa(mounted)},
 	)
 	if dd, ok := d.attacher.(DeviceDescriber); ok {

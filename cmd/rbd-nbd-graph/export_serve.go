@@ -95,7 +95,7 @@ func runExport(ctx context.Context, env *environment, args []string) (err error)
 	env.log.Info("export: serving", "target", target, "size", b.Size(), "uri", uri, "read_only", f.readOnly, "tls", f.tlsMode)
 	// The URI on stdout tells scripts (and tests) the export is ready.
 	fmt.Fprintln(env.stdout, uri)
-	notifySystemd(ctx, env.log, "serving "+uri)
+	defer notifySystemd(ctx, env.log, "serving "+uri)()
 	served := make(chan error, 1)
 	go func() { served <- srv.Serve(ctx, ln) }()
 	select {

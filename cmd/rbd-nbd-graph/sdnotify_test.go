@@ -45,9 +45,9 @@ func TestServeNotifiesSystemd(t *testing.T) {
 		}
 	}()
 
-	read := func(want string) {
+	read := func(want string, within time.Duration) {
 		t.Helper()
-		notify.SetReadDeadline(time.Now().Add(60 * time.Second))
+		notify.SetReadDeadline(time.Now().Add(within))
 		buf := make([]byte, 4096)
 		n, err := notify.Read(buf)
 		if err != nil {
@@ -57,15 +57,16 @@ func TestServeNotifiesSystemd(t *testing.T) {
 			t.Fatalf("serve sent %q, want %s first", msg, want)
 		}
 	}
-	read("READY=1")
+	read("READY=1", 60*time.Second)
 	c, err := net.DialTimeout("unix", sock, 5*time.Second)
 	if err != nil {
 		t.Fatalf("READY=1 came but the plugin socket does not accept: %v", err)
 	}
 	c.Close()
 
+	// STOPPING=1 must be sent before the process ends (it was sent from
+	// a goroutine that an exit could beat): read it only after the exit.
 	cmd.Process.Signal(syscall.SIGTERM)
-	read("STOPPING=1")
 	select {
 	case err := <-exited:
 		exited <- err // for the deferred Wait
@@ -75,4 +76,5 @@ func TestServeNotifiesSystemd(t *testing.T) {
 	case <-time.After(60 * time.Second):
 		t.Fatal("serve did not exit within 60 s of SIGTERM")
 	}
+	read("STOPPING=1", time.Second)
 }

@@ -110,7 +110,7 @@ func runServe(ctx context.Context, env *environment, args []string) error {
 	// The socket listens (dockerd's connections queue until Serve takes
 	// them): a Type=notify unit ordered before docker.service may let
 	// dockerd start now.
-	notifySystemd(ctx, env.log, "serving "+path)
+	defer notifySystemd(ctx, env.log, "serving "+path)()
 	return dockerplugin.Serve(ctx, ln, p, grace)
 }
 

@@ -92,7 +92,7 @@ func runSnapshotter(ctx context.Context, env *environment, args []string) error 
 	env.log.Info("serving containerd's snapshots API", "socket", *socket, "root", *root, "prefix", d.Prefix(), "shared_prefix", *shared)
 	// Listening and the driver open: a Type=notify unit ordered before
 	// containerd.service lets containerd start now.
-	notifySystemd(ctx, env.log, "serving "+*socket)
+	defer notifySystemd(ctx, env.log, "serving "+*socket)()
 	err = snapshotter.Serve(ctx, ln, sn)
 
 	sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), shutdownTimeout)

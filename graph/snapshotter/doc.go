@@ -22,7 +22,8 @@
 //     a background reaper does after the commit, in order (reaper.go:
 //     containerd's GC calls Remove and Cleanup under its lock, and
 //     containerd 1.6 loses deletions made during a long pass);
-//     WaitRemovals waits for the queue. Cleanup deletes layers no
+//     WaitRemovals waits for the queue and the store's own deletions
+//     (graph.Driver.WaitRemovals). Cleanup deletes layers no
 //     snapshot names (a crash between the layer and the record, a
 //     deletion that failed), leaving queued ones to the reaper.
 //   - Errors carry containerd's errdefs codes (NotFound, AlreadyExists,

@@ -120,7 +120,13 @@ func (s *Snapshotter) reap(ctx context.Context) {
 			}
 		}
 		if j.shared != "" {
-			if err := s.releaseShared(ctx, j.shared); err != nil {
+			// Layers removed before were clones of the shared image:
+			// its snapshot can go once the store has deleted them.
+			err := s.d.WaitRemovals(ctx)
+			if err == nil {
+				err = s.releaseShared(ctx, j.shared)
+			}
+			if err != nil {
 				s.log.Warn("could not delete an unused shared layer", "image", j.shared, "err", err)
 			}
 		}
@@ -129,8 +135,16 @@ func (s *Snapshotter) reap(ctx context.Context) {
 }
 
 // WaitRemovals waits until the deletions queued by Remove so far are
-// done (or have failed, leaving orphans for Cleanup), or ctx ends.
+// done (or have failed, leaving orphans for Cleanup), the layer store's
+// included, or ctx ends.
 func (s *Snapshotter) WaitRemovals(ctx context.Context) error {
+	if err := s.waitQueue(ctx); err != nil {
+		return err
+	}
+	return s.d.WaitRemovals(ctx)
+}
+
+func (s *Snapshotter) waitQueue(ctx context.Context) error {
 	idle := make(chan struct{})
 	go func() {
 		s.r.mu.Lock()

@@ -101,7 +101,7 @@ func TestDockerDriver(t *testing.T) {
 	t.Run("RmAndRmiRemoveTheirImages", func(t *testing.T) {
 		e.mustDocker("rm", "writer")
 		e.mustDocker("rmi", "committed:1", "busybox:e2e")
-		if got := e.rbdImages(); !slices.Equal(got, []string{e.prefix + "base"}) {
+		if got := e.waitRBDImages(e.prefix + "base"); !slices.Equal(got, []string{e.prefix + "base"}) {
 			t.Fatalf("RBD images after docker rm and rmi: %v, want only the base", got)
 		}
 	})
@@ -212,7 +212,7 @@ func TestDockerDriver(t *testing.T) {
 		e.mustDocker("rm", "-f", "keeper")
 		imgs := strings.Fields(e.mustDocker("images", "-q"))
 		e.mustDocker(append([]string{"rmi", "-f"}, imgs...)...)
-		if got := e.rbdImages(); !slices.Equal(got, []string{e.prefix + "base"}) {
+		if got := e.waitRBDImages(e.prefix + "base"); !slices.Equal(got, []string{e.prefix + "base"}) {
 			t.Fatalf("RBD images after removing everything: %v", got)
 		}
 		e.stopDockerd()
@@ -255,7 +255,7 @@ func TestDockerDriverUsernsRemap(t *testing.T) {
 	}
 	e.mustDocker("rm", "writer")
 	e.mustDocker("rmi", "remapped:1", "busybox:e2e")
-	if got := e.rbdImages(); !slices.Equal(got, []string{remappedBase}) {
+	if got := e.waitRBDImages(remappedBase); !slices.Equal(got, []string{remappedBase}) {
 		t.Fatalf("RBD images after rm and rmi: %v, want only %s", got, remappedBase)
 	}
 }

@@ -14,6 +14,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strings"
 	"syscall"
@@ -102,14 +103,21 @@ func newDockerEnv(t testing.TB, name string, dockerdArgs ...string) *dockerEnv {
 		}
 		for _, l := range []string{"plugin.log", "dockerd.log", "containerd.log"} {
 			b, _ := os.ReadFile(filepath.Join(e.dir, l))
-			if t.Failed() {
-				t.Logf("---- %s (last 6000 bytes) ----\n%s", l, tail(b, 6000))
-			}
 			// In the VM, keep the logs with the results (per-step timings
-			// of the driver are in the plugin's debug log).
-			if out := os.Getenv("VM_OUT"); out != "" && len(b) > 0 {
-				name := strings.NewReplacer("/", "_", " ", "_").Replace(t.Name()) + "-" + l
+			// of the driver are in the plugin's debug log), and show
+			// only their ends: CI shows the end of a failed test's
+			// output, where whole logs would push out the failure.
+			out := os.Getenv("VM_OUT")
+			name := strings.NewReplacer("/", "_", " ", "_").Replace(t.Name()) + "-" + l
+			if out != "" && len(b) > 0 {
 				_ = os.WriteFile(filepath.Join(out, name), b, 0o644)
+			}
+			switch {
+			case !t.Failed():
+			case out != "":
+				t.Logf("---- %s (last 1500 bytes; all of it in %s) ----\n%s", l, filepath.Join(out, name), tail(b, 1500))
+			default:
+				t.Logf("---- %s (last 6000 bytes) ----\n%s", l, tail(b, 6000))
 			}
 		}
 		e.removeImages()
@@ -399,6 +407,22 @@ func (e *dockerEnv) rbdImages() []string {
 	}
 	sort.Strings(mine)
 	return mine
+}
+
+// waitRBDImages waits (at most 3 minutes) until this env's images in
+// pool rbd are want and returns the last list: the driver deletes a
+// removed layer's images in the background (graph/reap.go).
+func (e *dockerEnv) waitRBDImages(want ...string) []string {
+	e.t.Helper()
+	var got []string
+	deadline := time.Now().Add(3 * time.Minute)
+	for {
+		got = e.rbdImages()
+		if slices.Equal(got, want) || time.Now().After(deadline) {
+			return got
+		}
+		time.Sleep(2 * time.Second)
+	}
 }
 
 // removeImages deletes what the env left in the pool (snapshots first,
