@@ -46,6 +46,22 @@ func (s *gatedStore) RemoveImage(ctx context.Context, name string) error {
 	return s.FileStore.RemoveImage(ctx, name)
 }
 
+// removeUnheld removes layer id, failing if Remove waits for the
+// held deletion of its image.
+func removeUnheld(t *testing.T, d *graph.Driver, id string) {
+	t.Helper()
+	done := make(chan error, 1)
+	go func() { done <- d.Remove(context.Background(), id) }()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatalf("Remove(%s): %v", id, err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatalf("Remove(%s) waited for the image's deletion (held by the store)", id)
+	}
+}
+
 func newGatedEnv(t *testing.T) (*env, *gatedStore) {
 	var gs *gatedStore
 	e := newEnv(t, func(c *graph.Config) {
@@ -69,16 +85,7 @@ func TestRemoveDeletesImagesInTheBackground(t *testing.T) {
 	e.create("r", "q")
 
 	for _, id := range []string{"c", "p"} {
-		done := make(chan error, 1)
-		go func() { done <- e.d.Remove(ctx, id) }()
-		select {
-		case err := <-done:
-			if err != nil {
-				t.Fatalf("Remove(%s): %v", id, err)
-			}
-		case <-time.After(10 * time.Second):
-			t.Fatalf("Remove(%s) waited for the image's deletion (held by the store)", id)
-		}
+		removeUnheld(t, e.d, id)
 		if e.d.Exists(id) {
 			t.Fatalf("Exists(%s) after Remove", id)
 		}
@@ -133,8 +140,8 @@ func TestRemovalsLeftAtStopAreFinishedByTheNextStart(t *testing.T) {
 	ctx := context.Background()
 	e.create("p", "")
 	e.create("c", "p")
-	e.remove("c")
-	e.remove("p")
+	removeUnheld(t, e.d, "c")
+	removeUnheld(t, e.d, "p")
 	select {
 	case <-gs.deleting:
 	case <-time.After(10 * time.Second):
