@@ -27,11 +27,14 @@ import (
 )
 
 // The reaper's retries: a deletion that fails (a busy image, a slow
-// cluster) is queued again after a pause that doubles, and after
-// reapAttempts tries left to the next start.
+// cluster) is tried again, ahead of the rest of the queue, after a pause
+// that doubles, and after reapAttempts tries left to the next start.
 const (
 	reapAttempts   = 6
 	reapFirstPause = time.Second
+	// reapDrainTimeout bounds how long Close finishes the queue and
+	// Close or Release wait for a deletion in flight.
+	reapDrainTimeout = 30 * time.Second
 )
 
 type reapJob struct {
@@ -135,11 +138,16 @@ func (r *reaper) wait(ctx context.Context) error {
 	}
 }
 
-// stop ends the reaper after the job it is doing; what is still queued
-// stays removing, for the next start.
-func (r *reaper) stop() {
+// stop ends the reaper after the job it is doing, waiting for that
+// until ctx ends (a paused cluster may never answer; the process is
+// leaving); what is still queued stays removing, for the next start.
+func (r *reaper) stop(ctx context.Context) {
 	r.cancel()
-	<-r.done
+	select {
+	case <-r.done:
+	case <-ctx.Done():
+		r.d.log.Warn("stopped waiting for a layer deletion in flight; the next start finishes it", "err", ctx.Err())
+	}
 }
 
 func (r *reaper) loop() {
@@ -213,7 +221,8 @@ func (r *reaper) finish(j *reapJob, err error) {
 		pause := reapFirstPause << (j.attempts - 1)
 		j.notBefore = time.Now().Add(pause)
 		d.log.Warn("could not delete a removed layer's images; trying again", "layer", j.l.id, "in", pause, "err", err)
-		r.queue = append(r.queue, j)
+		// First again: the jobs behind it may be its parents.
+		r.queue = append([]*reapJob{j}, r.queue...)
 		return
 	default:
 		d.log.Error("could not delete a removed layer's images; the next start tries again", "layer", j.l.id, "attempts", reapAttempts, "err", err)

@@ -19,6 +19,7 @@ import (
 type gatedStore struct {
 	*graphtest.FileStore
 	gate     chan struct{}
+	deaf     bool // the held deletions ignore ctx, as a paused cluster's
 	mu       sync.Mutex
 	failOnce map[string]bool
 	deleting chan string // each layer image whose deletion starts
@@ -29,6 +30,9 @@ func (s *gatedStore) RemoveImage(ctx context.Context, name string) error {
 		select {
 		case s.deleting <- name:
 		default:
+		}
+		if s.deaf {
+			<-s.gate
 		}
 		select {
 		case <-s.gate:
@@ -170,5 +174,33 @@ func TestRemovalsLeftAtStopAreFinishedByTheNextStart(t *testing.T) {
 	}
 	if names, _ := gs.FileStore.ListImages(ctx, "t-layer-"); len(names) != 0 {
 		t.Fatalf("images after Close: %v, want none", names)
+	}
+}
+
+// A deletion that never answers (a paused cluster) holds Release no
+// longer than its ctx: the restart handover must not wait for it.
+func TestReleaseDoesNotWaitForAStuckDeletion(t *testing.T) {
+	e, gs := newGatedEnv(t)
+	gs.deaf = true
+	e.create("x", "")
+	removeUnheld(t, e.d, "x")
+	select {
+	case <-gs.deleting:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the reaper never started a deletion")
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+	defer cancel()
+	start := time.Now()
+	if err := e.d.Release(ctx); err != nil {
+		t.Fatalf("Release: %v", err)
+	}
+	if took := time.Since(start); took > 5*time.Second {
+		t.Fatalf("Release took %v with a deletion stuck, want about its 1 s ctx", took)
+	}
+	close(gs.gate)
+	e.d = e.open()
+	if got := e.images("t-layer-"); len(got) != 0 {
+		t.Fatalf("images after the restart: %v, want none", got)
 	}
 }

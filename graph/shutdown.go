@@ -33,12 +33,16 @@ func (d *Driver) stop(ctx context.Context, drain bool) bool {
 	d.closed = true
 	d.mu.Unlock()
 	if d.reap != nil {
+		// dockerd's Cleanup comes with no deadline: a paused cluster
+		// must not hold it for ever.
+		ctx, cancel := context.WithTimeout(ctx, reapDrainTimeout)
+		defer cancel()
 		if drain {
 			if err := d.reap.wait(ctx); err != nil {
 				d.log.Info("stopping with removed layers not deleted yet; the next start deletes them", "layers", d.reap.pending(), "err", err)
 			}
 		}
-		d.reap.stop()
+		d.reap.stop(ctx)
 	}
 	if d.flat != nil {
 		d.flat.stop()
