@@ -287,7 +287,8 @@ func (s *benchSetup) measure(w containerWorkload, run func() error) benchRecord 
 // pluginTimings reads the plugin's debug log from offset off: the time
 // of each request by method ("request" lines) and of each step of the
 // layer store ("layer created", "layer mounted", "layer released",
-// "layer removed" lines, whose other durations are steps).
+// "layer removed", "layer images deleted" lines, whose other durations
+// are steps).
 func pluginTimings(tb testing.TB, path string, off int64) (map[string]opTotal, map[string]opTotal) {
 	f, err := os.Open(path)
 	if err != nil {
@@ -299,7 +300,10 @@ func pluginTimings(tb testing.TB, path string, off int64) (map[string]opTotal, m
 		tb.Error(err)
 		return nil, nil
 	}
-	ops := map[string]string{"layer created": "create", "layer mounted": "mount", "layer released": "unmount", "layer removed": "remove"}
+	ops := map[string]string{"layer created": "create", "layer mounted": "mount", "layer released": "unmount", "layer removed": "remove",
+		// Remove's reply, and the deletion after it (graph/reap.go: off
+		// dockerd's path, overlapping whatever comes next).
+		"layer removed; deleting its images in the background": "remove", "layer images deleted": "delete"}
 	reqs, steps := map[string]opTotal{}, map[string]opTotal{}
 	add := func(m map[string]opTotal, k string, d time.Duration) {
 		t := m[k]
