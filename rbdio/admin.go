@@ -32,12 +32,14 @@ func (c *Conn) withImage(ctx context.Context, op, name, snap string, readOnly bo
 	var img *rbd.Image
 	var err error
 	fnName := "rbd_open"
+	unlock := c.lockImageCtx()
 	if readOnly {
 		fnName = "rbd_open_read_only"
 		img, err = rbd.OpenImageReadOnly(c.ioctx, name, snap)
 	} else {
 		img, err = rbd.OpenImage(c.ioctx, name, snap)
 	}
+	unlock()
 	if err != nil {
 		e := wrap(err, op, spec, fnName)
 		if e.Errno == syscall.ENOENT {
@@ -49,6 +51,9 @@ func (c *Conn) withImage(ctx context.Context, op, name, snap string, readOnly bo
 		}
 		return e
 	}
-	defer img.Close()
+	defer func() {
+		defer c.lockImageCtx()()
+		img.Close()
+	}()
 	return fn(img)
 }

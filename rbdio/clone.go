@@ -69,7 +69,10 @@ func (c *Conn) Clone(ctx context.Context, parent, snap, child string, opts Creat
 		return err
 	}
 	defer rio.Destroy()
-	if err := rbd.CloneImage(c.ioctx, parent, snap, c.ioctx, child, rio); err != nil {
+	unlock := c.lockImageCtx()
+	err = rbd.CloneImage(c.ioctx, parent, snap, c.ioctx, child, rio)
+	unlock()
+	if err != nil {
 		e := wrap(err, "clone "+c.spec(parent, snap)+" to", spec, "rbd_clone3")
 		if e.Errno == syscall.EEXIST {
 			e.Hint = "pick another name, or remove the old image first"

@@ -137,6 +137,24 @@ type Conn struct {
 	mu     sync.Mutex
 	images map[*Image]struct{} // open images, closed by Close
 	closed bool
+
+	// imageCtx is held across every librbd call that makes or destroys
+	// an image context on the connection's shared ioctx (rbd_open*,
+	// rbd_close, and rbd_create4, rbd_clone3, rbd_remove, rbd_rename,
+	// which open images inside): one at a time. The driver's plugin
+	// aborted in the VM with glibc's "corrupted double-linked list"
+	// inside rbd_open_read_only while another goroutine was inside
+	// rbd_open on the same ioctx (docs/2026-12-06-background-removal.md).
+	// These calls cost a round trip or more each and are never on the
+	// IO path, so serialising them costs little.
+	imageCtx sync.Mutex
+}
+
+// lockImageCtx takes the image-context lock (Conn.imageCtx) and
+// returns its release.
+func (c *Conn) lockImageCtx() func() {
+	c.imageCtx.Lock()
+	return c.imageCtx.Unlock
 }
 
 // Connect reads the configuration, authenticates, and opens the pool

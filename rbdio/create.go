@@ -192,7 +192,10 @@ func (c *Conn) CreateImage(ctx context.Context, name string, opts CreateOptions)
 		return err
 	}
 	defer rio.Destroy()
-	if err := rbd.CreateImage(c.ioctx, name, uint64(opts.Size), rio); err != nil {
+	unlock := c.lockImageCtx()
+	err = rbd.CreateImage(c.ioctx, name, uint64(opts.Size), rio)
+	unlock()
+	if err != nil {
 		e := wrap(err, "create image", spec, "rbd_create4")
 		if e.Errno == syscall.EEXIST {
 			e.Hint = "pick another name, or remove the old image first"

@@ -41,14 +41,20 @@ func (c *Conn) Flatten(ctx context.Context, image string) error {
 	cName := C.CString(image)
 	defer C.free(unsafe.Pointer(cName))
 	var img C.rbd_image_t
-	if ret := C.rbd_open(C.rados_ioctx_t(c.ioctx.Pointer()), cName, &img, nil); ret < 0 {
+	unlock := c.lockImageCtx()
+	ret := C.rbd_open(C.rados_ioctx_t(c.ioctx.Pointer()), cName, &img, nil)
+	unlock()
+	if ret < 0 {
 		e := errnoErr(int(ret), "flatten", spec, "rbd_open")
 		if e.Errno == syscall.ENOENT {
 			e.Hint = "no such image"
 		}
 		return e
 	}
-	defer C.rbd_close(img)
+	defer func() {
+		defer c.lockImageCtx()()
+		C.rbd_close(img)
+	}()
 
 	// The flag lives in C memory: librbd's threads read it.
 	flag := (*C.int)(C.calloc(1, C.sizeof_int))
@@ -64,7 +70,7 @@ func (c *Conn) Flatten(ctx context.Context, image string) error {
 			C.rbdio_flatten_cancel(flag)
 		}
 	})
-	ret := C.rbdio_flatten(img, flag)
+	ret = C.rbdio_flatten(img, flag)
 	stop()
 	mu.Lock()
 	freed = true

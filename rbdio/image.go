@@ -122,12 +122,14 @@ func (c *Conn) OpenImage(ctx context.Context, name string, opts OpenOptions) (*I
 	ioctx := C.rados_ioctx_t(c.ioctx.Pointer())
 	var ret C.int
 	fn := "rbd_open"
+	unlock := c.lockImageCtx()
 	if readOnly {
 		fn = "rbd_open_read_only"
 		ret = C.rbd_open_read_only(ioctx, cName, &im.img, cSnap)
 	} else {
 		ret = C.rbd_open(ioctx, cName, &im.img, cSnap)
 	}
+	unlock()
 	if ret < 0 {
 		e := errnoErr(int(ret), "open image", spec, fn)
 		if e.Errno == syscall.ENOENT {
@@ -223,8 +225,10 @@ func (im *Image) Close() error {
 	// No request is in flight (mu was free): the queues can go.
 	im.sub.close()
 	im.compl.close()
-	ret := C.rbd_close(im.img)
 	c := im.conn
+	unlock := c.lockImageCtx()
+	ret := C.rbd_close(im.img)
+	unlock()
 	c.mu.Lock()
 	delete(c.images, im)
 	c.mu.Unlock()

@@ -57,7 +57,10 @@ func (c *Conn) RemoveImage(ctx context.Context, image string, opts RemoveOptions
 	if err := ctx.Err(); err != nil {
 		return err
 	}
-	if err := rbd.RemoveImage(c.ioctx, image); err != nil {
+	unlock := c.lockImageCtx()
+	err = rbd.RemoveImage(c.ioctx, image)
+	unlock()
+	if err != nil {
 		e := wrap(err, "remove image", spec, "rbd_remove")
 		switch e.Errno {
 		case syscall.ENOENT:

@@ -54,7 +54,10 @@ func (c *Conn) RenameImage(ctx context.Context, from, to string) error {
 	if err := validName("image", to); err != nil {
 		return err
 	}
-	if err := rbd.GetImage(c.ioctx, from).Rename(to); err != nil {
+	unlock := c.lockImageCtx()
+	err := rbd.GetImage(c.ioctx, from).Rename(to)
+	unlock()
+	if err != nil {
 		return wrap(err, "rename image to "+to, spec, "rbd_rename")
 	}
 	return nil
