@@ -12,8 +12,8 @@ import (
 // Close (dockerd's Cleanup) stops background work and unmounts and
 // detaches every layer. It leaves no mount, device or open image behind,
 // or says which it could not release. Removed layers still being
-// deleted are finished while ctx lasts; the rest are left to the next
-// start.
+// deleted are finished for up to reapDrainTimeout (less if ctx ends
+// first); the rest are left to the next start.
 func (d *Driver) Close(ctx context.Context) error {
 	if !d.stop(ctx, true) {
 		return nil
