@@ -409,20 +409,21 @@ func (e *dockerEnv) rbdImages() []string {
 	return mine
 }
 
-// waitRBDImages waits (at most 3 minutes) until this env's images in
-// pool rbd are want and returns the last list: the driver deletes a
-// removed layer's images in the background (graph/reap.go).
-func (e *dockerEnv) waitRBDImages(want ...string) []string {
-	e.t.Helper()
+// waitRBDImages fails t unless this env's images in pool rbd become
+// want within 3 minutes: the driver deletes a removed layer's images in
+// the background (graph/reap.go).
+func (e *dockerEnv) waitRBDImages(t testing.TB, what string, want ...string) {
+	t.Helper()
 	var got []string
-	deadline := time.Now().Add(3 * time.Minute)
-	for {
-		got = e.rbdImages()
-		if slices.Equal(got, want) || time.Now().After(deadline) {
-			return got
+	defer func() {
+		if t.Failed() {
+			t.Logf("RBD images %s: %v, want %v", what, got, want)
 		}
-		time.Sleep(2 * time.Second)
-	}
+	}()
+	testkit.Eventually(t, 3*time.Minute, "RBD images "+what+" to be "+strings.Join(want, ", "), func() bool {
+		got = e.rbdImages()
+		return slices.Equal(got, want)
+	})
 }
 
 // removeImages deletes what the env left in the pool (snapshots first,
