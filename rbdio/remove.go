@@ -2,6 +2,7 @@ package rbdio
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"strings"
 	"syscall"
@@ -26,6 +27,13 @@ type RemoveOptions struct {
 func (c *Conn) RemoveImage(ctx context.Context, image string, opts RemoveOptions) error {
 	spec := c.spec(image, "")
 	snaps, err := c.Snapshots(ctx, image)
+	if errors.Is(err, ErrNotFound) {
+		// A removal interrupted half way (the process killed inside
+		// rbd_remove) leaves the name listed with its header gone, so
+		// it cannot be opened; rbd_remove finishes it. For a name that
+		// does not exist at all it answers ENOENT, as before.
+		return c.finishRemove(spec, image)
+	}
 	if err != nil {
 		return err
 	}
@@ -57,8 +65,13 @@ func (c *Conn) RemoveImage(ctx context.Context, image string, opts RemoveOptions
 	if err := ctx.Err(); err != nil {
 		return err
 	}
+	return c.finishRemove(spec, image)
+}
+
+// finishRemove is rbd_remove with its errors explained.
+func (c *Conn) finishRemove(spec, image string) error {
 	unlock := c.lockImageCtx()
-	err = rbd.RemoveImage(c.ioctx, image)
+	err := rbd.RemoveImage(c.ioctx, image)
 	unlock()
 	if err != nil {
 		e := wrap(err, "remove image", spec, "rbd_remove")
