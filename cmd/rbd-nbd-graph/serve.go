@@ -51,7 +51,7 @@ func runServe(ctx context.Context, env *environment, args []string) error {
 	var grace, shutdownTimeout time.Duration
 	durationVar(fs, &grace, "grace", 30*time.Second, "on SIGTERM, how long to wait for plugin requests in flight")
 	durationVar(fs, &shutdownTimeout, "shutdown-timeout", 30*time.Second,
-		"on SIGTERM, how long to wait for IO in flight on the devices before exiting anyway")
+		"on SIGTERM, how long to wait for IO in flight on the devices, or for an Init the cluster holds, before exiting anyway")
 	detachOnExit := fs.Bool("detach-on-exit", false,
 		"on SIGTERM unmount and detach every layer (default: leave them mounted for the next plugin process, as a restart or upgrade needs)")
 	mflags := registerMetricsFlags(fs)

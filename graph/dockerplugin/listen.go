@@ -46,8 +46,21 @@ func Listen(path string) (net.Listener, error) {
 // down (nothing left mounted, attached or open). First it resumes the
 // instance a previous plugin process was serving (Plugin.Resume); dockerd's
 // requests wait in the socket's backlog meanwhile.
+//
+// SIGTERM during the resume (a cluster that does not answer can hold it
+// indefinitely) shuts down without serving.
 func Serve(ctx context.Context, ln net.Listener, p *Plugin, grace time.Duration) error {
-	p.Resume()
+	resumed := make(chan struct{})
+	go func() {
+		defer close(resumed)
+		p.Resume()
+	}()
+	select {
+	case <-resumed:
+	case <-ctx.Done():
+		p.log.Info("shutting down while resuming")
+		return errors.Join(p.Shutdown(), ln.Close())
+	}
 	h := NewHandler(p)
 	srv := &http.Server{Handler: h, ReadHeaderTimeout: 30 * time.Second}
 	errc := make(chan error, 1)

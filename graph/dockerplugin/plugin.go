@@ -10,7 +10,6 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
-	"sync"
 	"time"
 
 	dgraph "github.com/docker/docker/daemon/graphdriver"
@@ -89,8 +88,12 @@ type Plugin struct {
 	ctx    context.Context
 	cancel context.CancelFunc
 
-	mu  sync.Mutex
-	cur *instance
+	// lock guards cur. A channel, not a sync.Mutex, so that Shutdown can
+	// give up waiting for it: an Init may hold it for as long as the
+	// cluster does not answer (a full or paused pool blocks librbd calls
+	// that no context interrupts), and SIGTERM must still end the process.
+	lock chan struct{}
+	cur  *instance
 }
 
 type instance struct {
@@ -103,6 +106,10 @@ type instance struct {
 }
 
 var _ gd.Driver = (*Plugin)(nil)
+
+// ErrShutdownBlocked: Shutdown gave up waiting for an Init or Cleanup
+// that the cluster does not let finish.
+var ErrShutdownBlocked = errors.New("shutdown: an Init or Cleanup did not finish")
 
 // ErrNotInitialized: a call before dockerd's Init or after Cleanup.
 var ErrNotInitialized = errors.New("driver not initialized: dockerd calls GraphDriver.Init first")
@@ -117,7 +124,20 @@ func New(cfg Config) *Plugin {
 		log = slog.Default()
 	}
 	ctx, cancel := context.WithCancel(context.Background())
-	return &Plugin{cfg: cfg, log: log, ctx: ctx, cancel: cancel}
+	return &Plugin{cfg: cfg, log: log, ctx: ctx, cancel: cancel, lock: make(chan struct{}, 1)}
+}
+
+func (p *Plugin) acquire() { p.lock <- struct{}{} }
+func (p *Plugin) release() { <-p.lock }
+
+// acquireWithin takes the lock unless ctx ends first.
+func (p *Plugin) acquireWithin(ctx context.Context) error {
+	select {
+	case p.lock <- struct{}{}:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
 }
 
 // initRecord is the StateFile's content.
@@ -181,8 +201,8 @@ func (p *Plugin) Init(home string, options []string, uidMaps, gidMaps []idtools.
 	root := idMap.RootPair()
 	key := fmt.Sprintf("%s|%q|%v|%v", home, options, uidMaps, gidMaps)
 
-	p.mu.Lock()
-	defer p.mu.Unlock()
+	p.acquire()
+	defer p.release()
 	if p.cur != nil {
 		if p.cur.key == key {
 			p.log.Info("Init repeats the running instance; keeping it", "home", home)
@@ -225,8 +245,8 @@ func (p *Plugin) Init(home string, options []string, uidMaps, gidMaps []idtools.
 }
 
 func (p *Plugin) instance() (*instance, error) {
-	p.mu.Lock()
-	defer p.mu.Unlock()
+	p.acquire()
+	defer p.release()
 	if p.cur == nil {
 		return nil, ErrNotInitialized
 	}
@@ -235,8 +255,8 @@ func (p *Plugin) instance() (*instance, error) {
 
 // Driver returns the current graph.Driver, or nil before Init.
 func (p *Plugin) Driver() *graph.Driver {
-	p.mu.Lock()
-	defer p.mu.Unlock()
+	p.acquire()
+	defer p.release()
 	if p.cur == nil {
 		return nil
 	}
@@ -319,8 +339,8 @@ func (p *Plugin) GetMetadata(id string) (map[string]string, error) {
 // or open. dockerd calls it when it stops; a later Init starts again, and
 // until then a restarted plugin has nothing to resume.
 func (p *Plugin) Cleanup() error {
-	p.mu.Lock()
-	defer p.mu.Unlock()
+	p.acquire()
+	defer p.release()
 	err := p.closeLocked()
 	if p.cfg.StateFile != "" {
 		if rerr := os.Remove(p.cfg.StateFile); rerr != nil && !errors.Is(rerr, os.ErrNotExist) {
@@ -349,10 +369,24 @@ func (p *Plugin) closeLocked() error {
 // process resumes from the Init record (dockerd, still running, will not
 // call Init again) and adopts them. With Config.DetachOnExit it closes
 // the instance like Cleanup instead, keeping the record.
+//
+// An Init (or Cleanup) still inside the cluster when SIGTERM comes holds
+// the instance; Shutdown waits for it at most ShutdownTimeout and then
+// returns ErrShutdownBlocked, leaving it: the process is leaving, and the
+// Init record, if any, lets the next process resume.
 func (p *Plugin) Shutdown() error {
 	p.cancel()
-	p.mu.Lock()
-	defer p.mu.Unlock()
+	timeout := p.cfg.ShutdownTimeout
+	if timeout <= 0 {
+		timeout = 30 * time.Second
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	defer cancel()
+	if err := p.acquireWithin(ctx); err != nil {
+		p.log.Error("an Init or Cleanup is still waiting for the cluster; exiting without it", "waited", timeout)
+		return fmt.Errorf("%w (waited %v; check 'ceph -s' for a full or paused pool)", ErrShutdownBlocked, timeout)
+	}
+	defer p.release()
 	if p.cfg.DetachOnExit {
 		return p.closeLocked()
 	}
@@ -361,12 +395,6 @@ func (p *Plugin) Shutdown() error {
 	}
 	in := p.cur
 	p.cur = nil
-	timeout := p.cfg.ShutdownTimeout
-	if timeout <= 0 {
-		timeout = 30 * time.Second
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), timeout)
-	defer cancel()
 	err := in.drv.Release(ctx)
 	if err != nil {
 		// Requests still in flight in the cluster hold the connection:
