@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/rbd-nbd-graph/rbd-nbd-graph/graph"
+	"github.com/rbd-nbd-graph/rbd-nbd-graph/graph/dockerplugin"
 	"github.com/rbd-nbd-graph/rbd-nbd-graph/graph/snapshotter"
 )
 
@@ -72,22 +73,34 @@ func runSnapshotter(ctx context.Context, env *environment, args []string) error 
 		return err
 	}
 	defer ln.Close()
-	backend, err := openRBDBackend(ctx, o, env.log)
-	if err != nil {
-		return err
-	}
-	backend = observeBackend(reg, backend)
-	d, err := graph.New(ctx, graph.Config{
-		Home: filepath.Join(*root, "layers"), Options: o.layers, Store: backend.Store, Attacher: backend.Attacher,
-		HostID: *hostID, Logger: env.log, BlockDevices: true, Observer: layerObserver(reg),
+	var (
+		backend dockerplugin.Backend
+		d       *graph.Driver
+		sn      *snapshotter.Snapshotter
+	)
+	err = unlessInterrupted(ctx, "starting the snapshotter", func() error {
+		var err error
+		backend, err = openRBDBackend(ctx, o, env.log)
+		if err != nil {
+			return err
+		}
+		backend = observeBackend(reg, backend)
+		d, err = graph.New(ctx, graph.Config{
+			Home: filepath.Join(*root, "layers"), Options: o.layers, Store: backend.Store, Attacher: backend.Attacher,
+			HostID: *hostID, Logger: env.log, BlockDevices: true, Observer: layerObserver(reg),
+		})
+		if err != nil {
+			return errors.Join(err, closeBackend(backend.Close))
+		}
+		sn, err = snapshotter.New(ctx, snapshotter.Config{Home: *root, Driver: d, Logger: env.log,
+			SharedPrefix: *shared, Store: backend.Store, HostID: *hostID})
+		if err != nil {
+			return errors.Join(err, d.Close(context.WithoutCancel(ctx)), closeBackend(backend.Close))
+		}
+		return nil
 	})
 	if err != nil {
-		return errors.Join(err, closeBackend(backend.Close))
-	}
-	sn, err := snapshotter.New(ctx, snapshotter.Config{Home: *root, Driver: d, Logger: env.log,
-		SharedPrefix: *shared, Store: backend.Store, HostID: *hostID})
-	if err != nil {
-		return errors.Join(err, d.Close(context.WithoutCancel(ctx)), closeBackend(backend.Close))
+		return err
 	}
 	env.log.Info("serving containerd's snapshots API", "socket", *socket, "root", *root, "prefix", d.Prefix(), "shared_prefix", *shared)
 	// Listening and the driver open: a Type=notify unit ordered before
@@ -97,12 +110,37 @@ func runSnapshotter(ctx context.Context, env *environment, args []string) error 
 
 	sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), shutdownTimeout)
 	defer cancel()
+	var rerr error
 	if *detachOnExit {
-		err = errors.Join(err, sn.Close())
+		rerr = sn.Close()
 	} else {
-		err = errors.Join(err, sn.Release(sctx))
+		rerr = sn.Release(sctx)
+	}
+	if rerr != nil {
+		// Requests still in flight in the cluster hold the connection:
+		// closing it would wait for them (a paused or full pool: for
+		// ever). Exiting releases it.
+		env.log.Error("exiting without closing the cluster connection", "err", rerr)
+		return errors.Join(err, rerr)
 	}
 	return errors.Join(err, closeBackend(backend.Close))
+}
+
+// unlessInterrupted runs start and returns its error, or returns at once
+// when ctx ends first (SIGTERM) and leaves start running: a librbd call
+// waits as long as the pool is full or the OSDs are paused, whatever a
+// context says, and SIGTERM must still end the process. What start has
+// half done then is what a crash at that point leaves, which the next
+// start cleans up.
+func unlessInterrupted(ctx context.Context, what string, start func() error) error {
+	done := make(chan error, 1)
+	go func() { done <- start() }()
+	select {
+	case err := <-done:
+		return err
+	case <-ctx.Done():
+		return fmt.Errorf("%s: %w before the cluster answered; check 'ceph -s' (a full or paused pool?)", what, ctx.Err())
+	}
 }
 
 func closeBackend(close func() error) error {
