@@ -21,6 +21,22 @@ if [ "${E2E_CEPH:-1}" != 0 ]; then
 	guest_ceph_start $((1536 << 20)) "${E2E_CEPH_CLUSTER:-}" || exit 1
 fi
 
+# The pool's use over time, for a failure that fills the cluster (memstore
+# answers "full" once its RAM cap is reached, and every write then waits).
+# From the OSD's own counters: `ceph df` needs a mgr, which this cluster
+# runs only for quota tests.
+if [ "${E2E_CEPH:-1}" != 0 ]; then
+	(
+		while sleep 20; do
+			printf '%s used=%s images=%s trash=%s\n' "$(date +%T)" \
+				"$(timeout 20 ceph tell osd.0 perf dump osd 2>/dev/null | jq -r '.osd.stat_bytes_used' 2>/dev/null)" \
+				"$(timeout 20 rbd ls -p rbd 2>/dev/null | wc -l)" \
+				"$(timeout 20 rbd trash ls -a -p rbd 2>/dev/null | wc -l)"
+		done
+	) >"$VM_OUT/pool-usage.log" 2>&1 &
+	sampler=$!
+fi
+
 args=(-test.v=test2json -test.count=1 -test.timeout="${E2E_TIMEOUT:-20m}")
 [ -n "${RUN:-}" ] && args+=(-test.run="$RUN")
 cd "$repo/test/e2e" || exit 1
@@ -29,6 +45,7 @@ cd "$repo/test/e2e" || exit 1
 	jq --unbuffered -j 'select(.Action == "output") | .Output'
 rc=${PIPESTATUS[0]}
 
+[ -n "${sampler:-}" ] && kill "$sampler" 2>/dev/null
 dmesg > "$VM_OUT/dmesg.log" 2>&1
 [ "$rc" = 0 ] || guest_ceph_logs
 exit "$rc"
