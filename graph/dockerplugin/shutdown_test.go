@@ -36,16 +36,16 @@ func stuckCluster(t *testing.T, entered chan struct{}) func(*dockerplugin.Config
 }
 
 // stopWithin is SIGTERM, failing t if Serve has not returned after limit.
-func stopWithin(t *testing.T, srv *server, limit time.Duration) (error, time.Duration) {
+func stopWithin(t *testing.T, srv *server, limit time.Duration) (time.Duration, error) {
 	t.Helper()
 	start := time.Now()
 	srv.cancel()
 	select {
 	case err := <-srv.done:
-		return err, time.Since(start)
+		return time.Since(start), err
 	case <-time.After(limit):
 		t.Fatalf("Serve had not returned %v after SIGTERM while an Init waits for the cluster", limit)
-		return nil, 0
+		return 0, nil
 	}
 }
 
@@ -70,7 +70,7 @@ func TestSIGTERMDuringAnInitTheClusterHoldsIsBounded(t *testing.T) {
 		t.Fatal("Init never reached the backend")
 	}
 	// Serve's grace for requests in flight is 10 s, then Shutdown's 1 s.
-	err, took := stopWithin(t, srv, 40*time.Second)
+	took, err := stopWithin(t, srv, 40*time.Second)
 	t.Logf("Serve returned %v after SIGTERM: %v", took.Round(100*time.Millisecond), err)
 	if !errors.Is(err, dockerplugin.ErrShutdownBlocked) {
 		t.Fatalf("Serve after SIGTERM during a stuck Init: %v, want ErrShutdownBlocked", err)
@@ -97,7 +97,7 @@ func TestSIGTERMDuringAResumeTheClusterHoldsIsBounded(t *testing.T) {
 	case <-time.After(30 * time.Second):
 		t.Fatal("the resume never reached the backend")
 	}
-	err, took := stopWithin(t, srv, 20*time.Second)
+	took, err := stopWithin(t, srv, 20*time.Second)
 	t.Logf("Serve returned %v after SIGTERM: %v", took.Round(100*time.Millisecond), err)
 	if !errors.Is(err, dockerplugin.ErrShutdownBlocked) {
 		t.Fatalf("Serve after SIGTERM during a stuck resume: %v, want ErrShutdownBlocked", err)
