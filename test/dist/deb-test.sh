@@ -30,7 +30,10 @@ if [[ $(dpkg-deb -f "$deb" Package Version | tr '\n' ' ') == "Package: rbd-nbd-g
 dpkg-deb -e "$deb" "$tmp/ctl"
 if [[ $(cat "$tmp/ctl/conffiles") == $'/etc/rbd-nbd-graph/rbd-nbd-graph.conf\n/etc/default/rbd-nbd-graph' ]]; then pass "conffiles"; else fail "conffiles: $(cat "$tmp/ctl/conffiles")"; fi
 dpkg-deb -x "$deb" "$tmp/x"
-if "$tmp/x/usr/bin/rbd-nbd-graph" -h 2>&1 | grep -q '^usage: rbd-nbd-graph'; then pass "the packaged binary runs"; else fail "the packaged binary does not run"; fi
+# Output captured first: under pipefail, `BIN -h | grep -q` fails when
+# grep exits before the binary has written all of its help (SIGPIPE).
+help=$("$tmp/x/usr/bin/rbd-nbd-graph" -h 2>&1)
+if grep -q '^usage: rbd-nbd-graph' <<<"$help"; then pass "the packaged binary runs"; else fail "the packaged binary does not run"; fi
 comp="$tmp/x/usr/share/bash-completion/completions/rbd-nbd-graph"
 if bash -c 'source "$1" && COMP_WORDS=(rbd-nbd-graph map --io-t) COMP_CWORD=2 && _rbd_nbd_graph && [[ ${COMPREPLY[*]} == --io-timeout ]]' _ "$comp"; then
 	pass "bash completion completes map --io-t"

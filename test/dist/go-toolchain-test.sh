@@ -66,7 +66,7 @@ else fail "fetch failure: rc=$rc"; fi
 start=$(date +%s)
 got=$(PATH=/usr/lib/go-1.19/bin:$nogo_path "$tool" ensure "$tmp/b3" 2>"$tmp/err")
 rc=$?
-if [[ $rc == 0 && $got == "$tmp/b3/go/bin/go" ]] && "$got" version | grep -q "go$wanted " &&
+if [[ $rc == 0 && $got == "$tmp/b3/go/bin/go" ]] && grep -q "go$wanted " <<<"$("$got" version)" &&
 	grep -q "go 1.19.8 at /usr/lib/go-1.19/bin/go is older than go.mod's $wanted" "$tmp/err" &&
 	grep -q "fetching go$wanted through the Go module proxy" "$tmp/err"; then
 	pass "Go 1.19 on PATH: go$wanted fetched in $(($(date +%s) - start)) s"
@@ -88,7 +88,7 @@ if grep -q "^$tmp/b3/go/bin/go build " <<<"$out"; then pass "make build uses BUI
 got=$(PATH=$nogo_path GO=/nonexistent/go GOPROXY=file://$tmp/b3/toolchain/cache/download GOSUMDB=off \
 	"$tool" ensure "$tmp/b4" 2>"$tmp/err")
 rc=$?
-if [[ $rc == 0 && $got == "$tmp/b4/go/bin/go" ]] && "$got" version | grep -q "go$wanted " &&
+if [[ $rc == 0 && $got == "$tmp/b4/go/bin/go" ]] && grep -q "go$wanted " <<<"$("$got" version)" &&
 	grep -q "no go command (/nonexistent/go)" "$tmp/err"; then
 	pass "no go: fetched with Debian's go"
 else fail "no go: rc=$rc got '$got'"; fi
