@@ -58,6 +58,9 @@ func (d *Driver) AttachDevice(ctx context.Context, id string, readOnly bool) (_ 
 	if l == nil {
 		return "", fmt.Errorf("%w: %s", ErrLayerNotFound, id)
 	}
+	if err := d.dropIdle(ctx, l); err != nil {
+		return "", fmt.Errorf("attach layer %s: %w", id, err)
+	}
 	if m := l.mount; m != nil {
 		switch {
 		case m.dir != "":

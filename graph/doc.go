@@ -19,8 +19,14 @@
 //   - Clone chains are bounded: a layer deeper than Options.MaxCloneDepth
 //     is flattened, in the background or before Create returns.
 //   - Get attaches (Attacher) and mounts (Filesystem) on the first
-//     reference; Put unmounts and detaches on the last. Each layer has a
-//     lock; a Get that fails half way undoes what it did.
+//     reference; Put unmounts and detaches on the last, or, with
+//     Options.UnmountDelay, syncs a writable layer and keeps it mounted,
+//     idle, for that long, so a Get meanwhile costs nothing. A layer
+//     getting its first child, Remove, AttachDevice, Publish and Close
+//     release an idle mount first; Release hands it over and the next
+//     start arms its delay again (after a crash every mount found counts
+//     as in use). Each layer has a lock; a Get that fails half way undoes
+//     what it did.
 //   - Remove returns once the layer's record durably says removing and
 //     the layer is out of the tables; its snapshot and image are deleted
 //     in the background, in the order layers were removed (children

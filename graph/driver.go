@@ -79,6 +79,9 @@ type Driver struct {
 	byImage map[string]*layer // the same and the base images, by image name
 	base    *layer
 	closed  bool
+	// idle counts delayed unmounts armed or running (keepIdle); Close
+	// and Release wait for them. Added to only while not closed.
+	idle sync.WaitGroup
 
 	flat  *flattener
 	reap  *reaper     // deletes removed layers' images (reap.go)
@@ -121,6 +124,10 @@ type mount struct {
 	dir      string // the mount point; the layer's content is dir/rootfs
 	readOnly bool
 	refs     int
+	// idle, while the mount has no reference, unmounts it when
+	// rbd.unmountdelay has passed (keepIdle).
+	idle    *time.Timer
+	idleGen int // counts idle periods, so a late timer knows its own
 }
 
 // Prefix is the image name prefix in use.

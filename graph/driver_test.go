@@ -122,7 +122,7 @@ func TestSnapshotOfAMountedLayerIsConsistent(t *testing.T) {
 }
 
 func TestGetAndPutCountReferences(t *testing.T) {
-	e := newEnv(t, nil)
+	e := newEnv(t, unmountAtPut)
 	e.create("l", "")
 	d1 := e.get("l")
 	d2 := e.get("l")
@@ -319,7 +319,9 @@ func TestCloneDepthIsBoundedInTheBackground(t *testing.T) {
 }
 
 func TestConcurrentUse(t *testing.T) {
-	e := newEnv(t, nil)
+	// Put keeps a layer idle for a moment: Gets, Puts and the delayed
+	// unmounts interleave.
+	e := newEnv(t, func(c *graph.Config) { c.Options.UnmountDelay = 20 * time.Millisecond })
 	e.create("shared", "")
 	var wg sync.WaitGroup
 	errs := make(chan error, 64)
@@ -351,8 +353,13 @@ func TestConcurrentUse(t *testing.T) {
 	for err := range errs {
 		t.Error(err)
 	}
-	if e.metadata("shared")["Device"] != "" {
-		t.Fatal("shared layer still attached after balanced Get/Put")
+	// The delayed unmount happens only with no reference left.
+	deadline := time.Now().Add(10 * time.Second)
+	for e.metadata("shared")["Device"] != "" {
+		if time.Now().After(deadline) {
+			t.Fatal("shared layer still attached 10s after balanced Get/Put")
+		}
+		time.Sleep(20 * time.Millisecond)
 	}
 }
 

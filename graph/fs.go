@@ -37,6 +37,9 @@ type Filesystem interface {
 	// blocks writes until thaw is called, so a snapshot taken meanwhile
 	// is clean.
 	Freeze(ctx context.Context, dir string) (thaw func() error, err error)
+	// Sync writes the filesystem mounted on dir to its device and
+	// flushes the device (syncfs(2)), as an unmount would.
+	Sync(ctx context.Context, dir string) error
 }
 
 // FilesystemConfig chooses the filesystem and its options.
@@ -211,6 +214,18 @@ func (f *execFilesystem) Freeze(ctx context.Context, dir string) (func() error, 
 		}
 		return nil
 	}, nil
+}
+
+func (f *execFilesystem) Sync(ctx context.Context, dir string) error {
+	fd, err := unix.Open(dir, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return &os.PathError{Op: "open", Path: dir, Err: err}
+	}
+	defer unix.Close(fd)
+	if err := unix.Syncfs(fd); err != nil {
+		return &os.PathError{Op: "syncfs", Path: dir, Err: err}
+	}
+	return nil
 }
 
 // run executes a tool and returns its output in the error when it fails.

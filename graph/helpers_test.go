@@ -37,6 +37,10 @@ func testOptions() graph.Options {
 	return o
 }
 
+// unmountAtPut is newEnv's mutate for tests of when a layer is
+// unmounted: Put drops the last reference's mount at once.
+func unmountAtPut(c *graph.Config) { c.Options.UnmountDelay = 0 }
+
 // newEnv makes a store and a driver; mutate may change the config first.
 func newEnv(t *testing.T, mutate func(*graph.Config)) *env {
 	t.Helper()
@@ -231,6 +235,8 @@ type faultyFS struct {
 	graph.Filesystem
 	failMount atomic.Bool
 	failGrow  atomic.Bool
+	failSync  atomic.Bool
+	mounts    atomic.Int32 // Mount calls
 }
 
 var errInjected = errors.New("injected failure")
@@ -239,7 +245,15 @@ func (f *faultyFS) Mount(ctx context.Context, device, dir string, readOnly bool)
 	if f.failMount.Load() {
 		return errInjected
 	}
+	f.mounts.Add(1)
 	return f.Filesystem.Mount(ctx, device, dir, readOnly)
+}
+
+func (f *faultyFS) Sync(ctx context.Context, dir string) error {
+	if f.failSync.Load() {
+		return errInjected
+	}
+	return f.Filesystem.Sync(ctx, dir)
 }
 
 func (f *faultyFS) Grow(ctx context.Context, device, dir string) error {

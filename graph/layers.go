@@ -130,6 +130,12 @@ func (d *Driver) ensureSnapshot(ctx context.Context, p *layer) (err error) {
 		return nil
 	}
 	defer d.observe(OpSnapshot, time.Now(), &err)
+	// An idle mount (keepIdle) goes rather than being frozen: a process
+	// that dies with a filesystem frozen leaves it frozen, and the
+	// layer is mounted from its snapshot from now on anyway.
+	if err := d.dropIdle(ctx, p); err != nil {
+		return fmt.Errorf("snapshot layer %s: %w", p.name(), err)
+	}
 	// An existing snapshot (found at start-up) only needs protecting;
 	// CreateSnapshot does that. A new one of a writable layer needs a
 	// frozen filesystem.
@@ -194,7 +200,9 @@ func (d *Driver) removeLayer(ctx context.Context, l *layer, atStart bool) (err e
 	ph := newPhases()
 	d.cancelFlatten(l)
 	if m := l.mount; m != nil {
-		d.log.Warn("removing a layer that is still mounted; unmounting it", "layer", l.id, "refs", m.refs)
+		if m.refs > 0 || m.dir == "" { // not just idle (keepIdle)
+			d.log.Warn("removing a layer that is still mounted; unmounting it", "layer", l.id, "refs", m.refs)
+		}
 		if err := d.unmountAndDetach(ctx, l, m); err != nil {
 			return fmt.Errorf("remove layer %s: %w", l.id, err)
 		}

@@ -31,7 +31,7 @@ func (d *Driver) Get(ctx context.Context, id string) (string, error) {
 		if m.dir == "" {
 			return "", fmt.Errorf("get layer %s: %w", id, ErrAttached)
 		}
-		d.setField(func() { m.refs++ })
+		d.setField(func() { m.refs++; d.stopIdle(m) })
 		return filepath.Join(m.dir, rootfsDir), nil
 	}
 	m, err := d.attachAndMount(ctx, l, l.snapshot)
@@ -101,8 +101,93 @@ func (d *Driver) Put(ctx context.Context, id string) error {
 		d.setField(func() { m.refs-- })
 		return nil
 	}
+	if delay := d.opts.UnmountDelay; delay > 0 && m.refs == 1 && !d.isClosed() {
+		err := d.keepIdle(ctx, l, m, delay)
+		if err == nil {
+			return nil
+		}
+		if !errors.Is(err, ErrClosed) {
+			d.log.Warn("could not sync a layer to keep it mounted; unmounting it now", "layer", id, "err", err)
+		}
+	}
 	if err := d.unmountAndDetach(ctx, l, m); err != nil {
 		return fmt.Errorf("put layer %s: %w", id, err)
+	}
+	return nil
+}
+
+// keepIdle keeps m mounted with no reference for delay (rbd.unmountdelay)
+// instead of unmounting it: dockerd mounts a container's layer when it
+// creates the container, again when it starts it and again when it
+// commits or exports it, and each mount costs an image open and a device
+// (docs/2026-12-06-unmount-delay.md). A writable filesystem is synced
+// first, so once Put returns its data is in the cluster, as after an
+// unmount. A Get meanwhile takes the mount again; otherwise releaseIdle
+// unmounts it when the delay has passed.
+func (d *Driver) keepIdle(ctx context.Context, l *layer, m *mount, delay time.Duration) error {
+	if !m.readOnly {
+		if err := d.fs.Sync(ctx, m.dir); err != nil {
+			return err
+		}
+	}
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.closed {
+		return ErrClosed
+	}
+	d.armIdle(l, m)
+	d.log.Debug("layer idle; unmounting it later", "layer", l.id, "device", m.dev.Path(), "delay", delay)
+	return nil
+}
+
+// armIdle drops m's references and unmounts it after rbd.unmountdelay
+// unless a Get takes it first; under d.mu, the driver not closed (or at
+// start-up, for a mount a Release left idle).
+func (d *Driver) armIdle(l *layer, m *mount) {
+	m.refs = 0
+	m.idleGen++
+	gen := m.idleGen
+	d.idle.Add(1)
+	m.idle = time.AfterFunc(d.opts.UnmountDelay, func() { d.releaseIdle(l, m, gen) })
+}
+
+// releaseIdle unmounts m when the delay of its idle period gen has
+// passed, unless it was taken again (maybe idle again since, with a
+// delay of its own), released or removed meanwhile.
+func (d *Driver) releaseIdle(l *layer, m *mount, gen int) {
+	defer d.idle.Done()
+	defer d.locks.Lock(l.id)()
+	if l.mount != m || m.refs > 0 || m.idle == nil || m.idleGen != gen {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), idleReleaseTimeout)
+	defer cancel()
+	if err := d.unmountAndDetach(ctx, l, m); err != nil {
+		d.log.Warn("could not unmount an idle layer; the next Get, Remove or Cleanup tries again", "layer", l.id, "err", err)
+	}
+}
+
+// stopIdle cancels m's delayed unmount, if one is armed; under d.mu.
+func (d *Driver) stopIdle(m *mount) {
+	if m.idle != nil {
+		if m.idle.Stop() {
+			d.idle.Done() // else it fired: releaseIdle is Done
+		}
+		m.idle = nil
+	}
+}
+
+// idleReleaseTimeout bounds releaseIdle's unmount and detach: a paused
+// cluster must not hold a timer's goroutine and the layer's lock for
+// ever (the next Get, Remove or Close tries again).
+const idleReleaseTimeout = time.Minute
+
+// dropIdle unmounts l if Get mounted it and nothing holds it (an idle
+// mount, or one whose unmount failed), for an operation that needs the
+// layer free. The caller holds l's lock.
+func (d *Driver) dropIdle(ctx context.Context, l *layer) error {
+	if m := l.mount; m != nil && m.dir != "" && m.refs == 0 {
+		return d.unmountAndDetach(ctx, l, m)
 	}
 	return nil
 }
@@ -111,6 +196,7 @@ func (d *Driver) Put(ctx context.Context, id string) error {
 // mounted (with no references), so a later Put, Remove or Close retries.
 func (d *Driver) unmountAndDetach(ctx context.Context, l *layer, m *mount) (err error) {
 	defer d.observe(OpUnmount, time.Now(), &err)
+	d.setField(func() { d.stopIdle(m) })
 	ph := newPhases()
 	if m.dir != "" { // "": attached only (AttachDevice)
 		if err := d.fs.Unmount(ctx, m.dir); err != nil {

@@ -13,7 +13,7 @@ import (
 
 // Options are the layer options of the driver (keys rbd.imageprefix,
 // rbd.basesize, rbd.fs, rbd.mkfsarg, rbd.mountopt, rbd.maxclonedepth,
-// rbd.flatten). The keys of where the images live and how devices are
+// rbd.flatten, rbd.unmountdelay). The keys of where the images live and how devices are
 // served belong to the store and the attacher (graph/rbdstore,
 // graph/nbdattach), each an OptionSet of its own; a front end parses one
 // list of key=value strings into all of them with ParseOptionSets, in
@@ -36,6 +36,12 @@ type Options struct {
 	MaxCloneDepth int
 	// Flatten says when (rbd.flatten): FlattenBackground or FlattenOnCreate.
 	Flatten FlattenMode
+	// UnmountDelay keeps a layer mounted this long after the Put that
+	// dropped its last reference (rbd.unmountdelay), so a Get soon after
+	// costs nothing: dockerd mounts a container's layer when it creates
+	// the container, again when it starts it and again when it commits
+	// it. 0 unmounts at that Put.
+	UnmountDelay time.Duration
 }
 
 // FlattenMode says when a layer past MaxCloneDepth is flattened.
@@ -49,6 +55,11 @@ const (
 	FlattenOnCreate FlattenMode = "create"
 )
 
+// DefaultUnmountDelay is rbd.unmountdelay's default: longer than the
+// gaps between dockerd's mounts of one layer in a build step, short
+// enough that a stopped container's device soon goes.
+const DefaultUnmountDelay = 10 * time.Second
+
 const (
 	minBaseSize    = 64 << 20
 	minBaseSizeXFS = 300 << 20 // mkfs.xfs refuses smaller filesystems
@@ -61,6 +72,7 @@ func DefaultOptions() Options {
 		FS:            "ext4",
 		MaxCloneDepth: 8,
 		Flatten:       FlattenBackground,
+		UnmountDelay:  DefaultUnmountDelay,
 	}
 }
 
@@ -195,6 +207,10 @@ var layerKeys = OptionSetters[Options]{
 			return nil
 		}
 		return fmt.Errorf("use %s or %s", FlattenBackground, FlattenOnCreate)
+	},
+	"rbd.unmountdelay": func(o *Options, v string) (err error) {
+		o.UnmountDelay, err = ParseDurationOption(v)
+		return err
 	},
 }
 

@@ -7,6 +7,7 @@ import (
 	"sort"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/rbd-nbd-graph/rbd-nbd-graph/graph"
 )
@@ -15,7 +16,7 @@ func TestParseOptions(t *testing.T) {
 	o, err := graph.ParseOptions(graph.DefaultOptions(), []string{
 		"rbd.imageprefix=h1-", "RBD.BaseSize=20G", "rbd.fs=xfs",
 		"rbd.mkfsarg=-m crc=1", "rbd.mkfsarg=-i size=512", "rbd.mountopt=discard,noatime",
-		"rbd.maxclonedepth=4", "rbd.flatten=create",
+		"rbd.maxclonedepth=4", "rbd.flatten=create", "rbd.unmountdelay=3",
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -23,7 +24,7 @@ func TestParseOptions(t *testing.T) {
 	want := graph.Options{
 		ImagePrefix: "h1-", BaseSize: 20 << 30, FS: "xfs",
 		MkfsArgs: []string{"-m", "crc=1", "-i", "size=512"}, MountOptions: []string{"discard", "noatime"},
-		MaxCloneDepth: 4, Flatten: graph.FlattenOnCreate,
+		MaxCloneDepth: 4, Flatten: graph.FlattenOnCreate, UnmountDelay: 3 * time.Second,
 	}
 	if !reflect.DeepEqual(o, want) {
 		t.Fatalf("parsed\n%+v\nwant\n%+v", o, want)
@@ -107,7 +108,7 @@ func TestParseOptionSets(t *testing.T) {
 		t.Errorf("a set that does not validate: %v", err)
 	}
 	keys := graph.OptionKeys(&o, f)
-	if !sort.StringsAreSorted(keys) || len(keys) != 9 {
+	if !sort.StringsAreSorted(keys) || len(keys) != 10 {
 		t.Errorf("keys %q", keys)
 	}
 }

@@ -33,6 +33,10 @@ func (d *Driver) recoverDevices(ctx context.Context) error {
 		bySource[m.Source] = m
 	}
 	adopted := make(map[string]bool) // mount points in use again
+	idle, err := takeIdleFile(d.idleFile())
+	if err != nil {
+		d.log.Warn("could not read the idle layers of the last run; counting them in use", "err", err)
+	}
 
 	var errs []error
 	for _, s := range stale {
@@ -69,7 +73,10 @@ func (d *Driver) recoverDevices(ctx context.Context) error {
 					adopted[m.Mountpoint] = true
 				}
 				l.mount = &mount{dev: dev, dir: dir, readOnly: req.ReadOnly || req.Snapshot != "", refs: 1}
-				d.log.Info(what, "layer", l.id, "device", dev.Path(), "mountpoint", dir)
+				d.log.Info(what, "layer", l.id, "device", dev.Path(), "mountpoint", dir, "idle", idle[l.id] && dir != "")
+				if idle[l.id] && dir != "" {
+					d.armIdle(l, l.mount) // the delay counts from now
+				}
 				continue
 			}
 			d.log.Warn("could not serve a device left attached again; releasing it", "device", s.Path(), "image", req.Image, "err", err)

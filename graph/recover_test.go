@@ -49,7 +49,7 @@ func TestRestartKeepsLayers(t *testing.T) {
 // A crash (no Close) with layers mounted: the next run adopts the
 // devices and mounts, and the data written before the crash is there.
 func TestRestartAdoptsMountedLayers(t *testing.T) {
-	e := newEnvCrash(t, nil, true)
+	e := newEnvCrash(t, unmountAtPut, true)
 	e.create("a", "")
 	e.create("ro", "")
 	e.create("kid", "ro")

@@ -76,6 +76,9 @@ func (d *Driver) Publish(ctx context.Context, id, name string) (err error) {
 	if l == nil {
 		return fmt.Errorf("%w: %s", ErrLayerNotFound, id)
 	}
+	if err := d.dropIdle(ctx, l); err != nil {
+		return fmt.Errorf("publish layer %s: %w", id, err)
+	}
 	if l.mount != nil {
 		return fmt.Errorf("publish layer %s: %w on %s", id, ErrAttached, l.mount.dev.Path())
 	}

@@ -7,6 +7,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
 )
 
 // Close (dockerd's Cleanup) stops background work and unmounts and
@@ -18,7 +21,9 @@ func (d *Driver) Close(ctx context.Context) error {
 	if !d.stop(ctx, true) {
 		return nil
 	}
-	return d.releaseAll(ctx)
+	err := d.releaseAll(ctx)
+	d.idle.Wait() // a delayed unmount that had started (bounded by idleReleaseTimeout)
+	return err
 }
 
 // stop marks the driver closed and stops background work; with drain
@@ -63,9 +68,17 @@ func (d *Driver) Release(ctx context.Context) error {
 		return nil
 	}
 	var errs []error
+	var idle []string
 	for _, l := range d.mountedLayers() {
 		unlock := d.locks.Lock(l.id)
 		if m := l.mount; m != nil {
+			// An idle mount (keepIdle) is handed over as it is: its
+			// unmount writes to the cluster, which may be what hangs.
+			// The next process arms its delay again (idleFile).
+			if m.dir != "" && m.refs == 0 {
+				d.setField(func() { d.stopIdle(m) })
+				idle = append(idle, l.id)
+			}
 			if err := m.dev.Release(ctx); err != nil {
 				errs = append(errs, fmt.Errorf("layer %s: release %s: %w", l.id, m.dev.Path(), err))
 			} else {
@@ -75,7 +88,47 @@ func (d *Driver) Release(ctx context.Context) error {
 		}
 		unlock()
 	}
+	d.idle.Wait() // a delayed unmount that had started (bounded by idleReleaseTimeout)
+	if err := writeIdleFile(d.idleFile(), idle); err != nil {
+		errs = append(errs, err)
+	}
 	return errors.Join(errs...)
+}
+
+// idleFile lists, one per line, the layers a Release left mounted but
+// idle, for the next process to adopt without a reference. It exists
+// only between a Release and the next start: after a crash there is
+// none, and every mount found counts as in use.
+func (d *Driver) idleFile() string { return filepath.Join(d.home, "idle-layers") }
+
+func writeIdleFile(path string, ids []string) error {
+	if len(ids) == 0 {
+		return nil
+	}
+	tmp := path + ".tmp"
+	if err := os.WriteFile(tmp, []byte(strings.Join(ids, "\n")+"\n"), 0o600); err != nil {
+		return fmt.Errorf("record the idle layers: %w", err)
+	}
+	if err := os.Rename(tmp, path); err != nil {
+		return fmt.Errorf("record the idle layers: %w", err)
+	}
+	return nil
+}
+
+// takeIdleFile reads and removes the idle file; none is an empty set.
+func takeIdleFile(path string) (map[string]bool, error) {
+	b, err := os.ReadFile(path)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	idle := make(map[string]bool)
+	for _, id := range strings.Fields(string(b)) {
+		idle[id] = true
+	}
+	return idle, os.Remove(path)
 }
 
 // mountedLayers are the layers mounted now.

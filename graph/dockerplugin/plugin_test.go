@@ -12,6 +12,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"syscall"
 	"testing"
@@ -528,7 +529,10 @@ func TestPluginRestartResumes(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	d, err := srv.dockerDriver(filepath.Join(dir, "home"), testOpts, idtools.IdentityMapping{})
+	// The last Put unmounts at once (no rbd.unmountdelay), so the
+	// references counted after the restart show.
+	opts := append(slices.Clone(testOpts), "rbd.unmountdelay=0")
+	d, err := srv.dockerDriver(filepath.Join(dir, "home"), opts, idtools.IdentityMapping{})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -189,6 +189,7 @@ func (noKernelFS) Mount(context.Context, string, string, bool) error { return ni
 func (noKernelFS) Unmount(context.Context, string) error             { return nil }
 func (noKernelFS) Abandon(string) error                              { return nil }
 func (noKernelFS) Grow(context.Context, string, string) error        { return nil }
+func (noKernelFS) Sync(context.Context, string) error                { return nil }
 func (noKernelFS) Freeze(context.Context, string) (func() error, error) {
 	return func() error { return nil }, nil
 }
