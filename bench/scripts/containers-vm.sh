@@ -22,7 +22,8 @@
 # Results: DIR (default results/containers-vm)/containers.md,
 # containers.jsonl, the plugin logs and the VM console in DIR/vm.
 # Environment: RBD_NBD_GRAPH_BIN (default bin/rbd-nbd-graph; run make
-# build first), GO, CONTAINERS_SETUPS ("ours overlay2 krbd"),
+# build first), GO, CONTAINERS_SETUPS ("ours overlay2 krbd"; ours-nodelay
+# adds ours with rbd.unmountdelay=0),
 # CONTAINERS_IMPORT_MIB (100), CONTAINERS_VM_TIMEOUT (seconds, 5400).
 set -euo pipefail
 # shellcheck source=bench/scripts/vm-host.sh

@@ -28,6 +28,9 @@ import (
 //	krbd      the seed's way: the same layer store and plugin front end
 //	          (test/krbdplugin) mapping each layer with `rbd device map`
 //	          (krbd) on Get and unmapping it on the last Put
+//	ours-nodelay  (only when E2E_CONTAINERS_SETUPS names it) ours with
+//	          rbd.unmountdelay=0: each last Put unmounts at once, as before
+//	          the delay, for a same-boot comparison of it
 //
 // and three workloads on each: `docker run --rm busybox true` (the image
 // imported and one run done before timing), a 10-step `docker build`
@@ -210,12 +213,15 @@ func newBenchSetup(b *testing.B, name string) *benchSetup {
 		testkit.Require(b, bin != "", "the krbd setup needs E2E_KRBD_PLUGIN_BIN (go build -tags pacific ./test/krbdplugin)")
 		s.env = newDockerEnv(b, "ctrbench-krbd")
 		s.env.startPluginCmd(bin, append([]string{"--name", s.env.name}, s.env.pluginOptions()...)...)
+	case "ours-nodelay":
+		s.env = newDockerEnv(b, "ctrbench-ours0")
+		s.env.startPlugin("-o", "rbd.unmountdelay=0")
 	case "overlay2":
 		s.env = newDockerEnv(b, "ctrbench-overlay2")
 		s.env.storageDriver = "overlay2"
 		s.env.dataRoot = overlayDataRoot(b, s.env)
 	default:
-		b.Fatalf("E2E_CONTAINERS_SETUPS: unknown setup %q (ours, overlay2, krbd)", name)
+		b.Fatalf("E2E_CONTAINERS_SETUPS: unknown setup %q (ours, overlay2, krbd, ours-nodelay)", name)
 	}
 	if name != "overlay2" {
 		s.log = filepath.Join(s.env.dir, "plugin.log")
@@ -454,7 +460,24 @@ func containersReport(recs []benchRecord, setups []string, rounds, importMiB int
 		}
 		p("| %s | %s | %s | %s | %s | %s |\n", w.name, cell(o, okO), cell(v, okV), cell(k, okK), ratio(o, okO, v, okV), ratio(o, okO, k, okK))
 	}
-	for _, s := range []string{"ours", "krbd"} {
+	if slices.Contains(setups, "ours-nodelay") {
+		p("\n| workload | ours (median) | ours-nodelay (median) | ours/ours-nodelay | ours-nodelay/overlay2 |\n")
+		p("| --- | ---: | ---: | ---: | ---: |\n")
+		for _, w := range containerWorkloads {
+			o, okO := median(secondsOf(recs, "ours", w.name))
+			z, okZ := median(secondsOf(recs, "ours-nodelay", w.name))
+			v, okV := median(secondsOf(recs, "overlay2", w.name))
+			if !okO || !okZ || z == 0 {
+				continue
+			}
+			vs := "-"
+			if okV && v > 0 {
+				vs = fmt.Sprintf("%.2fx", z/v)
+			}
+			p("| %s | %.2f | %.2f | %.2fx | %s |\n", w.name, o, z, o/z, vs)
+		}
+	}
+	for _, s := range []string{"ours", "ours-nodelay", "krbd"} {
 		if !slices.Contains(setups, s) {
 			continue
 		}
