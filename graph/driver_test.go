@@ -354,13 +354,9 @@ func TestConcurrentUse(t *testing.T) {
 		t.Error(err)
 	}
 	// The delayed unmount happens only with no reference left.
-	deadline := time.Now().Add(10 * time.Second)
-	for e.metadata("shared")["Device"] != "" {
-		if time.Now().After(deadline) {
-			t.Fatal("shared layer still attached 10s after balanced Get/Put")
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+	testkit.Eventually(t, 10*time.Second, "the shared layer to be detached after balanced Get/Put", func() bool {
+		return e.metadata("shared")["Device"] == ""
+	})
 }
 
 func TestCloseReleasesEverything(t *testing.T) {

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/rbd-nbd-graph/rbd-nbd-graph/graph"
+	"github.com/rbd-nbd-graph/rbd-nbd-graph/internal/testkit"
 )
 
 // Tests of rbd.unmountdelay: the last Put leaves the layer mounted, idle,
@@ -49,13 +50,9 @@ func TestIdleLayerIsUnmountedAfterTheDelay(t *testing.T) {
 	mp := filepath.Dir(e.get("l"))
 	dev := e.metadata("l")["Device"]
 	e.put("l")
-	deadline := time.Now().Add(10 * time.Second)
-	for isMounted(t, mp) || e.metadata("l")["Device"] != "" || e.att.Attached()[dev] != (graph.ImageRef{}) {
-		if time.Now().After(deadline) {
-			t.Fatal("an idle layer is still mounted or attached 10s after a delay of 200ms")
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+	testkit.Eventually(t, 10*time.Second, "the idle layer to be unmounted and detached (delay 200ms)", func() bool {
+		return !isMounted(t, mp) && e.metadata("l")["Device"] == "" && e.att.Attached()[dev] == (graph.ImageRef{})
+	})
 	if e.store.InUse(graph.ImageRef{Image: "t-layer-l"}) != 0 {
 		t.Fatal("image still open")
 	}
@@ -149,13 +146,9 @@ func TestReleaseHandsIdleLayersOverIdle(t *testing.T) {
 	}
 	e.cfg.Options.UnmountDelay = 200 * time.Millisecond
 	e.d = e.open()
-	deadline := time.Now().Add(10 * time.Second)
-	for isMounted(t, idle) || e.metadata("idle")["Device"] != "" {
-		if time.Now().After(deadline) {
-			t.Fatal("the idle layer handed over is still mounted 10s after the next start (delay 200ms)")
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+	testkit.Eventually(t, 10*time.Second, "the idle layer handed over to be unmounted after the next start (delay 200ms)", func() bool {
+		return !isMounted(t, idle) && e.metadata("idle")["Device"] == ""
+	})
 	if !isMounted(t, used) || e.metadata("used")["Device"] == "" {
 		t.Fatal("the next process did not keep the layer in use")
 	}
