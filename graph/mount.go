@@ -157,7 +157,10 @@ func (d *Driver) armIdle(l *layer, m *mount) {
 func (d *Driver) releaseIdle(l *layer, m *mount, gen int) {
 	defer d.idle.Done()
 	defer d.locks.Lock(l.id)()
-	if l.mount != m || m.refs > 0 || m.idle == nil || m.idleGen != gen {
+	d.mu.Lock() // armIdle's writes are under d.mu; at start-up, only under it
+	current := l.mount == m && m.refs == 0 && m.idle != nil && m.idleGen == gen
+	d.mu.Unlock()
+	if !current {
 		return
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), idleReleaseTimeout)

@@ -75,7 +75,9 @@ func (d *Driver) recoverDevices(ctx context.Context) error {
 				l.mount = &mount{dev: dev, dir: dir, readOnly: req.ReadOnly || req.Snapshot != "", refs: 1}
 				d.log.Info(what, "layer", l.id, "device", dev.Path(), "mountpoint", dir, "idle", idle[l.id] && dir != "")
 				if idle[l.id] && dir != "" {
+					d.mu.Lock()
 					d.armIdle(l, l.mount) // the delay counts from now
+					d.mu.Unlock()
 				}
 				continue
 			}
