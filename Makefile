@@ -61,9 +61,12 @@ deps:
 	@go=$$(dist/go-toolchain ensure $(BUILD)) && echo "$$go mod download" && "$$go" mod download
 
 # Fast loop: no VM, and no Ceph unless CEPH_CONF names a running cluster
-# (the tests that need one skip; test-integration runs them).
+# (the tests that need one skip; test-integration runs them). The layer
+# store's tests run again under the race detector: its timers (delayed
+# unmounts), reaper and flattener share layers with requests.
 test-unit: deps
 	RBD_NBD_GRAPH_NO_CEPH=1 $(GO) test $(GOFLAGS_BUILD) -count=1 ./nbd/... ./graph/... ./bench/... ./cmd/... ./internal/...
+	RBD_NBD_GRAPH_NO_CEPH=1 $(GO) test $(GOFLAGS_BUILD) -race -count=1 ./graph/
 
 # The protocol parsers under the fuzzer, FUZZTIME each: the handshake
 # and the transmission loop against a server, and the request and
