@@ -212,6 +212,9 @@ func TestRemoteSnapshotsCommitRace(t *testing.T) {
 	if got := images(t, store, shared); len(got) != 1 {
 		t.Fatalf("shared images after both commits: %v, want the winner's only", got)
 	}
+	// The loser's own layer is deleted in the background (CI: listed
+	// 13 ms before its deletion ended).
+	b.waitRemovals()
 	if got := images(t, store, "b-"); len(got) != 1 {
 		t.Fatalf("the loser kept a layer image of its own: %v", got)
 	}
