@@ -35,7 +35,10 @@ func (d *Driver) recoverDevices(ctx context.Context) error {
 	adopted := make(map[string]bool) // mount points in use again
 	idle, err := takeIdleFile(d.idleFile())
 	if err != nil {
-		d.log.Warn("could not read the idle layers of the last run; counting them in use", "err", err)
+		// A list that stays could be read again after a later crash,
+		// when those layers may be in use: honour it only once gone.
+		d.log.Warn("could not take the idle layers of the last run; counting them in use", "err", err)
+		idle = nil
 	}
 
 	var errs []error
