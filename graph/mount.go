@@ -101,8 +101,8 @@ func (d *Driver) Put(ctx context.Context, id string) error {
 		d.setField(func() { m.refs-- })
 		return nil
 	}
-	if delay := d.opts.UnmountDelay; delay > 0 && m.refs == 1 && !d.isClosed() {
-		err := d.keepIdle(ctx, l, m, delay)
+	if d.opts.UnmountDelay > 0 && m.refs == 1 {
+		err := d.keepIdle(ctx, l, m)
 		if err == nil {
 			return nil
 		}
@@ -124,7 +124,7 @@ func (d *Driver) Put(ctx context.Context, id string) error {
 // first, so once Put returns its data is in the cluster, as after an
 // unmount. A Get meanwhile takes the mount again; otherwise releaseIdle
 // unmounts it when the delay has passed.
-func (d *Driver) keepIdle(ctx context.Context, l *layer, m *mount, delay time.Duration) error {
+func (d *Driver) keepIdle(ctx context.Context, l *layer, m *mount) error {
 	if !m.readOnly {
 		if err := d.fs.Sync(ctx, m.dir); err != nil {
 			return err
@@ -136,7 +136,7 @@ func (d *Driver) keepIdle(ctx context.Context, l *layer, m *mount, delay time.Du
 		return ErrClosed
 	}
 	d.armIdle(l, m)
-	d.log.Debug("layer idle; unmounting it later", "layer", l.id, "device", m.dev.Path(), "delay", delay)
+	d.log.Debug("layer idle; unmounting it later", "layer", l.id, "device", m.dev.Path(), "delay", d.opts.UnmountDelay)
 	return nil
 }
 

@@ -442,22 +442,22 @@ func containersReport(recs []benchRecord, setups []string, rounds, importMiB int
 	}
 	p("\n| workload | ours (median) | overlay2 (median) | krbd (median) | ours/overlay2 | ours/krbd |\n")
 	p("| --- | ---: | ---: | ---: | ---: | ---: |\n")
+	cell := func(x float64, ok bool) string {
+		if !ok {
+			return "-"
+		}
+		return fmt.Sprintf("%.2f", x)
+	}
+	ratio := func(a float64, okA bool, b float64, okB bool) string {
+		if !okA || !okB || b == 0 {
+			return "-"
+		}
+		return fmt.Sprintf("%.2fx", a/b)
+	}
 	for _, w := range containerWorkloads {
 		o, okO := median(secondsOf(recs, "ours", w.name))
 		v, okV := median(secondsOf(recs, "overlay2", w.name))
 		k, okK := median(secondsOf(recs, "krbd", w.name))
-		cell := func(x float64, ok bool) string {
-			if !ok {
-				return "-"
-			}
-			return fmt.Sprintf("%.2f", x)
-		}
-		ratio := func(a float64, okA bool, b float64, okB bool) string {
-			if !okA || !okB || b == 0 {
-				return "-"
-			}
-			return fmt.Sprintf("%.2fx", a/b)
-		}
 		p("| %s | %s | %s | %s | %s | %s |\n", w.name, cell(o, okO), cell(v, okV), cell(k, okK), ratio(o, okO, v, okV), ratio(o, okO, k, okK))
 	}
 	if slices.Contains(setups, "ours-nodelay") {
@@ -467,14 +467,7 @@ func containersReport(recs []benchRecord, setups []string, rounds, importMiB int
 			o, okO := median(secondsOf(recs, "ours", w.name))
 			z, okZ := median(secondsOf(recs, "ours-nodelay", w.name))
 			v, okV := median(secondsOf(recs, "overlay2", w.name))
-			if !okO || !okZ || z == 0 {
-				continue
-			}
-			vs := "-"
-			if okV && v > 0 {
-				vs = fmt.Sprintf("%.2fx", z/v)
-			}
-			p("| %s | %.2f | %.2f | %.2fx | %s |\n", w.name, o, z, o/z, vs)
+			p("| %s | %s | %s | %s | %s |\n", w.name, cell(o, okO), cell(z, okZ), ratio(o, okO, z, okZ), ratio(z, okZ, v, okV))
 		}
 	}
 	for _, s := range []string{"ours", "ours-nodelay", "krbd"} {
