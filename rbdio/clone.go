@@ -2,7 +2,6 @@ package rbdio
 
 import (
 	"context"
-	"fmt"
 	"syscall"
 
 	"github.com/ceph/go-ceph/rbd"
@@ -38,30 +37,24 @@ func (s ImageSpec) String() string {
 
 // Clone makes child a copy-on-write clone of parent@snap in the same
 // pool and namespace (rbd_clone3). The snapshot must be protected
-// (ErrNotProtected otherwise), which keeps clones usable by krbd and by
-// clients that predate clone v2. opts.Size is ignored; Features
+// (ErrNotProtected otherwise): Clone asks for a v1 clone, which keeps
+// clones usable by krbd and by clients that predate clone v2 whatever
+// the cluster's rbd_default_clone_format, and lets librbd check the
+// protection in the clone itself. opts.Size is ignored; Features
 // defaults to DefaultFeatures. librbd removes a half-made clone itself
 // when a step fails.
 func (c *Conn) Clone(ctx context.Context, parent, snap, child string, opts CreateOptions) error {
 	spec := c.spec(child, "")
+	if err := c.check(ctx, "clone", spec); err != nil {
+		return err
+	}
 	if err := validName("image", child); err != nil {
 		return err
 	}
 	if err := validName("snapshot", snap); err != nil {
 		return err
 	}
-	err := c.withImage(ctx, "clone", parent, "", true, func(img *rbd.Image) error {
-		protected, err := img.GetSnapshot(snap).IsProtected()
-		if err != nil {
-			return snapError(err, "clone", c.spec(parent, snap), "rbd_snap_is_protected")
-		}
-		if !protected {
-			return &Error{Op: "clone", Object: c.spec(parent, snap), Kind: ErrNotProtected,
-				Hint: "protect the snapshot first (ProtectSnapshot, rbd snap protect)"}
-		}
-		return nil
-	})
-	if err != nil {
+	if err := validName("image", parent); err != nil {
 		return err
 	}
 	rio, err := c.imageOptions("clone", spec, opts, true)
@@ -72,14 +65,37 @@ func (c *Conn) Clone(ctx context.Context, parent, snap, child string, opts Creat
 	unlock := c.lockImageCtx()
 	err = rbd.CloneImage(c.ioctx, parent, snap, c.ioctx, child, rio)
 	unlock()
-	if err != nil {
-		e := wrap(err, "clone "+c.spec(parent, snap)+" to", spec, "rbd_clone3")
-		if e.Errno == syscall.EEXIST {
-			e.Hint = "pick another name, or remove the old image first"
-		}
+	if err == nil {
+		return nil
+	}
+	e := wrap(err, "clone "+c.spec(parent, snap)+" to", spec, "rbd_clone3")
+	if e.Errno == syscall.EEXIST {
+		e.Hint = "pick another name, or remove the old image first"
 		return e
 	}
-	return nil
+	// librbd says EINVAL for an unprotected snapshot and ENOENT for a
+	// missing parent or snapshot: look, for the error that says which.
+	if perr := c.checkCloneParent(ctx, parent, snap); perr != nil {
+		return perr
+	}
+	return e
+}
+
+// checkCloneParent says why parent@snap cannot be cloned: ErrNotFound
+// for a missing image or snapshot, ErrNotProtected for an unprotected
+// snapshot; nil if it can be.
+func (c *Conn) checkCloneParent(ctx context.Context, parent, snap string) error {
+	return c.withImage(ctx, "clone", parent, "", true, func(img *rbd.Image) error {
+		protected, err := img.GetSnapshot(snap).IsProtected()
+		if err != nil {
+			return snapError(err, "clone", c.spec(parent, snap), "rbd_snap_is_protected")
+		}
+		if !protected {
+			return &Error{Op: "clone", Object: c.spec(parent, snap), Kind: ErrNotProtected,
+				Hint: "protect the snapshot first (ProtectSnapshot, rbd snap protect)"}
+		}
+		return nil
+	})
 }
 
 // Children lists the clones of image@snap (rbd_list_children3).
@@ -127,26 +143,4 @@ func parentOf(img *rbd.Image, spec string) (ImageSpec, bool, error) {
 		Snapshot:  p.Snap.SnapName,
 		Trash:     p.Image.Trash,
 	}, true, nil
-}
-
-// checkChildren returns ErrHasChildren naming the clones of any of
-// image's snapshots, or nil.
-func (c *Conn) checkChildren(ctx context.Context, op, image string, snaps []SnapshotInfo) error {
-	var all []ImageSpec
-	var from []string
-	for _, s := range snaps {
-		kids, err := c.Children(ctx, image, s.Name)
-		if err != nil {
-			return err
-		}
-		if len(kids) > 0 {
-			all = append(all, kids...)
-			from = append(from, s.Name)
-		}
-	}
-	if len(all) == 0 {
-		return nil
-	}
-	return &Error{Op: op, Object: c.spec(image, ""), Kind: ErrHasChildren,
-		Hint: fmt.Sprintf("clones %s depend on snapshot(s) %v: flatten or remove them first", specList(all), from)}
 }

@@ -137,3 +137,23 @@ func TestCloneLifecycle(t *testing.T) {
 		t.Errorf("images left after removal: %v", names)
 	}
 }
+
+// Clone leaves the protection check to librbd and looks only when the
+// clone failed: a missing parent or snapshot is ErrNotFound, naming it,
+// and nothing is left behind.
+func TestCloneOfMissingParent(t *testing.T) {
+	c := testConn(t)
+	ctx := testContext(t)
+	base := createImage(t, c, 1<<20)
+	child := imageName(t, c)
+	for _, tc := range []struct{ parent, snap string }{{base, "none"}, {"rbdio-test-no-such-image", "s"}} {
+		err := c.Clone(ctx, tc.parent, tc.snap, child, CreateOptions{})
+		if !errors.Is(err, ErrNotFound) {
+			t.Errorf("clone of %s@%s: %v, want ErrNotFound", tc.parent, tc.snap, err)
+		}
+		t.Log(err)
+		if _, err := c.Stat(ctx, child); !errors.Is(err, ErrNotFound) {
+			t.Errorf("refused clone left an image behind: Stat = %v", err)
+		}
+	}
+}

@@ -146,6 +146,12 @@ func (c *Conn) imageOptions(op, spec string, opts CreateOptions, clone bool) (*r
 	if err := rio.SetUint64(rbd.ImageOptionFeatures, uint64(features)); err != nil {
 		return nil, wrap(err, op, spec, "rbd_image_options_set_uint64")
 	}
+	if clone {
+		// Clone's contract: a protected snapshot, v1 semantics.
+		if err := rio.SetUint64(rbd.ImageOptionCloneFormat, 1); err != nil {
+			return nil, wrap(err, op, spec, "rbd_image_options_set_uint64")
+		}
+	}
 	if opts.ObjectSize != 0 {
 		o := opts.ObjectSize
 		if o < MinObjectSize || o > MaxObjectSize || o&(o-1) != 0 {

@@ -2,8 +2,14 @@ package rbdio
 
 import (
 	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"slices"
+	"strings"
 	"syscall"
 
+	"github.com/ceph/go-ceph/rados"
 	"github.com/ceph/go-ceph/rbd"
 )
 
@@ -69,4 +75,102 @@ func (c *Conn) Metadata(ctx context.Context, image string) (map[string]string, e
 		return nil
 	})
 	return out, err
+}
+
+// SetMetadataDirect sets every key of kv on image in one write to the
+// image's header object (cls_rbd's metadata_set, as rbd_metadata_set
+// does inside librbd), without opening the image: no image context, no
+// exclusive lock to take and give back, no header-update notification.
+// An open by rbd_metadata_set costs several round trips more than the
+// write itself and waits for a lock another client may hold; the
+// driver writes a layer's state record on every create and remove
+// (docs/2026-12-06-create-round-trips.md). All keys are set at once or
+// none. For an application's own keys: librbd's configuration keys
+// (conf_*) are refused (ErrInvalid), since an open image would not
+// re-read them. An image without a v2 id object (format 1) goes
+// through SetMetadata, key by key.
+//
+// Wraps rados_read (rbd_id.NAME) and rados_write_op_exec (rbd
+// metadata_set on rbd_header.ID).
+func (c *Conn) SetMetadataDirect(ctx context.Context, image string, kv map[string]string) error {
+	spec := c.spec(image, "")
+	if err := c.check(ctx, "set metadata", spec); err != nil {
+		return err
+	}
+	if err := validName("image", image); err != nil {
+		return err
+	}
+	if len(kv) == 0 {
+		return nil
+	}
+	keys := make([]string, 0, len(kv))
+	for k := range kv {
+		if k == "" || strings.HasPrefix(k, "conf_") {
+			return &Error{Op: "set metadata", Object: spec, Kind: ErrInvalid,
+				Hint: fmt.Sprintf("key %q: empty, or one of librbd's configuration keys (use SetMetadata)", k)}
+		}
+		keys = append(keys, k)
+	}
+	slices.Sort(keys)
+	id, err := c.imageID(image)
+	if errors.Is(err, ErrNotFound) {
+		// No v2 id object: a format 1 image, or none at all; librbd
+		// tells which.
+		for _, k := range keys {
+			if err := c.SetMetadata(ctx, image, k, kv[k]); err != nil {
+				return err
+			}
+		}
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	op := rados.CreateWriteOp()
+	defer op.Release()
+	op.AssertExists()
+	op.Exec("rbd", "metadata_set", encodeStringMap(keys, kv))
+	if err := op.Operate(c.ioctx, "rbd_header."+id, rados.OperationNoFlag); err != nil {
+		e := wrap(err, "set metadata "+strings.Join(keys, ",")+" on", spec, "rados_write_op_exec(rbd.metadata_set)")
+		if e.Errno == syscall.ENOENT {
+			e.Hint = fmt.Sprintf("image %s was removed meanwhile (rbd ls)", spec)
+		}
+		return e
+	}
+	return nil
+}
+
+// imageID reads a v2 image's id from its rbd_id.NAME object (a Ceph
+// encoded string: a little-endian 32-bit length, then the bytes).
+// ErrNotFound when there is no such object.
+func (c *Conn) imageID(image string) (string, error) {
+	spec := c.spec(image, "")
+	buf := make([]byte, 128)
+	n, err := c.ioctx.Read("rbd_id."+image, buf, 0)
+	if err != nil {
+		e := wrap(err, "read the id of", spec, "rados_read(rbd_id)")
+		if e.Errno == syscall.ENOENT {
+			e.Hint = fmt.Sprintf("image %s does not exist as a format 2 image (rbd ls)", spec)
+		}
+		return "", e
+	}
+	if n < 4 || int(binary.LittleEndian.Uint32(buf)) > n-4 || binary.LittleEndian.Uint32(buf) == 0 {
+		return "", &Error{Op: "read the id of", Object: spec, Kind: ErrInvalid, Func: "rados_read(rbd_id)",
+			Hint: fmt.Sprintf("rbd_id.%s holds %d bytes that are not an image id", image, n)}
+	}
+	return string(buf[4 : 4+binary.LittleEndian.Uint32(buf)]), nil
+}
+
+// encodeStringMap encodes keys and their values of kv as Ceph encodes a
+// map<string, bufferlist>: the count, then each key and value as a
+// 32-bit little-endian length and its bytes.
+func encodeStringMap(keys []string, kv map[string]string) []byte {
+	out := binary.LittleEndian.AppendUint32(nil, uint32(len(keys)))
+	for _, k := range keys {
+		out = binary.LittleEndian.AppendUint32(out, uint32(len(k)))
+		out = append(out, k...)
+		out = binary.LittleEndian.AppendUint32(out, uint32(len(kv[k])))
+		out = append(out, kv[k]...)
+	}
+	return out
 }

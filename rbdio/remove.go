@@ -26,7 +26,7 @@ type RemoveOptions struct {
 //     watchers).
 func (c *Conn) RemoveImage(ctx context.Context, image string, opts RemoveOptions) error {
 	spec := c.spec(image, "")
-	snaps, err := c.Snapshots(ctx, image)
+	st, err := c.removalState(ctx, image)
 	if errors.Is(err, ErrNotFound) {
 		// A removal interrupted half way (the process killed inside
 		// rbd_remove) leaves the name listed with its header gone, so
@@ -37,22 +37,23 @@ func (c *Conn) RemoveImage(ctx context.Context, image string, opts RemoveOptions
 	if err != nil {
 		return err
 	}
-	if err := c.checkChildren(ctx, "remove image", image, snaps); err != nil {
-		return err
+	if len(st.children) > 0 {
+		return &Error{Op: "remove image", Object: spec, Kind: ErrHasChildren,
+			Hint: fmt.Sprintf("clones %s depend on snapshot(s) %v: flatten or remove them first", specList(st.children), st.from)}
 	}
-	if len(snaps) > 0 && !opts.Snapshots {
-		names := make([]string, len(snaps))
-		for i, s := range snaps {
+	if len(st.snaps) > 0 && !opts.Snapshots {
+		names := make([]string, len(st.snaps))
+		for i, s := range st.snaps {
 			names[i] = s.Name
 		}
 		return &Error{Op: "remove image", Object: spec, Kind: ErrHasSnapshots,
 			Hint: fmt.Sprintf("snapshots %s: remove them first, or pass RemoveOptions{Snapshots: true}", strings.Join(names, ", "))}
 	}
-	if busy := c.watchers(ctx, image); busy != "" {
+	if st.watchers != "" {
 		return &Error{Op: "remove image", Object: spec, Func: "rbd_watchers_list", Kind: ErrBusy,
-			Hint: "open by " + busy + ": close it (unmap, stop the export) first"}
+			Hint: "open by " + st.watchers + ": close it (unmap, stop the export) first"}
 	}
-	for _, s := range snaps {
+	for _, s := range st.snaps {
 		if s.Protected {
 			if err := c.UnprotectSnapshot(ctx, image, s.Name); err != nil {
 				return err
@@ -66,6 +67,53 @@ func (c *Conn) RemoveImage(ctx context.Context, image string, opts RemoveOptions
 		return err
 	}
 	return c.finishRemove(spec, image)
+}
+
+// removalState is what RemoveImage looks at before it changes anything.
+type removalState struct {
+	snaps    []SnapshotInfo
+	children []ImageSpec // clones of any of the snapshots
+	from     []string    // the snapshots they are clones of
+	watchers string      // the clients that have the image open, "" if none or unknown
+}
+
+// removalState reads image's snapshots, their clones and the image's
+// watchers in one read-only open (rbd_snap_list, rbd_snap_set,
+// rbd_list_children3, rbd_watchers_list): every open is several round
+// trips, and the driver removes layers all the time.
+func (c *Conn) removalState(ctx context.Context, image string) (removalState, error) {
+	spec := c.spec(image, "")
+	var st removalState
+	err := c.withImage(ctx, "remove image", image, "", true, func(img *rbd.Image) error {
+		if ws, err := img.ListWatchers(); err == nil {
+			desc := make([]string, 0, len(ws))
+			for _, w := range ws {
+				desc = append(desc, fmt.Sprintf("client.%d at %s", w.Id, w.Addr))
+			}
+			st.watchers = strings.Join(desc, ", ")
+		}
+		var err error
+		if st.snaps, err = snapshots(img, spec); err != nil {
+			return err
+		}
+		for _, s := range st.snaps {
+			if err := img.SetSnapshot(s.Name); err != nil {
+				return snapError(err, "remove image", c.spec(image, s.Name), "rbd_snap_set")
+			}
+			kids, err := img.ListChildrenAttributes()
+			if err != nil {
+				return wrap(err, "list children", c.spec(image, s.Name), "rbd_list_children3")
+			}
+			if len(kids) > 0 {
+				st.from = append(st.from, s.Name)
+			}
+			for _, k := range kids {
+				st.children = append(st.children, ImageSpec{Pool: k.PoolName, Namespace: k.PoolNamespace, Image: k.ImageName, Trash: k.Trash})
+			}
+		}
+		return nil
+	})
+	return st, err
 }
 
 // finishRemove is rbd_remove with its errors explained.
@@ -87,21 +135,4 @@ func (c *Conn) finishRemove(spec, image string) error {
 		return e
 	}
 	return nil
-}
-
-// watchers describes the clients that have image open
-// (rbd_watchers_list), "" when none or when it cannot tell.
-func (c *Conn) watchers(ctx context.Context, image string) string {
-	var desc []string
-	_ = c.withImage(ctx, "list watchers", image, "", true, func(img *rbd.Image) error {
-		ws, err := img.ListWatchers()
-		if err != nil {
-			return err
-		}
-		for _, w := range ws {
-			desc = append(desc, fmt.Sprintf("client.%d at %s", w.Id, w.Addr))
-		}
-		return nil
-	})
-	return strings.Join(desc, ", ")
 }

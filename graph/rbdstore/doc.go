@@ -10,6 +10,10 @@
 //   - CreateSnapshot and RemoveSnapshot are two librbd steps each
 //     (create+protect, unprotect+remove); a retry after a crash between
 //     them finishes the job (crash_test.go kills a process there).
+//   - SetMetadata writes its keys in one write to the image's header,
+//     without opening the image or taking its exclusive lock
+//     (rbdio.Conn.SetMetadataDirect): the state record of every create
+//     and remove costs two round trips instead of an open.
 //   - OpenImage opens a layer for a device; an image whose exclusive
 //     lock a dead process still holds is retried for a while, since the
 //     dead client's watch takes about 30 s to expire.
