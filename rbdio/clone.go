@@ -37,10 +37,10 @@ func (s ImageSpec) String() string {
 
 // Clone makes child a copy-on-write clone of parent@snap in the same
 // pool and namespace (rbd_clone3). The snapshot must be protected
-// (ErrNotProtected otherwise): Clone asks for a v1 clone, which keeps
-// clones usable by krbd and by clients that predate clone v2 whatever
-// the cluster's rbd_default_clone_format, and lets librbd check the
-// protection in the clone itself. opts.Size is ignored; Features
+// (ErrNotProtected otherwise): Clone asks for a v1 clone whatever the
+// cluster's rbd_default_clone_format, which keeps clones usable by
+// clients that predate clone v2, and lets librbd check the protection
+// in the clone itself. opts.Size is ignored; Features
 // defaults to DefaultFeatures. librbd removes a half-made clone itself
 // when a step fails.
 func (c *Conn) Clone(ctx context.Context, parent, snap, child string, opts CreateOptions) error {
