@@ -1,14 +1,10 @@
 package rbdstore
 
 import (
-	"context"
 	"fmt"
 	"os"
 	"testing"
 	"time"
-
-	"github.com/rbd-nbd-graph/rbd-nbd-graph/internal/testkit"
-	"github.com/rbd-nbd-graph/rbd-nbd-graph/rbdio"
 )
 
 // BenchmarkLayerCreateRemove is the cluster work of the driver's Create
@@ -24,26 +20,14 @@ import (
 //
 // BENCH_SETTLE=100ms go test -tags pacific -run '^$' -bench LayerCreateRemove ./graph/rbdstore
 func BenchmarkLayerCreateRemove(b *testing.B) {
-	conf := testkit.CephConf(b)
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Minute)
-	b.Cleanup(cancel)
-	conn, err := rbdio.Connect(ctx, rbdio.Config{ConfFile: conf})
-	if err != nil {
-		b.Fatal(err)
-	}
-	b.Cleanup(func() { conn.Close() })
-	c := &benchChain{store: New(ctx, conn, DefaultOptions(), nil), prefix: testkit.UniqueName(b, "createbench") + "-"}
-	b.Cleanup(c.removeAll)
-	base := c.prefix + "0"
-	if err := c.store.CreateImage(ctx, base, 1<<30); err != nil {
-		b.Fatal(err)
-	}
-	c.images = append(c.images, base)
+	ctx, c := newBenchBase(b, "createbench", 30*time.Minute)
+	base := c.images[0]
 	if err := c.store.CreateSnapshot(ctx, base, "layer"); err != nil {
 		b.Fatal(err)
 	}
 	var settle time.Duration
 	if v := os.Getenv("BENCH_SETTLE"); v != "" {
+		var err error
 		if settle, err = time.ParseDuration(v); err != nil {
 			b.Fatalf("BENCH_SETTLE=%s: %v", v, err)
 		}

@@ -37,21 +37,8 @@ type benchChain struct {
 // chain of depth clones above it (each a clone of the previous one's
 // snapshot "layer", as the driver makes them).
 func newBenchChain(b *testing.B, depth int) *benchChain {
-	conf := testkit.CephConf(b)
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
-	b.Cleanup(cancel)
-	conn, err := rbdio.Connect(ctx, rbdio.Config{ConfFile: conf})
-	if err != nil {
-		b.Fatal(err)
-	}
-	b.Cleanup(func() { conn.Close() })
-	c := &benchChain{store: New(ctx, conn, DefaultOptions(), nil), prefix: testkit.UniqueName(b, "flatbench") + "-"}
-	b.Cleanup(c.removeAll)
-	base := c.prefix + "0"
-	if err := c.store.CreateImage(ctx, base, 1<<30); err != nil {
-		b.Fatal(err)
-	}
-	c.images = append(c.images, base)
+	ctx, c := newBenchBase(b, "flatbench", 10*time.Minute)
+	base := c.images[0]
 	be, closeImg, err := c.store.OpenImage(ctx, graph.ImageRef{Image: base}, false)
 	if err != nil {
 		b.Fatal(err)
@@ -77,6 +64,28 @@ func newBenchChain(b *testing.B, depth int) *benchChain {
 		c.images = append(c.images, child)
 	}
 	return c
+}
+
+// newBenchBase connects to CEPH_CONF's cluster and makes the chain's
+// bottom: a 1 GiB image, removed with everything added to the chain when
+// the benchmark ends (or after timeout).
+func newBenchBase(b *testing.B, name string, timeout time.Duration) (context.Context, *benchChain) {
+	conf := testkit.CephConf(b)
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	b.Cleanup(cancel)
+	conn, err := rbdio.Connect(ctx, rbdio.Config{ConfFile: conf})
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { conn.Close() })
+	c := &benchChain{store: New(ctx, conn, DefaultOptions(), nil), prefix: testkit.UniqueName(b, name) + "-"}
+	b.Cleanup(c.removeAll)
+	base := c.prefix + "0"
+	if err := c.store.CreateImage(ctx, base, 1<<30); err != nil {
+		b.Fatal(err)
+	}
+	c.images = append(c.images, base)
+	return ctx, c
 }
 
 func (c *benchChain) removeAll() {
