@@ -104,17 +104,25 @@ func (c *Conn) Children(ctx context.Context, image, snap string) ([]ImageSpec, e
 		return nil, err
 	}
 	var out []ImageSpec
-	err := c.withImage(ctx, "list children", image, snap, true, func(img *rbd.Image) error {
-		kids, err := img.ListChildrenAttributes()
-		if err != nil {
-			return wrap(err, "list children", c.spec(image, snap), "rbd_list_children3")
-		}
-		for _, k := range kids {
-			out = append(out, ImageSpec{Pool: k.PoolName, Namespace: k.PoolNamespace, Image: k.ImageName, Trash: k.Trash})
-		}
-		return nil
+	err := c.withImage(ctx, "list children", image, snap, true, func(img *rbd.Image) (err error) {
+		out, err = children(img, c.spec(image, snap))
+		return err
 	})
 	return out, err
+}
+
+// children lists the clones of the snapshot img is set to (spec names
+// it for errors).
+func children(img *rbd.Image, spec string) ([]ImageSpec, error) {
+	kids, err := img.ListChildrenAttributes()
+	if err != nil {
+		return nil, wrap(err, "list children", spec, "rbd_list_children3")
+	}
+	out := make([]ImageSpec, 0, len(kids))
+	for _, k := range kids {
+		out = append(out, ImageSpec{Pool: k.PoolName, Namespace: k.PoolNamespace, Image: k.ImageName, Trash: k.Trash})
+	}
+	return out, nil
 }
 
 // Parent returns the clone parent of image; ok is false when the image

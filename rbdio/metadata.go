@@ -154,11 +154,15 @@ func (c *Conn) imageID(image string) (string, error) {
 		}
 		return "", e
 	}
-	if n < 4 || int(binary.LittleEndian.Uint32(buf)) > n-4 || binary.LittleEndian.Uint32(buf) == 0 {
+	var l int
+	if n >= 4 {
+		l = int(binary.LittleEndian.Uint32(buf))
+	}
+	if l == 0 || l > n-4 {
 		return "", &Error{Op: "read the id of", Object: spec, Kind: ErrInvalid, Func: "rados_read(rbd_id)",
 			Hint: fmt.Sprintf("rbd_id.%s holds %d bytes that are not an image id", image, n)}
 	}
-	return string(buf[4 : 4+binary.LittleEndian.Uint32(buf)]), nil
+	return string(buf[4 : 4+l]), nil
 }
 
 // encodeStringMap encodes keys and their values of kv as Ceph encodes a

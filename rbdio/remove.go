@@ -100,15 +100,13 @@ func (c *Conn) removalState(ctx context.Context, image string) (removalState, er
 			if err := img.SetSnapshot(s.Name); err != nil {
 				return snapError(err, "remove image", c.spec(image, s.Name), "rbd_snap_set")
 			}
-			kids, err := img.ListChildrenAttributes()
+			kids, err := children(img, c.spec(image, s.Name))
 			if err != nil {
-				return wrap(err, "list children", c.spec(image, s.Name), "rbd_list_children3")
+				return err
 			}
 			if len(kids) > 0 {
 				st.from = append(st.from, s.Name)
-			}
-			for _, k := range kids {
-				st.children = append(st.children, ImageSpec{Pool: k.PoolName, Namespace: k.PoolNamespace, Image: k.ImageName, Trash: k.Trash})
+				st.children = append(st.children, kids...)
 			}
 		}
 		return nil
