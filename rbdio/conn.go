@@ -148,6 +148,11 @@ type Conn struct {
 	// These calls cost a round trip or more each and are never on the
 	// IO path, so serialising them costs little.
 	imageCtx sync.Mutex
+
+	// flattens are the flattens running on image contexts of their own,
+	// by image (guarded by mu): an open for writing interrupts them
+	// (flatten.go).
+	flattens map[string]*soloFlatten
 }
 
 // lockImageCtx takes the image-context lock (Conn.imageCtx) and

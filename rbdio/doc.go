@@ -19,7 +19,10 @@
 //     another client has the image open), list, stat, image metadata.
 //     admin.go opens a short-lived go-ceph handle for each call.
 //     flatten.go and flatten_shim.c call librbd directly, so a cancelled
-//     context stops a flatten part way (rbd_flatten_with_progress).
+//     context stops a flatten part way (rbd_flatten_with_progress), and
+//     a flatten runs through the image's open handle when there is one
+//     on the connection: an open for writing takes a running flatten
+//     over instead of waiting for librbd to release the lock at its end.
 //   - image.go, aio.go, aio_shim.c, watch.go: Image, the open image for
 //     IO. It implements nbd.Backend, nbd.AsyncBackend, nbd.Discarder,
 //     nbd.ZeroWriter and nbd.Resizer. A read-write open takes the

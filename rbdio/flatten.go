@@ -11,6 +11,7 @@ import "C"
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"sync"
 	"syscall"
@@ -18,10 +19,20 @@ import (
 )
 
 // Flatten copies into image every block it still reads from its clone
-// parent, so it no longer depends on it. It may run while the image is
-// open for IO elsewhere: librbd hands the work to the exclusive lock
-// holder (and then a cancel only stops this caller's wait once the
-// holder reports progress). An image that is not a clone is left alone.
+// parent, so it no longer depends on it. An image that is not a clone is
+// left alone.
+//
+// A flatten never makes an open of the image wait for it. librbd hands
+// the exclusive lock to a client that asks for it only once the
+// maintenance operation holding it ends, so an OpenImage for writing used
+// to wait for the whole flatten. Now, if the image is open for writing on
+// this connection, the flatten runs through that handle, beside its IO,
+// under the lock it already holds. Otherwise it runs on an image context
+// of its own; an OpenImage for writing of the same image on this
+// connection interrupts it, and once the open is done the flatten carries
+// on through the new handle (objects already copied stay copied). Closing
+// that handle hands the rest back to a context of its own.
+// docs/2026-12-07-flatten-beside-attach.md has the measurements.
 //
 // Cancelling ctx stops the flatten after the objects in flight (librbd
 // copies a few at a time): Flatten returns an error wrapping ctx.Err()
@@ -29,7 +40,8 @@ import (
 // finishes the job.
 //
 // Wraps rbd_open, rbd_flatten_with_progress (its progress callback
-// returns -ECANCELED once ctx is done) and rbd_close.
+// returns -ECANCELED once ctx is done or the run is interrupted) and
+// rbd_close.
 func (c *Conn) Flatten(ctx context.Context, image string) error {
 	spec := c.spec(image, "")
 	if err := c.check(ctx, "flatten", spec); err != nil {
@@ -38,6 +50,98 @@ func (c *Conn) Flatten(ctx context.Context, image string) error {
 	if err := validName("image", image); err != nil {
 		return err
 	}
+	for moves := 0; ; moves++ {
+		var err error
+		if im := c.openForFlatten(image); im != nil {
+			err = im.flatten(ctx)
+			im.leave()
+		} else {
+			err = c.flattenAlone(ctx, image, spec)
+		}
+		if !errors.Is(err, errFlattenMoved) {
+			return err
+		}
+		if moves == maxFlattenMoves {
+			return &Error{Op: "flatten", Object: spec, Kind: ErrBusy, Errno: syscall.EBUSY,
+				Hint: fmt.Sprintf("interrupted %d times by opens and closes of the image; flattening again finishes it", moves+1)}
+		}
+		if err := ctx.Err(); err != nil {
+			return fmt.Errorf("flatten %s: stopped part way; flattening again finishes it: %w", spec, err)
+		}
+	}
+}
+
+// maxFlattenMoves bounds how often one Flatten follows the image between
+// handles (each move keeps the objects copied so far, so a bound is only
+// against an image opened and closed without end).
+const maxFlattenMoves = 16
+
+// errFlattenMoved: the flatten stopped because its handle is needed
+// elsewhere (an open for writing, a close); Flatten carries on.
+var errFlattenMoved = errors.New("flatten moved to another handle")
+
+// soloFlatten is a flatten running on an image context of its own, as
+// Conn.flattens records it for OpenImage.
+type soloFlatten struct {
+	flag *cancelFlag
+	// asked is set (under Conn.mu) by the first open that interrupts
+	// the run; that open closes opened once its attempt ended, the
+	// image registered if it succeeded.
+	asked  bool
+	opened chan struct{}
+	// done is closed once the run's image context is closed.
+	done chan struct{}
+}
+
+// flattenAlone flattens image on a context of its own, registered in
+// c.flattens so an open for writing can interrupt it; it returns
+// errFlattenMoved if one did (once that open has finished).
+func (c *Conn) flattenAlone(ctx context.Context, image, spec string) error {
+	flag, err := newCancelFlag(spec)
+	if err != nil {
+		return err
+	}
+	run := &soloFlatten{flag: flag, opened: make(chan struct{}), done: make(chan struct{})}
+	c.mu.Lock()
+	if prev := c.flattens[image]; prev != nil {
+		// Another Flatten of the same image is under way: wait for it,
+		// then look again (it has finished the job, or moved).
+		c.mu.Unlock()
+		flag.free()
+		select {
+		case <-prev.done:
+			return errFlattenMoved
+		case <-ctx.Done():
+			return fmt.Errorf("flatten %s: waiting for another flatten of it: %w", spec, ctx.Err())
+		}
+	}
+	if c.flattens == nil {
+		c.flattens = make(map[string]*soloFlatten)
+	}
+	c.flattens[image] = run
+	c.mu.Unlock()
+	defer flag.free()
+
+	ret, img := c.runSoloFlatten(ctx, run, image, spec)
+	c.mu.Lock()
+	delete(c.flattens, image)
+	asked := run.asked
+	c.mu.Unlock()
+	close(run.done)
+	if ret < 0 && asked && ctx.Err() == nil && flag.cancelled() {
+		select {
+		case <-run.opened:
+		case <-ctx.Done():
+		}
+		return errFlattenMoved
+	}
+	return flattenResult(ctx, ret, spec, img)
+}
+
+// runSoloFlatten opens image, flattens it and closes it. It returns
+// librbd's result and, when it needs explaining (EINVAL), whether the
+// image has a parent, looked up before the close.
+func (c *Conn) runSoloFlatten(ctx context.Context, run *soloFlatten, image, spec string) (C.int, parentState) {
 	cName := C.CString(image)
 	defer C.free(unsafe.Pointer(cName))
 	var img C.rbd_image_t
@@ -49,34 +153,134 @@ func (c *Conn) Flatten(ctx context.Context, image string) error {
 		if e.Errno == syscall.ENOENT {
 			e.Hint = "no such image"
 		}
-		return e
+		return ret, parentState{openErr: e}
 	}
 	defer func() {
 		defer c.lockImageCtx()()
 		C.rbd_close(img)
 	}()
-
-	// The flag lives in C memory: librbd's threads read it.
-	flag := (*C.int)(C.calloc(1, C.sizeof_int))
-	if flag == nil {
-		return &Error{Op: "flatten", Object: spec, Errno: syscall.ENOMEM}
-	}
-	var mu sync.Mutex // orders the cancel against the free below
-	freed := false
-	stop := context.AfterFunc(ctx, func() {
-		mu.Lock()
-		defer mu.Unlock()
-		if !freed {
-			C.rbdio_flatten_cancel(flag)
-		}
-	})
-	ret = C.rbdio_flatten(img, flag)
+	stop := context.AfterFunc(ctx, run.flag.cancel)
+	ret = C.rbdio_flatten(img, run.flag.p)
 	stop()
-	mu.Lock()
-	freed = true
-	C.free(unsafe.Pointer(flag))
-	mu.Unlock()
+	return ret, flattenParent(img, ret)
+}
 
+// flatten flattens the image through this handle; the caller entered it
+// (enter) and leaves it after. Close interrupts it (errFlattenMoved).
+func (im *Image) flatten(ctx context.Context) error {
+	flag, err := newCancelFlag(im.spec)
+	if err != nil {
+		return err
+	}
+	defer flag.free()
+	im.flatMu.Lock()
+	im.flatFlags = append(im.flatFlags, flag)
+	im.flatMu.Unlock()
+	defer func() {
+		im.flatMu.Lock()
+		for i, f := range im.flatFlags {
+			if f == flag {
+				im.flatFlags = append(im.flatFlags[:i], im.flatFlags[i+1:]...)
+				break
+			}
+		}
+		im.flatMu.Unlock()
+	}()
+	// A Close that began before the flag was listed did not see it.
+	if im.users.Load()&closingBit != 0 {
+		flag.cancel()
+	}
+	stop := context.AfterFunc(ctx, flag.cancel)
+	ret := C.rbdio_flatten(im.img, flag.p)
+	stop()
+	if ret < 0 && ctx.Err() == nil && flag.cancelled() {
+		return errFlattenMoved
+	}
+	return flattenResult(ctx, ret, im.spec, flattenParent(im.img, ret))
+}
+
+// interruptFlattens stops the flattens running through im (Close).
+func (im *Image) interruptFlattens() {
+	im.flatMu.Lock()
+	defer im.flatMu.Unlock()
+	for _, f := range im.flatFlags {
+		f.cancel()
+	}
+}
+
+// openForFlatten returns an image open for writing at its head on c,
+// entered, or nil.
+func (c *Conn) openForFlatten(image string) *Image {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for im := range c.images {
+		if im.name == image && im.snap == "" && !im.readOnly && im.enter("flatten") == nil {
+			return im
+		}
+	}
+	return nil
+}
+
+// interruptFlatten is OpenImage's side: it stops a flatten of image
+// running on a context of its own and waits until that context is
+// closed (its exclusive lock released). The returned function, called
+// once the open ended, lets the flatten carry on.
+func (c *Conn) interruptFlatten(ctx context.Context, image string) (func(), error) {
+	c.mu.Lock()
+	run := c.flattens[image]
+	first := run != nil && !run.asked
+	if run != nil {
+		run.asked = true
+		run.flag.cancel()
+	}
+	c.mu.Unlock()
+	if run == nil {
+		return func() {}, nil
+	}
+	opened := func() {}
+	if first {
+		opened = func() { close(run.opened) }
+	}
+	select {
+	case <-run.done:
+		return opened, nil
+	case <-ctx.Done():
+		opened()
+		return nil, ctx.Err()
+	}
+}
+
+// parentState is what flattenResult needs to explain librbd's EINVAL.
+type parentState struct {
+	openErr   error
+	hasParent bool
+	known     bool
+}
+
+// flattenParent looks up whether img still has a parent, only when ret is
+// EINVAL (librbd's answer for "not a clone").
+func flattenParent(img C.rbd_image_t, ret C.int) parentState {
+	if ret != -C.int(syscall.EINVAL) {
+		return parentState{}
+	}
+	var parent C.rbd_linked_image_spec_t
+	var parentSnap C.rbd_snap_spec_t
+	switch r := C.rbd_get_parent(img, &parent, &parentSnap); r {
+	case -C.int(syscall.ENOENT):
+		return parentState{known: true}
+	case 0:
+		C.rbd_linked_image_spec_cleanup(&parent)
+		C.rbd_snap_spec_cleanup(&parentSnap)
+		return parentState{known: true, hasParent: true}
+	}
+	return parentState{}
+}
+
+// flattenResult turns librbd's result into Flatten's.
+func flattenResult(ctx context.Context, ret C.int, spec string, p parentState) error {
+	if p.openErr != nil {
+		return p.openErr
+	}
 	if ret >= 0 {
 		return nil
 	}
@@ -84,16 +288,49 @@ func (c *Conn) Flatten(ctx context.Context, image string) error {
 	switch {
 	case ctx.Err() != nil && (e.Errno == syscall.ECANCELED || e.Errno == syscall.ERESTART):
 		return fmt.Errorf("%w: stopped part way; flattening again finishes it: %w", e, ctx.Err())
-	case e.Errno == syscall.EINVAL:
-		// librbd's answer for "not a clone".
-		var parent C.rbd_linked_image_spec_t
-		var parentSnap C.rbd_snap_spec_t
-		if r := C.rbd_get_parent(img, &parent, &parentSnap); r == -C.int(syscall.ENOENT) {
-			return nil
-		} else if r == 0 {
-			C.rbd_linked_image_spec_cleanup(&parent)
-			C.rbd_snap_spec_cleanup(&parentSnap)
-		}
+	case e.Errno == syscall.EINVAL && p.known && !p.hasParent:
+		return nil
 	}
 	return e
+}
+
+// cancelFlag is the flag librbd's progress callback reads (C memory:
+// librbd's threads read it), and the lock that orders a cancel against
+// its free.
+type cancelFlag struct {
+	mu    sync.Mutex
+	p     *C.int
+	freed bool
+}
+
+func newCancelFlag(spec string) (*cancelFlag, error) {
+	p := (*C.int)(C.calloc(1, C.sizeof_int))
+	if p == nil {
+		return nil, &Error{Op: "flatten", Object: spec, Errno: syscall.ENOMEM}
+	}
+	return &cancelFlag{p: p}, nil
+}
+
+func (f *cancelFlag) cancel() {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if !f.freed {
+		C.rbdio_flatten_cancel(f.p)
+	}
+}
+
+// cancelled reports whether cancel ran before free.
+func (f *cancelFlag) cancelled() bool {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return !f.freed && *f.p != 0
+}
+
+func (f *cancelFlag) free() {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if !f.freed {
+		f.freed = true
+		C.free(unsafe.Pointer(f.p))
+	}
 }

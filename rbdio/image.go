@@ -63,6 +63,11 @@ type Image struct {
 
 	size atomic.Int64
 
+	// flatFlags cancel the flattens running through this handle, for
+	// Close (flatten.go).
+	flatMu    sync.Mutex
+	flatFlags []*cancelFlag
+
 	// Size changes (watch.go).
 	watchHandle C.uint64_t
 	watching    bool
@@ -119,6 +124,15 @@ func (c *Conn) OpenImage(ctx context.Context, name string, opts OpenOptions) (*I
 	}
 	im := &Image{conn: c, name: name, snap: opts.Snapshot, readOnly: readOnly, spec: spec, idle: make(chan struct{}),
 		blocklisted: make(chan struct{})}
+	if !readOnly && !opts.Shared {
+		// A flatten of this image on a context of our own would keep the
+		// exclusive lock until it ends: move it onto this handle.
+		opened, err := c.interruptFlatten(ctx, name)
+		if err != nil {
+			return nil, fmt.Errorf("open image %s: waiting for its flatten to stop: %w", spec, err)
+		}
+		defer opened()
+	}
 	ioctx := C.rados_ioctx_t(c.ioctx.Pointer())
 	var ret C.int
 	fn := "rbd_open"
@@ -219,6 +233,7 @@ func (im *Image) Close() error {
 			break
 		}
 	}
+	im.interruptFlattens()
 	<-im.idle
 
 	im.stopWatch()
