@@ -158,29 +158,52 @@ func (f *flattenFixture) flattened(t *testing.T, im *Image, image string) {
 	}
 }
 
-// during runs a Flatten of image and, delay into it, act; it returns
-// how long act took, how long the flatten still ran from act's start,
-// and the flatten's error. ok is false when the flatten ended before
-// act began (nothing was measured).
-func (f *flattenFixture) during(t *testing.T, image string, delay time.Duration, act func()) (took, rest time.Duration, err error, ok bool) {
-	ended := make(chan time.Time, 1)
-	errc := make(chan error, 1)
-	go func() {
-		err := f.c.Flatten(testContext(t), image)
-		ended <- time.Now()
-		errc <- err
-	}()
-	time.Sleep(delay)
-	start := time.Now()
-	select {
-	case end := <-ended:
-		return 0, end.Sub(start), <-errc, false
-	default:
+// interrupt makes a clone, starts its flatten and, a tenth of a whole
+// flatten into it, runs act (an open or a close of the clone, named by
+// what). A flatten that ends too soon after act began to tell anything
+// (within 200 ms) is tried again on a new clone, sooner. It fails the
+// test if the flatten fails or if act took more than half of what the
+// flatten still ran (act waited for it), and returns the clone; "" if
+// every flatten ended too soon.
+func (f *flattenFixture) interrupt(t *testing.T, what string, prepare func(image string), act func(image string)) string {
+	t.Helper()
+	delay := f.whole / 10
+	for attempt := 0; attempt < 5; attempt, delay = attempt+1, delay/4 {
+		image := f.clone(t)
+		prepare(image)
+		ended := make(chan time.Time, 1)
+		errc := make(chan error, 1)
+		go func() {
+			err := f.c.Flatten(testContext(t), image)
+			ended <- time.Now()
+			errc <- err
+		}()
+		time.Sleep(delay)
+		start := time.Now()
+		select {
+		case <-ended:
+			if err := <-errc; err != nil {
+				t.Fatalf("flatten: %v", err)
+			}
+			continue // over before act: nothing to measure
+		default:
+		}
+		act(image)
+		took := time.Since(start)
+		rest := (<-ended).Sub(start)
+		if err := <-errc; err != nil {
+			t.Fatalf("flatten interrupted by %s: %v", what, err)
+		}
+		t.Logf("%s %v into the flatten took %v; the flatten ran %v more", what, delay.Round(time.Millisecond), took.Round(time.Millisecond), rest.Round(time.Millisecond))
+		if rest < 200*time.Millisecond {
+			continue
+		}
+		if took > rest/2 {
+			t.Fatalf("%s took %v of the flatten's last %v: it waited for the flatten", what, took, rest)
+		}
+		return image
 	}
-	act()
-	took = time.Since(start)
-	end := <-ended
-	return took, end.Sub(start), <-errc, true
+	return ""
 }
 
 // An open for writing of an image being flattened on this connection
@@ -190,39 +213,22 @@ func (f *flattenFixture) during(t *testing.T, image string, delay time.Duration,
 // (in the VM's docker build, 5-7 s per attach of a deep layer).
 func TestOpenDuringFlattenDoesNotWait(t *testing.T) {
 	f := newFlattenFixture(t)
-	delay := f.whole / 10
-	for attempt := 0; attempt < 5; attempt++ {
-		image := f.clone(t)
-		var im *Image
-		var openErr error
-		took, rest, err, ok := f.during(t, image, delay, func() {
-			im, openErr = f.c.OpenImage(testContext(t), image, OpenOptions{})
-		})
-		if openErr != nil {
-			t.Fatalf("open during a flatten: %v", openErr)
+	var im *Image
+	image := f.interrupt(t, "an open", func(string) {}, func(image string) {
+		var err error
+		if im, err = f.c.OpenImage(testContext(t), image, OpenOptions{}); err != nil {
+			t.Fatalf("open during a flatten: %v", err)
 		}
 		t.Cleanup(func() { im.Close() })
-		if err != nil {
-			t.Fatalf("flatten interrupted by an open: %v", err)
-		}
-		t.Logf("opened %v into the flatten: the open took %v, the flatten ran %v more", delay.Round(time.Millisecond), took.Round(time.Millisecond), rest.Round(time.Millisecond))
-		if !ok || rest < 200*time.Millisecond {
-			// The flatten was (nearly) done before the open: try sooner.
-			im.Close()
-			delay /= 4
-			continue
-		}
-		if took > rest/2 {
-			t.Fatalf("the open took %v of the flatten's last %v: it waited for the flatten", took, rest)
-		}
-		f.flattened(t, im, image)
-		mustWrite(t, im, pattern(4096, 9), 0)
-		if err := im.Close(); err != nil {
-			t.Fatal(err)
-		}
-		return
+	})
+	if image == "" {
+		t.Skip("every flatten ended before the open; nothing measured")
 	}
-	t.Skip("every flatten ended before the open; nothing measured")
+	f.flattened(t, im, image)
+	mustWrite(t, im, pattern(4096, 9), 0)
+	if err := im.Close(); err != nil {
+		t.Fatal(err)
+	}
 }
 
 // A flatten of an image open for writing on this connection runs through
@@ -232,31 +238,18 @@ func TestOpenDuringFlattenDoesNotWait(t *testing.T) {
 // not wait for either: this guards the new path, it fixes nothing.)
 func TestCloseDuringFlattenThroughHandle(t *testing.T) {
 	f := newFlattenFixture(t)
-	delay := f.whole / 10
-	for attempt := 0; attempt < 5; attempt++ {
-		image := f.clone(t)
-		im := openImage(t, f.c, image, OpenOptions{})
-		var closeErr error
-		took, rest, err, ok := f.during(t, image, delay, func() { closeErr = im.Close() })
-		if closeErr != nil {
-			t.Fatalf("close during a flatten: %v", closeErr)
+	var im *Image
+	image := f.interrupt(t, "a close", func(image string) {
+		im = openImage(t, f.c, image, OpenOptions{})
+	}, func(string) {
+		if err := im.Close(); err != nil {
+			t.Fatalf("close during a flatten: %v", err)
 		}
-		if err != nil {
-			t.Fatalf("flatten interrupted by a close: %v", err)
-		}
-		t.Logf("closed %v into the flatten: the close took %v, the flatten ran %v more", delay.Round(time.Millisecond), took.Round(time.Millisecond), rest.Round(time.Millisecond))
-		if !ok || rest < 200*time.Millisecond {
-			im.Close()
-			delay /= 4
-			continue
-		}
-		if took > rest/2 {
-			t.Fatalf("the close took %v of the flatten's last %v: it waited for the flatten", took, rest)
-		}
-		ro := openImage(t, f.c, image, OpenOptions{ReadOnly: true})
-		f.flattened(t, ro, image)
-		ro.Close()
-		return
+	})
+	if image == "" {
+		t.Skip("every flatten ended before the close; nothing measured")
 	}
-	t.Skip("every flatten ended before the close; nothing measured")
+	ro := openImage(t, f.c, image, OpenOptions{ReadOnly: true})
+	f.flattened(t, ro, image)
+	ro.Close()
 }
