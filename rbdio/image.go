@@ -99,7 +99,9 @@ func (im *Image) Blocklisted() <-chan struct{} { return im.blocklisted }
 // it (SIGKILL, power loss) waits until the dead client's watch times out
 // (osd_client_watch_timeout, 30 s by default), then breaks the lock and
 // succeeds; a live holder makes it fail at once with ErrLocked. librbd
-// cannot be interrupted during that wait: ctx is checked before.
+// cannot be interrupted during that wait: ctx is checked before. A
+// Flatten of the image running on this connection does not make it wait:
+// the flatten stops and carries on through the new handle (flatten.go).
 //
 // Wraps rbd_open / rbd_open_read_only, rbd_lock_acquire (exclusive mode,
 // unless opts.Shared or read-only) and rbd_update_watch.
