@@ -122,7 +122,7 @@ func (c *Conn) flattenAlone(ctx context.Context, image, spec string) error {
 	c.mu.Unlock()
 	defer flag.free()
 
-	ret, img := c.runSoloFlatten(ctx, run, image, spec)
+	ret, parent := c.runSoloFlatten(ctx, run, image, spec)
 	c.mu.Lock()
 	delete(c.flattens, image)
 	asked := run.asked
@@ -135,7 +135,7 @@ func (c *Conn) flattenAlone(ctx context.Context, image, spec string) error {
 		}
 		return errFlattenMoved
 	}
-	return flattenResult(ctx, ret, spec, img)
+	return flattenResult(ctx, ret, spec, parent)
 }
 
 // runSoloFlatten opens image, flattens it and closes it. It returns
