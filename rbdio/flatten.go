@@ -122,38 +122,41 @@ func (c *Conn) flattenAlone(ctx context.Context, image, spec string) error {
 	c.mu.Unlock()
 	defer flag.free()
 
-	ret, parent := c.runSoloFlatten(ctx, run, image, spec)
+	ret, notClone, openErr := c.runSoloFlatten(ctx, run, image, spec)
 	c.mu.Lock()
 	delete(c.flattens, image)
-	asked := run.asked
+	asked := run.asked // an open cancelled the run
 	c.mu.Unlock()
 	close(run.done)
-	if ret < 0 && asked && ctx.Err() == nil && flag.cancelled() {
+	if (openErr != nil || ret < 0) && asked && ctx.Err() == nil {
 		select {
 		case <-run.opened:
 		case <-ctx.Done():
 		}
 		return errFlattenMoved
 	}
-	return flattenResult(ctx, ret, spec, parent)
+	if openErr != nil {
+		return openErr
+	}
+	return flattenResult(ctx, ret, spec, notClone)
 }
 
 // runSoloFlatten opens image, flattens it and closes it. It returns
-// librbd's result and, when it needs explaining (EINVAL), whether the
-// image has a parent, looked up before the close.
-func (c *Conn) runSoloFlatten(ctx context.Context, run *soloFlatten, image, spec string) (C.int, parentState) {
+// librbd's result and whether an EINVAL meant the image is not a clone
+// (notClone, looked up before the close), or why the open failed.
+func (c *Conn) runSoloFlatten(ctx context.Context, run *soloFlatten, image, spec string) (ret C.int, notClone bool, openErr error) {
 	cName := C.CString(image)
 	defer C.free(unsafe.Pointer(cName))
 	var img C.rbd_image_t
 	unlock := c.lockImageCtx()
-	ret := C.rbd_open(C.rados_ioctx_t(c.ioctx.Pointer()), cName, &img, nil)
+	ret = C.rbd_open(C.rados_ioctx_t(c.ioctx.Pointer()), cName, &img, nil)
 	unlock()
 	if ret < 0 {
 		e := errnoErr(int(ret), "flatten", spec, "rbd_open")
 		if e.Errno == syscall.ENOENT {
 			e.Hint = "no such image"
 		}
-		return ret, parentState{openErr: e}
+		return ret, false, e
 	}
 	defer func() {
 		defer c.lockImageCtx()()
@@ -162,7 +165,7 @@ func (c *Conn) runSoloFlatten(ctx context.Context, run *soloFlatten, image, spec
 	stop := context.AfterFunc(ctx, run.flag.cancel)
 	ret = C.rbdio_flatten(img, run.flag.p)
 	stop()
-	return ret, flattenParent(img, ret)
+	return ret, notAClone(img, ret), nil
 }
 
 // flatten flattens the image through this handle; the caller entered it
@@ -196,7 +199,7 @@ func (im *Image) flatten(ctx context.Context) error {
 	if ret < 0 && ctx.Err() == nil && flag.cancelled() {
 		return errFlattenMoved
 	}
-	return flattenResult(ctx, ret, im.spec, flattenParent(im.img, ret))
+	return flattenResult(ctx, ret, im.spec, notAClone(im.img, ret))
 }
 
 // interruptFlattens stops the flattens running through im (Close).
@@ -250,37 +253,24 @@ func (c *Conn) interruptFlatten(ctx context.Context, image string) (func(), erro
 	}
 }
 
-// parentState is what flattenResult needs to explain librbd's EINVAL.
-type parentState struct {
-	openErr   error
-	hasParent bool
-	known     bool
-}
-
-// flattenParent looks up whether img still has a parent, only when ret is
-// EINVAL (librbd's answer for "not a clone").
-func flattenParent(img C.rbd_image_t, ret C.int) parentState {
+// notAClone reports whether a flatten's EINVAL (ret) is librbd's answer
+// for "not a clone": img has no parent (rbd_get_parent says ENOENT).
+func notAClone(img C.rbd_image_t, ret C.int) bool {
 	if ret != -C.int(syscall.EINVAL) {
-		return parentState{}
+		return false
 	}
 	var parent C.rbd_linked_image_spec_t
 	var parentSnap C.rbd_snap_spec_t
-	switch r := C.rbd_get_parent(img, &parent, &parentSnap); r {
-	case -C.int(syscall.ENOENT):
-		return parentState{known: true}
-	case 0:
+	r := C.rbd_get_parent(img, &parent, &parentSnap)
+	if r == 0 {
 		C.rbd_linked_image_spec_cleanup(&parent)
 		C.rbd_snap_spec_cleanup(&parentSnap)
-		return parentState{known: true, hasParent: true}
 	}
-	return parentState{}
+	return r == -C.int(syscall.ENOENT)
 }
 
 // flattenResult turns librbd's result into Flatten's.
-func flattenResult(ctx context.Context, ret C.int, spec string, p parentState) error {
-	if p.openErr != nil {
-		return p.openErr
-	}
+func flattenResult(ctx context.Context, ret C.int, spec string, notClone bool) error {
 	if ret >= 0 {
 		return nil
 	}
@@ -288,7 +278,7 @@ func flattenResult(ctx context.Context, ret C.int, spec string, p parentState) e
 	switch {
 	case ctx.Err() != nil && (e.Errno == syscall.ECANCELED || e.Errno == syscall.ERESTART):
 		return fmt.Errorf("%w: stopped part way; flattening again finishes it: %w", e, ctx.Err())
-	case e.Errno == syscall.EINVAL && p.known && !p.hasParent:
+	case notClone:
 		return nil
 	}
 	return e
