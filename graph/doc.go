@@ -32,6 +32,10 @@
 //     in the background, in the order layers were removed (children
 //     first), and a layer with children is refused at once.
 //     WaitRemovals waits for those deletions; Close finishes them.
+//     Every deletion of a layer's snapshot or image goes through
+//     Config.Deletions when set (the same pool on a connection of its
+//     own, so deletions never queue ahead of a Create's or Get's image
+//     opens), else through Config.Store.
 //   - Every layer's state (creating, ready, removing) is image metadata,
 //     changed only by transition, in a record that names its image: an
 //     RBD clone starts with a copy of its parent's metadata, which is not

@@ -14,10 +14,19 @@ import (
 type Config struct {
 	// Home is the driver's local directory (dockerd passes
 	// <data-root>/<driver name>); mount points live below it.
-	Home     string
-	Options  Options
-	Store    ImageStore
-	Attacher Attacher
+	Home    string
+	Options Options
+	Store   ImageStore
+	// Deletions, when set, is the store every deletion of a layer's
+	// snapshot or image goes through (the reaper's, Remove's second
+	// half, and start-up's cleanup); nil means Store. It is the same
+	// pool on a cluster connection of its own: rbdio runs a
+	// connection's image opens, closes and removals one at a time, and
+	// a deletion in the background would otherwise hold up the Create
+	// and Get that dockerd is waiting for
+	// (docs/2026-12-07-deletions-connection.md).
+	Deletions ImageStore
+	Attacher  Attacher
 	// Filesystem formats and mounts layers; nil means
 	// NewFilesystem for Options.FS, MkfsArgs and MountOptions.
 	Filesystem Filesystem
@@ -60,6 +69,8 @@ type Driver struct {
 	opts     Options
 	names    naming
 	store    ImageStore
+	dels     ImageStore // Config.Deletions, or store
+	delsOwn  bool       // Config.Deletions was set
 	attacher Attacher
 	fs       Filesystem
 	log      *slog.Logger

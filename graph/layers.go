@@ -270,7 +270,7 @@ func (d *Driver) removeImages(ctx context.Context, l *layer) error {
 			return err
 		}
 	}
-	if err := d.store.RemoveImage(ctx, l.image); err != nil && !errors.Is(err, ErrImageNotFound) {
+	if err := d.dels.RemoveImage(ctx, l.image); err != nil && !errors.Is(err, ErrImageNotFound) {
 		return err
 	}
 	return nil
@@ -279,10 +279,10 @@ func (d *Driver) removeImages(ctx context.Context, l *layer) error {
 // removeSnapshot deletes l's snapshot; ErrHasChildren, naming them, while
 // layers are cloned from it.
 func (d *Driver) removeSnapshot(ctx context.Context, l *layer) error {
-	err := d.store.RemoveSnapshot(ctx, l.image, snapName)
+	err := d.dels.RemoveSnapshot(ctx, l.image, snapName)
 	switch {
 	case errors.Is(err, ErrImageBusy):
-		kids, _ := d.store.Children(ctx, l.image, snapName)
+		kids, _ := d.dels.Children(ctx, l.image, snapName)
 		return fmt.Errorf("%w: %s: %w", ErrHasChildren, strings.Join(d.describeImages(kids), ", "), err)
 	case err != nil && !errors.Is(err, ErrImageNotFound):
 		return err

@@ -243,7 +243,7 @@ func (d *Driver) deleteLayerImages(ctx context.Context, l *layer) (err error) {
 		ph.done("remove_snapshot")
 		d.step(StepRemoveSnapshot)
 	}
-	if err := d.store.RemoveImage(ctx, l.image); err != nil && !errors.Is(err, ErrImageNotFound) {
+	if err := d.dels.RemoveImage(ctx, l.image); err != nil && !errors.Is(err, ErrImageNotFound) {
 		return fmt.Errorf("delete layer %s: %w", l.id, err)
 	}
 	ph.done("remove_image")

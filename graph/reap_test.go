@@ -204,3 +204,143 @@ func TestReleaseDoesNotWaitForAStuckDeletion(t *testing.T) {
 		t.Fatalf("images after the restart: %v, want none", got)
 	}
 }
+
+// connStore is a store on one cluster connection as rbdio makes it: the
+// calls that open, make or remove an image context run one at a time
+// (rbdio's Conn.imageCtx). The deletion of a layer image holds that
+// lock until gate opens, as a slow rbd_remove does.
+type connStore struct {
+	*graphtest.FileStore
+	mu       *sync.Mutex
+	gate     chan struct{}
+	deleting chan string
+}
+
+func (s *connStore) lock() func() { s.mu.Lock(); return s.mu.Unlock }
+
+func (s *connStore) CreateImage(ctx context.Context, name string, size int64) error {
+	defer s.lock()()
+	return s.FileStore.CreateImage(ctx, name, size)
+}
+
+func (s *connStore) CloneImage(ctx context.Context, parent, snap, name string) error {
+	defer s.lock()()
+	return s.FileStore.CloneImage(ctx, parent, snap, name)
+}
+
+func (s *connStore) CreateSnapshot(ctx context.Context, image, snap string) error {
+	defer s.lock()()
+	return s.FileStore.CreateSnapshot(ctx, image, snap)
+}
+
+func (s *connStore) RemoveSnapshot(ctx context.Context, image, snap string) error {
+	defer s.lock()()
+	return s.FileStore.RemoveSnapshot(ctx, image, snap)
+}
+
+func (s *connStore) RemoveImage(ctx context.Context, name string) error {
+	defer s.lock()()
+	if strings.HasPrefix(name, "t-layer-") {
+		select {
+		case s.deleting <- name:
+		default:
+		}
+		<-s.gate
+	}
+	return s.FileStore.RemoveImage(ctx, name)
+}
+
+// A layer's deletion in the background holds its connection's
+// image-context lock (rbd_remove); with Config.Deletions on a
+// connection of its own, dockerd's next Create does not wait for it.
+// The "one connection" case is the control: the model does hold Create
+// up when both share a connection, as the driver did before.
+func TestDeletionsOnTheirOwnConnectionDoNotHoldUpCreate(t *testing.T) {
+	for _, own := range []bool{false, true} {
+		name := "one connection"
+		if own {
+			name = "own connection"
+		}
+		t.Run(name, func(t *testing.T) {
+			gate, deleting := make(chan struct{}), make(chan string, 4)
+			var opened sync.Once
+			release := func() { opened.Do(func() { close(gate) }) }
+			e := newEnv(t, func(c *graph.Config) {
+				fs := c.Store.(*graphtest.FileStore)
+				fg := &connStore{FileStore: fs, mu: &sync.Mutex{}, gate: gate, deleting: deleting}
+				c.Store = fg
+				if own {
+					c.Deletions = &connStore{FileStore: fs, mu: &sync.Mutex{}, gate: gate, deleting: deleting}
+				}
+			})
+			t.Cleanup(release) // before the driver's Close, which drains the reaper
+			ctx := context.Background()
+			e.create("old", "")
+			removeUnheld(t, e.d, "old")
+			select {
+			case <-deleting:
+			case <-time.After(10 * time.Second):
+				t.Fatal("the reaper did not start deleting t-layer-old")
+			}
+
+			created := make(chan error, 1)
+			go func() { created <- e.d.Create(ctx, "new", "", graph.CreateOptions{}) }()
+			if own {
+				select {
+				case err := <-created:
+					if err != nil {
+						t.Fatalf("Create(new): %v", err)
+					}
+				case <-time.After(10 * time.Second):
+					t.Fatal("Create(new) waited for a background deletion on another connection")
+				}
+			} else {
+				select {
+				case err := <-created:
+					t.Fatalf("Create(new) returned %v while its connection's lock was held by a deletion; the model does not hold it up", err)
+				case <-time.After(300 * time.Millisecond):
+				}
+			}
+			release()
+			if !own {
+				if err := <-created; err != nil {
+					t.Fatalf("Create(new) after the deletion: %v", err)
+				}
+			}
+			if err := e.d.WaitRemovals(ctx); err != nil {
+				t.Fatal(err)
+			}
+			if got := e.images("t-layer-old"); len(got) != 0 {
+				t.Fatalf("t-layer-old still there after WaitRemovals: %v", got)
+			}
+			e.remove("new")
+		})
+	}
+}
+
+// statusStore reports one line of its own, as rbdstore does after a
+// renewal of its connection.
+type statusStore struct {
+	*graphtest.FileStore
+	line [2]string
+}
+
+func (s statusStore) StoreStatus() [][2]string { return [][2]string{s.line} }
+
+// docker info tells the deletions' connection's lines from the store's.
+func TestStatusNamesTheDeletionsConnection(t *testing.T) {
+	e := newEnv(t, func(c *graph.Config) {
+		fs := c.Store.(*graphtest.FileStore)
+		c.Store = statusStore{fs, [2]string{"Cluster Connection", "renewed 1 time(s)"}}
+		c.Deletions = statusStore{fs, [2]string{"Cluster Connection", "renewed 2 time(s)"}}
+	})
+	var got []string
+	for _, kv := range e.d.Status() {
+		got = append(got, kv[0]+": "+kv[1])
+	}
+	for _, want := range []string{"Cluster Connection: renewed 1 time(s)", "Deletions Cluster Connection: renewed 2 time(s)"} {
+		if !slices.Contains(got, want) {
+			t.Errorf("Status has no %q: %q", want, got)
+		}
+	}
+}

@@ -52,6 +52,7 @@ func New(ctx context.Context, cfg Config) (*Driver, error) {
 		opts:     cfg.Options,
 		names:    naming{prefix: prefix},
 		store:    cfg.Store,
+		dels:     cfg.Deletions,
 		attacher: cfg.Attacher,
 		fs:       fs,
 		log:      log.With("prefix", prefix),
@@ -64,6 +65,9 @@ func New(ctx context.Context, cfg Config) (*Driver, error) {
 		byImage:  make(map[string]*layer),
 		crash:    cfg.CrashHook,
 		block:    cfg.BlockDevices,
+	}
+	if d.delsOwn = d.dels != nil; !d.delsOwn {
+		d.dels = d.store
 	}
 	if d.crash == nil {
 		d.crash = CrashAtFromEnv()

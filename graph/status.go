@@ -43,6 +43,11 @@ func (d *Driver) Status() [][2]string {
 	if ss, ok := d.store.(StoreStatuser); ok {
 		st = append(st, ss.StoreStatus()...)
 	}
+	if ss, ok := d.dels.(StoreStatuser); ok && d.delsOwn {
+		for _, kv := range ss.StoreStatus() {
+			st = append(st, [2]string{"Deletions " + kv[0], kv[1]})
+		}
+	}
 	if base != nil {
 		st = append(st, [2]string{"Base Image", fmt.Sprintf("%s (%s, %s)", base.image, units.BytesSize(float64(base.size)), d.fs.Type())})
 	}

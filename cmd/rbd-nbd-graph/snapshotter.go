@@ -86,7 +86,7 @@ func runSnapshotter(ctx context.Context, env *environment, args []string) error 
 		}
 		backend = observeBackend(reg, backend)
 		d, err = graph.New(ctx, graph.Config{
-			Home: filepath.Join(*root, "layers"), Options: o.layers, Store: backend.Store, Attacher: backend.Attacher,
+			Home: filepath.Join(*root, "layers"), Options: o.layers, Store: backend.Store, Deletions: backend.Deletions, Attacher: backend.Attacher,
 			HostID: *hostID, Logger: env.log, BlockDevices: true, Observer: layerObserver(reg),
 		})
 		if err != nil {

@@ -24,8 +24,11 @@ import (
 // Backend is what a driver instance runs on: the image store and the
 // attacher for the options dockerd passed, and how to release them.
 type Backend struct {
-	Store    graph.ImageStore
-	Attacher graph.Attacher
+	Store graph.ImageStore
+	// Deletions is graph.Config.Deletions: the same pool on a
+	// connection of its own for deleting removed layers. May be nil.
+	Deletions graph.ImageStore
+	Attacher  graph.Attacher
 	// Close releases the store and attacher (for example the cluster
 	// connection) after the driver is closed. May be nil.
 	Close func() error
@@ -221,6 +224,7 @@ func (p *Plugin) Init(home string, options []string, uidMaps, gidMaps []idtools.
 		Home:       home,
 		Options:    opts,
 		Store:      backend.Store,
+		Deletions:  backend.Deletions,
 		Attacher:   backend.Attacher,
 		Filesystem: p.cfg.Filesystem,
 		Root:       graph.Identity{UID: root.UID, GID: root.GID},
