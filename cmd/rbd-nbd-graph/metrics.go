@@ -72,7 +72,7 @@ func observeTarget(reg *metrics.Registry, name string, b nbd.Backend) *metrics.D
 		return nil
 	}
 	if r, ok := b.(*rbdstore.Reopener); ok {
-		r.Observe(reg.Cluster())
+		r.Observe(reg.Cluster(metrics.ConnTarget))
 	}
 	return reg.Device(name)
 }
@@ -83,10 +83,25 @@ type clusterObservable interface {
 	Observe(rbdstore.ClusterObserver)
 }
 
+// declareLayerConnections shows serve's and snapshotter's two cluster
+// connections, the layer store's and the deletions', as not connected
+// from the start, before the backend opens them (nothing without
+// metrics).
+func declareLayerConnections(reg *metrics.Registry) {
+	if reg == nil {
+		return
+	}
+	reg.Cluster(metrics.ConnLayers).SetConnected(false)
+	reg.Cluster(metrics.ConnDeletions).SetConnected(false)
+}
+
 // observeBackend makes the devices of a layer backend report to reg
-// (one device label per layer image) and follows its store's cluster
-// connection (down while a blocklisted one is renewed) until the backend
-// closes. Without metrics it returns b as is.
+// (one device label per layer image) and follows its two cluster
+// connections, the store's and the deletions store's (each down while a
+// blocklisted one is renewed), until the backend closes. A backend
+// without a deletions store of its own deletes through the store's
+// connection, which the deletions series then follows too. Without
+// metrics it returns b as is.
 func observeBackend(reg *metrics.Registry, b dockerplugin.Backend) dockerplugin.Backend {
 	if reg == nil || b.Attacher == nil {
 		return b
@@ -94,18 +109,43 @@ func observeBackend(reg *metrics.Registry, b dockerplugin.Backend) dockerplugin.
 	if a, ok := b.Attacher.(*nbdattach.Attacher); ok {
 		a.ObserveDevices(func(name string) nbdattach.DeviceObserver { return reg.Device(name) })
 	}
-	if st, ok := b.Store.(clusterObservable); ok {
-		st.Observe(reg.Cluster())
+	layers, deletions := reg.Cluster(metrics.ConnLayers), reg.Cluster(metrics.ConnDeletions)
+	follow := func(st graph.ImageStore, o rbdstore.ClusterObserver) {
+		if st, ok := st.(clusterObservable); ok {
+			st.Observe(o) // a store has one observer: the last one set
+		} else {
+			o.SetConnected(true)
+		}
+	}
+	if b.Deletions == nil {
+		follow(b.Store, clusterObservers{layers, deletions})
 	} else {
-		reg.Cluster().SetConnected(true)
+		follow(b.Store, layers)
+		follow(b.Deletions, deletions)
 	}
 	if close := b.Close; close != nil {
 		b.Close = func() error {
-			reg.Cluster().SetConnected(false)
+			layers.SetConnected(false)
+			deletions.SetConnected(false)
 			return close()
 		}
 	}
 	return b
+}
+
+// clusterObservers tells each of its observers what one connection does.
+type clusterObservers []rbdstore.ClusterObserver
+
+func (obs clusterObservers) SetConnected(ok bool) {
+	for _, o := range obs {
+		o.SetConnected(ok)
+	}
+}
+
+func (obs clusterObservers) BlocklistRecovered() {
+	for _, o := range obs {
+		o.BlocklistRecovered()
+	}
 }
 
 // layerObserver is the layer driver's observer: nil without metrics (a

@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"errors"
+	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -11,6 +12,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/rbd-nbd-graph/rbd-nbd-graph/graph"
+	"github.com/rbd-nbd-graph/rbd-nbd-graph/graph/dockerplugin"
+	"github.com/rbd-nbd-graph/rbd-nbd-graph/graph/rbdstore"
 	"github.com/rbd-nbd-graph/rbd-nbd-graph/internal/metrics"
 	"github.com/rbd-nbd-graph/rbd-nbd-graph/internal/testkit"
 )
@@ -37,7 +41,7 @@ func TestREADMEMetricsTable(t *testing.T) {
 	d.RequestDone(0, 1, 5, time.Millisecond)
 	d.ConnectionReplaced()
 	reg.Layers().LayerOp("create", time.Millisecond, nil)
-	reg.Cluster().BlocklistRecovered()
+	reg.Cluster(metrics.ConnLayers).BlocklistRecovered()
 	mfs, err := reg.Gatherer().Gather()
 	if err != nil {
 		t.Fatal(err)
@@ -74,7 +78,8 @@ func TestMetricsListenRefusesRemote(t *testing.T) {
 
 // serve with --metrics-listen answers scrapes from its start, before
 // dockerd's Init: the layer and cluster families are there (no cluster
-// yet: connected 0) beside Go's, and the endpoint closes with serve.
+// yet: both connections, the layers' and the deletions', at 0) beside
+// Go's, and the endpoint closes with serve.
 func TestServeMetricsEndpoint(t *testing.T) {
 	dir := t.TempDir()
 	msock := filepath.Join(dir, "m.sock")
@@ -92,8 +97,9 @@ func TestServeMetricsEndpoint(t *testing.T) {
 		return err == nil
 	})
 	for s, want := range map[string]float64{
-		"rbd_nbd_graph_layer_flattens_pending": 0,
-		"rbd_nbd_graph_cluster_connected":      0,
+		"rbd_nbd_graph_layer_flattens_pending":                                                 0,
+		metrics.Series("rbd_nbd_graph_cluster_connected", "connection", metrics.ConnLayers):    0,
+		metrics.Series("rbd_nbd_graph_cluster_connected", "connection", metrics.ConnDeletions): 0,
 	} {
 		if got, ok := m[s]; !ok || got != want {
 			t.Errorf("%s = %v (present %v), want %v", s, got, ok, want)
@@ -115,3 +121,86 @@ func TestServeMetricsEndpoint(t *testing.T) {
 		t.Errorf("metrics socket left behind after serve stopped: %v", err)
 	}
 }
+
+// observedStore is a layer store whose cluster connection the test
+// drives: Observe hands it the observer rbdstore.Store would keep.
+type observedStore struct {
+	graph.ImageStore
+	obs rbdstore.ClusterObserver
+}
+
+func (s *observedStore) Observe(o rbdstore.ClusterObserver) { s.obs = o; o.SetConnected(true) }
+
+type noAttacher struct{ graph.Attacher }
+
+// serve and snapshotter delete removed layers on a cluster connection of
+// their own: its blocklisting (and a renewal that never succeeds, which
+// leaves removed layers in the pool) shows as that connection, not
+// hidden behind the layer store's, and the layer store's series does
+// not move with it. A backend that deletes through its store's
+// connection shows that connection under both names.
+func TestMetricsFollowTheDeletionsConnection(t *testing.T) {
+	reg := metrics.New()
+	srv := httptest.NewServer(reg.Handler())
+	defer srv.Close()
+	scrape := func() map[string]float64 {
+		t.Helper()
+		m, err := metrics.Scrape(t.Context(), strings.TrimPrefix(srv.URL, "http://"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return m
+	}
+	connected := func(conn string) string {
+		return metrics.Series("rbd_nbd_graph_cluster_connected", "connection", conn)
+	}
+	recoveries := func(conn string) string {
+		return metrics.Series("rbd_nbd_graph_cluster_blocklist_recoveries_total", "connection", conn)
+	}
+	expect := func(when string, want map[string]float64) {
+		t.Helper()
+		m := scrape()
+		for s, w := range want {
+			if got, ok := m[s]; !ok || got != w {
+				t.Errorf("%s: %s = %v (present %v), want %v", when, s, got, ok, w)
+			}
+		}
+	}
+	L, D := metrics.ConnLayers, metrics.ConnDeletions
+
+	declareLayerConnections(reg)
+	expect("before the backend opens", map[string]float64{connected(L): 0, connected(D): 0})
+
+	store, dels := &observedStore{}, &observedStore{}
+	closed := false
+	b := observeBackend(reg, dockerplugin.Backend{Store: store, Deletions: dels, Attacher: noAttacher{},
+		Close: func() error { closed = true; return nil }})
+	if store.obs == nil || dels.obs == nil {
+		t.Fatalf("observers set: store %v, deletions %v; want both", store.obs != nil, dels.obs != nil)
+	}
+	expect("open", map[string]float64{connected(L): 1, connected(D): 1})
+
+	dels.obs.SetConnected(false) // blocklisted, being renewed
+	expect("deletions blocklisted", map[string]float64{connected(L): 1, connected(D): 0})
+	dels.obs.SetConnected(true)
+	dels.obs.BlocklistRecovered()
+	expect("deletions renewed", map[string]float64{connected(L): 1, connected(D): 1, recoveries(L): 0, recoveries(D): 1})
+
+	store.obs.SetConnected(false)
+	expect("layer store blocklisted", map[string]float64{connected(L): 0, connected(D): 1})
+	store.obs.SetConnected(true)
+
+	if err := b.Close(); err != nil || !closed {
+		t.Fatalf("Close: %v (backend's Close called: %v)", err, closed)
+	}
+	expect("closed", map[string]float64{connected(L): 0, connected(D): 0})
+
+	one := &observedStore{}
+	observeBackend(reg, dockerplugin.Backend{Store: one, Attacher: noAttacher{}})
+	expect("one connection", map[string]float64{connected(L): 1, connected(D): 1})
+	one.obs.SetConnected(false)
+	expect("its connection blocklisted", map[string]float64{connected(L): 0, connected(D): 0})
+}
+
+// The store serve and snapshotter open is one observeBackend follows.
+var _ clusterObservable = (*rbdstore.Store)(nil)

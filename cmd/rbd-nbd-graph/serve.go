@@ -79,6 +79,7 @@ func runServe(ctx context.Context, env *environment, args []string) error {
 		return err
 	}
 	defer stopMetrics()
+	declareLayerConnections(reg)
 	path := *socket
 	if path == "" {
 		path = dockerplugin.SocketPath(*name)

@@ -68,6 +68,7 @@ func runSnapshotter(ctx context.Context, env *environment, args []string) error 
 		return err
 	}
 	defer stopMetrics()
+	declareLayerConnections(reg)
 	ln, err := snapshotter.Listen(*socket)
 	if err != nil {
 		return err

@@ -17,7 +17,7 @@ type Registry struct {
 	reg     *prometheus.Registry
 	nbd     *nbdFamilies
 	layers  *Layers
-	cluster *Cluster
+	cluster *clusterFamilies
 }
 
 // New returns a Registry with the project's families, Go's runtime
@@ -27,7 +27,7 @@ func New() *Registry {
 	r.reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	r.nbd = newNBDFamilies(r.reg)
 	r.layers = newLayers(r.reg)
-	r.cluster = newCluster(r.reg)
+	r.cluster = newClusterFamilies(r.reg)
 	return r
 }
 
@@ -43,5 +43,19 @@ func (r *Registry) Gatherer() prometheus.Gatherer { return r.reg }
 // Layers is the layer driver's observer.
 func (r *Registry) Layers() *Layers { return r.layers }
 
-// Cluster is the Ceph connection's observer.
-func (r *Registry) Cluster() *Cluster { return r.cluster }
+// Connection names of the cluster families' connection label.
+const (
+	ConnTarget    = "target"    // map's or export's rbd: target
+	ConnLayers    = "layers"    // serve's or snapshotter's layer store
+	ConnDeletions = "deletions" // their background deletions (graph.Config.Deletions)
+)
+
+// Cluster is the observer of the Ceph connection named connection. Its
+// series exist, at 0, from the first call on.
+func (r *Registry) Cluster(connection string) *Cluster {
+	c := &Cluster{
+		connected:  r.cluster.connected.WithLabelValues(connection),
+		recoveries: r.cluster.recoveries.WithLabelValues(connection),
+	}
+	return c
+}

@@ -59,7 +59,7 @@ func TestDeviceSeriesThroughHandler(t *testing.T) {
 	d.RequestDone(0, 512, 5, 2*time.Millisecond) // EIO
 	d.RequestStarted(0)                          // still in flight
 	d.ConnectionReplaced()
-	reg.Cluster().SetConnected(true)
+	reg.Cluster(ConnTarget).SetConnected(true)
 	reg.Layers().LayerOp("create", 20*time.Millisecond, nil)
 	reg.Layers().FlattensPendingFrom(func() int { return 2 })
 
@@ -76,7 +76,7 @@ func TestDeviceSeriesThroughHandler(t *testing.T) {
 		Series("rbd_nbd_graph_nbd_request_duration_seconds_count", "device", "nbd-test", "op", "write"):                  3,
 		Series("rbd_nbd_graph_nbd_request_duration_seconds_bucket", "device", "nbd-test", "le", "0.0008", "op", "write"): 0,
 		Series("rbd_nbd_graph_nbd_request_duration_seconds_bucket", "device", "nbd-test", "le", "0.0032", "op", "write"): 3,
-		Series("rbd_nbd_graph_cluster_connected"):                                                                        1,
+		Series("rbd_nbd_graph_cluster_connected", "connection", "target"):                                                1,
 		Series("rbd_nbd_graph_layer_operations_total", "op", "create", "result", "ok"):                                   1,
 		Series("rbd_nbd_graph_layer_flattens_pending"):                                                                   2,
 	} {

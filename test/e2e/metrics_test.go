@@ -40,7 +40,7 @@ func TestMapMetricsDuringIO(t *testing.T) {
 	if v := before[metrics.Series("rbd_nbd_graph_nbd_device_info", "device", target, "path", dev)]; v != 1 {
 		t.Errorf("device_info for %s = %v, want 1", dev, v)
 	}
-	if v := before[metrics.Series("rbd_nbd_graph_cluster_connected")]; v != 1 {
+	if v := before[metrics.Series("rbd_nbd_graph_cluster_connected", "connection", metrics.ConnTarget)]; v != 1 {
 		t.Errorf("cluster_connected = %v, want 1", v)
 	}
 
