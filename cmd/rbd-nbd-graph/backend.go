@@ -45,28 +45,36 @@ func backendOptionKeys() []string {
 
 // openRBDBackend connects to the cluster the options name and returns
 // the graph driver's store (the pool, through rbdio), its deletions store
-// (the same pool on a second connection) and attacher (the images served
-// to the kernel through package nbd, in this process). It fails early,
-// with the kernel-support message, where NBD is missing.
+// (openStores) and attacher (the images served to the kernel through
+// package nbd, in this process). It fails early, with the kernel-support
+// message, where NBD is missing.
 func openRBDBackend(ctx context.Context, o backendOptions, log *slog.Logger) (dockerplugin.Backend, error) {
 	if err := nbdattach.Probe(ctx, log); err != nil {
 		return dockerplugin.Backend{}, err
 	}
-	conn, err := rbdstore.Connect(ctx, o.store)
+	store, dels, err := openStores(ctx, o, log)
 	if err != nil {
 		return dockerplugin.Backend{}, err
 	}
-	store := rbdstore.New(ctx, conn, o.store, log)
-	// A second cluster client for the background deletions: rbdio runs
-	// a connection's image opens and removals one at a time, so on the
-	// store's own connection every deletion would hold up the opens of
-	// the Creates and Gets dockerd waits for.
-	dconn, err := rbdstore.Connect(ctx, o.store)
-	if err != nil {
-		return dockerplugin.Backend{}, errors.Join(fmt.Errorf("second connection, for deletions: %w", err), store.Close())
-	}
-	dels := rbdstore.New(ctx, dconn, o.store, log.With("connection", "deletions"))
 	att := nbdattach.New(store.OpenImage, store.Where(), o.nbd, log)
 	return dockerplugin.Backend{Store: store, Deletions: dels, Attacher: att,
 		Close: func() error { return errors.Join(store.Close(), dels.Close()) }}, nil
+}
+
+// openStores opens the layer store and, on a second cluster client to
+// the same pool, the store the background deletions go through: rbdio
+// runs a connection's image opens and removals one at a time, so on the
+// store's own connection every deletion would hold up the opens of the
+// Creates and Gets dockerd waits for.
+func openStores(ctx context.Context, o backendOptions, log *slog.Logger) (store, dels *rbdstore.Store, err error) {
+	conn, err := rbdstore.Connect(ctx, o.store)
+	if err != nil {
+		return nil, nil, err
+	}
+	store = rbdstore.New(ctx, conn, o.store, log)
+	dconn, err := rbdstore.Connect(ctx, o.store)
+	if err != nil {
+		return nil, nil, errors.Join(fmt.Errorf("second connection, for deletions: %w", err), store.Close())
+	}
+	return store, rbdstore.New(ctx, dconn, o.store, log.With("connection", "deletions")), nil
 }

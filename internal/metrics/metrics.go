@@ -53,9 +53,8 @@ const (
 // Cluster is the observer of the Ceph connection named connection. Its
 // series exist, at 0, from the first call on.
 func (r *Registry) Cluster(connection string) *Cluster {
-	c := &Cluster{
+	return &Cluster{
 		connected:  r.cluster.connected.WithLabelValues(connection),
 		recoveries: r.cluster.recoveries.WithLabelValues(connection),
 	}
-	return c
 }
