@@ -7,11 +7,16 @@
 # $VM_OUT/bench.jsonl:
 #   {"round":1,"path":"ours","workload":"randread-4k-qd32","rw":"randread","bs":"4k","iodepth":32,
 #    "iops":1234.5,"bw_bytes":5056512,"lat_us":25.1,"p50_us":20.1,"p99_us":80.3,
-#    "ios":12345,"server_cpu_s":4.2,"cpu_us_per_io":340.2}
+#    "ios":12345,"server_cpu_s":4.2,"cpu_us_per_io":340.2,"osd_cpu_us_per_io":410.3,
+#    "seq":7,"mem_available_kib":2900000,"osd_rss_kib":800000}
 # server_cpu_s is the CPU time (user + system, all threads) of the process
 # serving the device during the measured fio run, read from /proc; krbd
 # has no such process (its work is in the kernel's threads), so its CPU
-# fields are null. Each workload runs 2 s unmeasured first (the warm-up
+# fields are null. osd_cpu_us_per_io is the same for the OSD (every path
+# pays it), fio_cpu_us_per_io fio's own (the client), seq the measurement's place in time within the boot, and
+# mem_available_kib and osd_rss_kib the guest's state before it: both
+# NBD servers have been seen to slow down the later they run in a boot,
+# and these say whether the guest or the OSD changed meanwhile. Each workload runs 2 s unmeasured first (the warm-up
 # fio's ramp_time would count CPU for IOs fio does not report).
 # A path that fails to map gets {"path":...,"error":"..."} and the run goes on.
 #
@@ -21,7 +26,8 @@
 # BENCH_OURS_FLAGS (extra map flags for ours, e.g. "--connections 2"),
 # BENCH_ALT_FLAGS (map flags for the path ours-alt: ours again with other
 # settings, e.g. "--max-sectors-kb 128", compared in the same boot),
-# BENCH_PATHS ("ours rbd-nbd krbd", may add ours-alt), BENCH_CEPH_CLUSTER (another cluster
+# BENCH_PATHS ("ours rbd-nbd krbd", may add ours-alt), BENCH_WORKLOADS
+# (names from the list below to run, default all), BENCH_CEPH_CLUSTER (another cluster
 # script with test/ceph/cluster's CLI), BENCH_CACHE_POLICY (librbd's cache
 # for ours and rbd-nbd alike, so the ratio compares paths, not cache
 # modes: none (default: rbd_cache=false, ours' default), writethrough,
@@ -48,6 +54,14 @@ workloads=(
 	"read-1m-qd4 read 1M 4"
 	"write-1m-qd4 write 1M 4"
 )
+if [ -n "${BENCH_WORKLOADS:-}" ]; then
+	picked=()
+	for w in "${workloads[@]}"; do
+		case " $BENCH_WORKLOADS " in *" ${w%% *} "*) picked+=("$w") ;; esac
+	done
+	[ ${#picked[@]} -gt 0 ] || { log "BENCH_WORKLOADS=$BENCH_WORKLOADS names none of: ${workloads[*]%% *}"; exit 1; }
+	workloads=("${picked[@]}")
+fi
 
 guest_ceph_start $((2 << 30)) "${BENCH_CEPH_CLUSTER:-}" || exit 1
 image=rbd/bench
@@ -96,6 +110,7 @@ cpu_ticks() {
 	awk '{sub(/^.*\) /, ""); print $12 + $13}' "/proc/$1/stat" 2>/dev/null
 }
 hz=$(getconf CLK_TCK)
+seq=0
 json_error() { jq -cn --argjson r "$1" --arg p "$2" --arg e "$3" '{round:$r,path:$p,error:$e}' >> "$out"; }
 
 for ((r = 1; r <= rounds; r++)); do
@@ -119,10 +134,16 @@ for ((r = 1; r <= rounds; r++)); do
 				--iodepth="$qd" --time_based --size="$size" --randrepeat=0 --eta=never)
 			fio --name=warm "${fio_args[@]}" --runtime=2 --output=/dev/null 2>/dev/null
 			pid=$(server_pid "$dev")
+			osd=$(pgrep -o -x ceph-osd)
+			seq=$((seq + 1))
+			mem=$(awk '/^MemAvailable:/ {print $2}' /proc/meminfo)
+			rss=$(awk '/^VmRSS:/ {print $2}' "/proc/$osd/status" 2>/dev/null)
 			cpu0=$(cpu_ticks "$pid")
+			osd0=$(cpu_ticks "$osd")
 			res=$(fio --name="$name" "${fio_args[@]}" --runtime="$runtime" --output-format=json 2>"$work/fio.err")
 			rc=$?
 			cpu1=$(cpu_ticks "$pid")
+			osd1=$(cpu_ticks "$osd")
 			if [ $rc -ne 0 ] || [ -z "$res" ]; then
 				json_error "$r" "$p" "fio $name failed: $(tr '\n' ' ' < "$work/fio.err")"
 				continue
@@ -132,13 +153,19 @@ for ((r = 1; r <= rounds; r++)); do
 			cpu=null
 			[ -n "$cpu0" ] && [ -n "$cpu1" ] && cpu=$(awk -v a="$cpu0" -v b="$cpu1" -v hz="$hz" 'BEGIN {print (b - a) / hz}')
 			echo "$res" | jq -c --argjson r "$r" --arg p "$p" --arg w "$name" --arg rw "$rw" --arg bs "$bs" \
-				--argjson qd "$qd" --arg d "$dir" --argjson cpu "$cpu" \
-				'.jobs[0][$d] | {round:$r, path:$p, workload:$w, rw:$rw, bs:$bs, iodepth:$qd,
+				--argjson qd "$qd" --arg d "$dir" --argjson cpu "$cpu" --argjson seq "$seq" \
+				--argjson mem "${mem:-null}" --argjson rss "${rss:-null}" --arg osd0 "$osd0" --arg osd1 "$osd1" --argjson hz "$hz" \
+				'.jobs[0] as $j | $j[$d] | {round:$r, path:$p, workload:$w, rw:$rw, bs:$bs, iodepth:$qd,
 				iops:.iops, bw_bytes:.bw_bytes, lat_us:(.lat_ns.mean/1000),
 				p50_us:(.clat_ns.percentile["50.000000"] / 1000), p99_us:(.clat_ns.percentile["99.000000"] / 1000),
 				ios:.total_ios, server_cpu_s:$cpu,
-				cpu_us_per_io:(if $cpu == null or .total_ios == 0 then null else $cpu * 1e6 / .total_ios end)}' >> "$out"
-			log "  $name: $(tail -n1 "$out" | jq -r '"\(.iops | floor) IOPS, \(.bw_bytes / 1048576 * 10 | floor / 10) MiB/s, p50 \(.p50_us | floor) us, server CPU \(.cpu_us_per_io // "-" | if type == "number" then floor else . end) us/IO"')"
+				cpu_us_per_io:(if $cpu == null or .total_ios == 0 then null else $cpu * 1e6 / .total_ios end),
+				osd_cpu_us_per_io:(if $osd0 == "" or $osd1 == "" or .total_ios == 0 then null
+					else (($osd1 | tonumber) - ($osd0 | tonumber)) / $hz * 1e6 / .total_ios end),
+				fio_cpu_us_per_io:(if .total_ios == 0 then null
+					else ($j.usr_cpu + $j.sys_cpu) / 100 * $j.job_runtime * 1000 / .total_ios end),
+				seq:$seq, mem_available_kib:$mem, osd_rss_kib:$rss}' >> "$out"
+			log "  $name: $(tail -n1 "$out" | jq -r '"\(.iops | floor) IOPS, \(.bw_bytes / 1048576 * 10 | floor / 10) MiB/s, p50 \(.p50_us | floor) us, server CPU \(.cpu_us_per_io // "-" | if type == "number" then floor else . end) us/IO, OSD \(.osd_cpu_us_per_io // "-" | if type == "number" then floor else . end) us/IO"')"
 		done
 		unmap_path "$p" "$dev" || json_error "$r" "$p" "unmap of $dev failed"
 	done

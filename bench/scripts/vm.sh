@@ -20,7 +20,7 @@
 # latency's p50 and p99, medians over the rounds.
 #
 # Environment: RBD_NBD_GRAPH_BIN (default bin/rbd-nbd-graph), BENCH_ROUNDS,
-# BENCH_RUNTIME, BENCH_SIZE, BENCH_OURS_FLAGS, BENCH_ALT_FLAGS, BENCH_PATHS, BENCH_CACHE_POLICY (see
+# BENCH_WORKLOADS, BENCH_RUNTIME, BENCH_SIZE, BENCH_OURS_FLAGS, BENCH_ALT_FLAGS, BENCH_PATHS, BENCH_CACHE_POLICY (see
 # vm-guest.sh), BENCH_VM_TIMEOUT (seconds, default 3600).
 set -euo pipefail
 # shellcheck source=bench/scripts/vm-host.sh
@@ -30,7 +30,7 @@ if [ "${1:-}" = --out ]; then out=$2; shift 2; fi
 vm_host_out
 
 envs=()
-for v in BENCH_ROUNDS BENCH_RUNTIME BENCH_SIZE BENCH_OURS_FLAGS BENCH_ALT_FLAGS BENCH_PATHS BENCH_CEPH_CLUSTER BENCH_CACHE_POLICY; do
+for v in BENCH_ROUNDS BENCH_WORKLOADS BENCH_RUNTIME BENCH_SIZE BENCH_OURS_FLAGS BENCH_ALT_FLAGS BENCH_PATHS BENCH_CEPH_CLUSTER BENCH_CACHE_POLICY; do
 	[ -n "${!v:-}" ] && envs+=(--env "$v=${!v}")
 done
 vm_host_containers_env # whole containers in the same boot (BENCH_CONTAINERS=0: not)
