@@ -20,7 +20,7 @@
 # latency's p50 and p99, medians over the rounds.
 #
 # Environment: RBD_NBD_GRAPH_BIN (default bin/rbd-nbd-graph), BENCH_ROUNDS,
-# BENCH_WORKLOADS, BENCH_RUNTIME, BENCH_SIZE, BENCH_OURS_FLAGS, BENCH_ALT_FLAGS, BENCH_PATHS, BENCH_CACHE_POLICY (see
+# BENCH_WORKLOADS, BENCH_RUNTIME, BENCH_SIZE, BENCH_OURS_FLAGS, BENCH_ALT_FLAGS, BENCH_ALT_ENV, BENCH_PATHS, BENCH_CACHE_POLICY (see
 # vm-guest.sh), BENCH_VM_TIMEOUT (seconds, default 3600).
 set -euo pipefail
 # shellcheck source=bench/scripts/vm-host.sh
@@ -30,7 +30,7 @@ if [ "${1:-}" = --out ]; then out=$2; shift 2; fi
 vm_host_out
 
 envs=()
-for v in BENCH_ROUNDS BENCH_WORKLOADS BENCH_RUNTIME BENCH_SIZE BENCH_OURS_FLAGS BENCH_ALT_FLAGS BENCH_PATHS BENCH_CEPH_CLUSTER BENCH_CACHE_POLICY; do
+for v in BENCH_ROUNDS BENCH_WORKLOADS BENCH_RUNTIME BENCH_SIZE BENCH_OURS_FLAGS BENCH_ALT_FLAGS BENCH_ALT_ENV BENCH_PATHS BENCH_CEPH_CLUSTER BENCH_CACHE_POLICY; do
 	[ -n "${!v:-}" ] && envs+=(--env "$v=${!v}")
 done
 vm_host_containers_env # whole containers in the same boot (BENCH_CONTAINERS=0: not)
@@ -48,6 +48,10 @@ jq -s '
 	| ($ok | map(.workload) | unique) as $ws
 	| ($ok | map(.path) | unique) as $ps
 	| def med($w; $p; f): $ok | map(select(.workload == $w and .path == $p) | f) | median;
+	# Per round, ours against rbd-nbd in the same round: f of each, divided.
+	def per_round($w; f): [ $ok | map(select(.workload == $w)) | group_by(.round)[]
+		| (map(select(.path == "ours"))[0] | f) as $a | (map(select(.path == "rbd-nbd"))[0] | f) as $b
+		| ratio($a; $b) | select(. != null) ];
 	{
 		runs: .,
 		errors: map(select(.error != null)),
@@ -58,10 +62,14 @@ jq -s '
 			p50_us: ([ $ps[] as $p | {key: $p, value: med($w; $p; .p50_us)} ] | from_entries),
 			p99_us: ([ $ps[] as $p | {key: $p, value: med($w; $p; .p99_us)} ] | from_entries),
 			ours_mib_s: med($w; "ours"; .bw_bytes / 1048576),
+			round_ratios: per_round($w; .iops),
+			osd_norm_ratios: per_round($w; if .iops == null or .osd_cpu_us_per_io == null then null else .iops * .osd_cpu_us_per_io end),
 			bar: bar($w)
 		} | .ratio = ratio(.iops.ours; .iops["rbd-nbd"])
 		  | .alt_ratio = ratio(.iops["ours-alt"]; .iops["rbd-nbd"])
 		  | .cpu_ratio = ratio(.cpu_us_per_io.ours; .cpu_us_per_io["rbd-nbd"])
+		  | .round_ratio = (.round_ratios | median)
+		  | .osd_norm_ratio = (.osd_norm_ratios | median)
 		  | .meets_bar = (if .bar == null or .ratio == null then null else .ratio >= .bar end) ]
 	}' "$raw" > "$out/bench-vm.json"
 
@@ -77,9 +85,38 @@ jq -s '
 		def x: if type == "number" then (. * 100 | round / 100 | tostring) + "x" else "-" end;
 		.table[] | "| \(.workload) | \(.iops.ours | n) | \(.iops["ours-alt"] | n) | \(.iops["rbd-nbd"] | n) | \(.iops.krbd | n) | \(.ratio | x) | \(.alt_ratio | x) | \(if .bar then (.bar | tostring) + "x" else "" end) | \(if .meets_bar == null then "" elif .meets_bar then "yes" else "NO" end) | \(.cpu_us_per_io.ours | n) | \(.cpu_us_per_io["rbd-nbd"] | n) | \(.cpu_ratio | x) | \(.p50_us.ours | n) | \(.p50_us["rbd-nbd"] | n) | \(.p99_us.ours | n) | \(.p99_us["rbd-nbd"] | n) |"' "$out/bench-vm.json"
 	echo
+	echo "Ours/rbd-nbd round by round (the two ran minutes apart in each round): the IOPS ratio of each round"
+	echo "and their median; then the same with each side's IOPS multiplied by the OSD's CPU per IO in its run"
+	echo "(the OSD's share of a CPU: it does the same work per IO on every path, so this cancels the guest's"
+	echo "speed, which under TCG changes by tens of per cent between runs, but also any slowdown a path"
+	echo "causes by using more CPU itself: a diagnostic of the path's latency, not a replacement for the ratio):"
+	echo
+	echo "| workload | IOPS ratio per round | median | rounds >= 1.0 | OSD-normalised per round | median |"
+	echo "| --- | --- | ---: | ---: | --- | ---: |"
+	jq -r '
+		def x: if type == "number" then (. * 100 | round / 100 | tostring) + "x" else "-" end;
+		def l: map(. * 100 | round / 100 | tostring) | join(", ");
+		.table[] | select(.round_ratios | length > 0)
+		| "| \(.workload) | \(.round_ratios | l) | \(.round_ratio | x) | \(.round_ratios | map(select(. >= 1)) | length) of \(.round_ratios | length) | \(.osd_norm_ratios | l) | \(.osd_norm_ratio | x) |"' "$out/bench-vm.json"
+	echo
 	echo "Per round (IOPS, CPU µs/IO):"
 	echo
 	jq -r '.runs | map(select(.error == null)) | sort_by(.workload, .round, .path)[] | "- \(.workload) round \(.round) \(.path): \(.iops | floor) IOPS, \(.cpu_us_per_io // "-" | if type == "number" then floor else . end) µs/IO, p50 \(.p50_us | floor) µs"' "$out/bench-vm.json"
+	echo
+	echo "Server CPU per IO by thread name (µs and context switches per IO, voluntary+involuntary, medians over the rounds; librbd's threads are the same in both servers, the rest is each server's own), then the OSD's and fio's CPU per IO:"
+	echo
+	jq -r '
+		def median: sort | if length == 0 then null elif length % 2 == 1 then .[length / 2 | floor]
+			else (.[length / 2 - 1] + .[length / 2]) / 2 end;
+		def n: if type == "number" then floor | tostring else "-" end;
+		.runs | map(select(.error == null)) | group_by(.workload, .path)[]
+		| . as $g | ($g | map(.threads // {} | keys) | add | unique) as $names
+		| [ $names[] as $t | {t: $t, us: ($g | map(.threads[$t].us // 0) | median), cs: ($g | map(.threads[$t].cs // 0) | median),
+			ics: ($g | map(.threads[$t].ics // 0) | median)} ]
+		| sort_by(-.us)
+		| "- \($g[0].workload) \($g[0].path): "
+		  + (if length == 0 then "" else (map(select(.us > 0 or .cs >= 0.05) | "\(.t) \(.us | n) (\(.cs * 100 | round / 100)+\(.ics * 100 | round / 100) cs)") | join(", ")) + "; " end)
+		  + "OSD \($g | map(.osd_cpu_us_per_io // empty) | median | n), fio \($g | map(.fio_cpu_us_per_io // empty) | median | n)"' "$out/bench-vm.json"
 	errs=$(jq -r '.errors[] | "- round \(.round) \(.path): \(.error)"' "$out/bench-vm.json")
 	if [ -n "$errs" ]; then echo; echo "Errors:"; echo "$errs"; fi
 } > "$out/bench-vm.md"
