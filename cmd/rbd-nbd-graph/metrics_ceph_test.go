@@ -6,7 +6,6 @@ import (
 	"io"
 	"log/slog"
 	"net/http/httptest"
-	"regexp"
 	"strings"
 	"testing"
 	"time"
@@ -58,16 +57,7 @@ func TestMetricsDeletionsConnectionBlocklisted(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { closeImg() })
-	out := testkit.Must(t, 30*time.Second, testkit.Tool(t, "rbd"), "--conf", conf, "status", "rbd/"+img)
-	m := regexp.MustCompile(`watcher=(\S+)`).FindStringSubmatch(out)
-	if m == nil {
-		t.Fatalf("no watcher in rbd status:\n%s", out)
-	}
-	ceph := func(args ...string) string {
-		return testkit.Must(t, 60*time.Second, testkit.Tool(t, "ceph"), append([]string{"--conf", conf, "--connect-timeout", "30"}, args...)...)
-	}
-	ceph("osd", "blocklist", "add", m[1])
-	t.Cleanup(func() { ceph("osd", "blocklist", "rm", m[1]) })
+	testkit.BlocklistWatcher(t, "rbd/"+img)
 
 	// A deletion, as the reaper makes them, after the blocklisting.
 	gone := img + "-gone"

@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"context"
 	"log/slog"
-	"regexp"
 	"strings"
 	"sync"
 	"testing"
@@ -20,25 +19,11 @@ import (
 // blocklist add`); each store has a connection of its own, so no other
 // test's client is touched.
 
-// ceph runs the ceph command against the test cluster, bounded.
-func ceph(t *testing.T, args ...string) string {
-	t.Helper()
-	all := append([]string{"--conf", testkit.CephConf(t), "--connect-timeout", "30"}, args...)
-	return testkit.Must(t, 60*time.Second, testkit.Tool(t, "ceph"), all...)
-}
-
-// blocklistWatcher blocklists the client that watches image (rbd
-// status names its address) until the test ends, and returns it.
+// blocklistWatcher blocklists the client that watches image until the
+// test ends, and returns its address.
 func blocklistWatcher(t *testing.T, image string) string {
 	t.Helper()
-	out := testkit.Must(t, 30*time.Second, testkit.Tool(t, "rbd"), "--conf", testkit.CephConf(t), "status", "rbd/"+image)
-	m := regexp.MustCompile(`watcher=(\S+)`).FindStringSubmatch(out)
-	if m == nil {
-		t.Fatalf("no watcher in rbd status:\n%s", out)
-	}
-	ceph(t, "osd", "blocklist", "add", m[1])
-	t.Cleanup(func() { ceph(t, "osd", "blocklist", "rm", m[1]) })
-	return m[1]
+	return testkit.BlocklistWatcher(t, "rbd/"+image)
 }
 
 // oneCompletion is an nbd.Completer for one request at a time.

@@ -224,25 +224,12 @@ func waitNoWatchers(t *testing.T, image string, limit time.Duration) {
 // blocklist entry stays.
 func TestBlocklistedExportReopens(t *testing.T) {
 	testkit.Tool(t, "nbdsh")
-	rbd := testkit.Tool(t, "rbd")
 	c := cluster(t)
 	img := newImage(t, c, 8<<20)
 	p := export(t, "rbd:rbd/"+img)
 	nbdsh(t, p.uri, "h.pwrite(b'a' * 4096, 0); h.flush()")
 
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	out, err := exec.CommandContext(ctx, rbd, "--conf", testkit.CephConf(t), "status", "rbd/"+img).CombinedOutput()
-	cancel()
-	if err != nil {
-		t.Fatalf("rbd status: %v\n%s", err, out)
-	}
-	m := regexp.MustCompile(`watcher=(\S+)`).FindSubmatch(out)
-	if m == nil {
-		t.Fatalf("no watcher in rbd status:\n%s", out)
-	}
-	addr := string(m[1])
-	cephCLI(t, "osd", "blocklist", "add", addr)
-	t.Cleanup(func() { cephCLI(t, "osd", "blocklist", "rm", addr) })
+	testkit.BlocklistWatcher(t, "rbd/"+img)
 
 	got, err := nbdPython(t, p.uri, `
 t0 = time.time()
@@ -274,22 +261,12 @@ print(h.pread(512, 0)[:1].decode(), h.pread(512, 4096)[:1].decode())
 // reopens and serves.
 func TestBlocklistedExportDoesNotStealTheLock(t *testing.T) {
 	testkit.Tool(t, "nbdsh")
-	rbd := testkit.Tool(t, "rbd")
 	c := cluster(t)
 	img := newImage(t, c, 8<<20)
 	p := export(t, "rbd:rbd/"+img)
 	nbdsh(t, p.uri, "h.pwrite(b'a' * 4096, 0); h.flush()")
 
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	out, err := exec.CommandContext(ctx, rbd, "--conf", testkit.CephConf(t), "status", "rbd/"+img).CombinedOutput()
-	cancel()
-	m := regexp.MustCompile(`watcher=(\S+)`).FindSubmatch(out)
-	if err != nil || m == nil {
-		t.Fatalf("rbd status: %v\n%s", err, out)
-	}
-	addr := string(m[1])
-	cephCLI(t, "osd", "blocklist", "add", addr)
-	t.Cleanup(func() { cephCLI(t, "osd", "blocklist", "rm", addr) })
+	testkit.BlocklistWatcher(t, "rbd/"+img)
 
 	// Another client takes the image (and its lock) over.
 	other, err := c.OpenImage(testContext(t), img, rbdio.OpenOptions{})
