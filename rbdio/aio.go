@@ -239,12 +239,13 @@ func (c *completions) close() {
 const submitQueueLen = 4096
 
 // submitter is an image's submission queue (C memory) and the C thread
-// that empties it into librbd (aio_shim.c). Go never calls librbd on the
-// data path: a cgo call enters the scheduler's syscall state, and the
-// first entry after the process went idle wakes sysmon, which then spins
-// at 20 us for a while (doc.go has the cost). Queueing a request is a
-// few stores and, when the thread sleeps, one raw write(2) to its
-// eventfd.
+// that empties it into librbd (aio_shim.c). Queueing a request is a few
+// stores and, when the thread sleeps, one raw write(2) to its eventfd:
+// no cgo call, which would enter the scheduler's syscall state and, the
+// first time after the process went idle, wake sysmon, which then polls
+// at 20 us for a while. Where sysmon is kept awake anyway, a request
+// that would wake the thread is cheaper made by its caller
+// (Config.Submit, submit.go).
 type submitter struct {
 	mu  sync.Mutex // serialises producers
 	s   *C.rbdio_submitter
@@ -264,10 +265,13 @@ func newSubmitter(img C.rbd_image_t) (*submitter, syscall.Errno) {
 
 func (q *submitter) close() { C.rbdio_submitter_free(q.s) }
 
-// submit hands r to librbd through the submitter thread; p, if not
-// empty, is pinned until r ends. It returns 0, or a negative errno if
-// librbd refused the request at once (only when the queue was full and
-// the request was submitted here).
+// submit hands r to librbd; p, if not empty, is pinned until r ends.
+// The request goes through the submitter thread, or, when the image
+// submits inline and the thread sleeps with nothing queued, is made
+// here: then every request queued before it has been submitted already,
+// and the thread is not woken. A full queue also makes the call here.
+// It returns 0, or a negative errno if librbd refused the request at
+// once (only when the call was made here).
 func (im *Image) submit(r *aioRequest, op C.int, p []byte, off, length int64) C.int {
 	var buf unsafe.Pointer
 	if len(p) > 0 {
@@ -279,22 +283,36 @@ func (im *Image) submit(r *aioRequest, op C.int, p []byte, off, length int64) C.
 	q := im.sub
 	s := q.s
 	tail := (*uint32)(unsafe.Pointer(&s.tail))
+	sleeping := (*int32)(unsafe.Pointer(&s.sleeping))
 	q.mu.Lock()
 	t := atomic.LoadUint32(tail)
-	if t-atomic.LoadUint32((*uint32)(unsafe.Pointer(&s.head))) >= submitQueueLen {
+	queued := t - atomic.LoadUint32((*uint32)(unsafe.Pointer(&s.head)))
+	if queued >= submitQueueLen || (im.inline && queued == 0 && atomic.LoadInt32(sleeping) == 1) {
 		q.mu.Unlock()
-		return C.rbdio_aio_submit(im.img, r.creq, op, C.uint64_t(off), C.uint64_t(length), (*C.char)(buf))
+		return im.submitHere(r, op, buf, off, length)
 	}
 	e := (*C.rbdio_sub)(unsafe.Add(unsafe.Pointer(s.q), uintptr(t&(submitQueueLen-1))*C.sizeof_rbdio_sub))
 	e.off, e.len, e.buf, e.req, e.op = C.uint64_t(off), C.uint64_t(length), C.uintptr_t(uintptr(buf)), r.creq, C.int32_t(op)
 	atomic.StoreUint32(tail, t+1)
-	wake := atomic.CompareAndSwapInt32((*int32)(unsafe.Pointer(&s.sleeping)), 1, 0)
+	wake := atomic.CompareAndSwapInt32(sleeping, 1, 0)
 	q.mu.Unlock()
 	if wake {
 		// A raw call: it never blocks, and must not wake sysmon.
 		syscall.RawSyscall(syscall.SYS_WRITE, uintptr(s.efd), uintptr(unsafe.Pointer(&q.one)), 8)
 	}
 	return 0
+}
+
+// submitHere makes librbd's call for r on this goroutine. librbd may
+// complete the request, and the completion goroutine end it and leave
+// the image, before rbd_aio_* returns here; the extra user keeps Close
+// from closing the image under the call until it has returned (the
+// submitter thread is safe the same way: Close joins it first).
+func (im *Image) submitHere(r *aioRequest, op C.int, buf unsafe.Pointer, off, length int64) C.int {
+	im.users.Add(1) // the caller is a user already: Close cannot be done
+	rc := C.rbdio_aio_submit(im.img, r.creq, op, C.uint64_t(off), C.uint64_t(length), (*C.char)(buf))
+	im.leave()
+	return rc
 }
 
 // aio runs one request and waits for it: librbd's result (>= 0) or an

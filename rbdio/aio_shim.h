@@ -1,9 +1,9 @@
 // The C half of rbdio's IO path (see aio.go): per image, a submission
 // queue that a C thread empties into librbd's asynchronous calls, and a
 // completion ring that librbd's callbacks fill and a Go goroutine
-// empties. Go reaches both through shared memory and atomics, never
-// through a cgo call, so the data path never enters the Go scheduler's
-// syscall state.
+// empties. Go reaches both through shared memory and atomics, not
+// through a cgo call; only a request submitted inline (rbdio_aio_submit,
+// SubmitInline) enters the Go scheduler's syscall state.
 #ifndef RBDIO_AIO_SHIM_H
 #define RBDIO_AIO_SHIM_H
 

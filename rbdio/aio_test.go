@@ -76,8 +76,9 @@ func (c *completer) result(tag uint64) result {
 	return c.results[tag]
 }
 
-func TestAsyncIO(t *testing.T) {
-	c := testConn(t)
+func TestAsyncIO(t *testing.T) { eachSubmitMode(t, testAsyncIO) }
+
+func testAsyncIO(t *testing.T, c *Conn) {
 	const size = 8 << 20
 	name := createImage(t, c, size)
 	im := openImage(t, c, name, OpenOptions{})
@@ -265,8 +266,9 @@ func (b *blockingCompleter) Complete(tag uint64, n int, err error) {
 // TestCompletionRingOverflow: more results than the completion ring
 // holds arrive while its goroutine is busy; they spill into the
 // overflow list and every one is still delivered once.
-func TestCompletionRingOverflow(t *testing.T) {
-	c := testConn(t)
+func TestCompletionRingOverflow(t *testing.T) { eachSubmitMode(t, testCompletionRingOverflow) }
+
+func testCompletionRingOverflow(t *testing.T, c *Conn) {
 	const n = 3 * completionRingLen
 	name := createImage(t, c, n*4096)
 	im := openImage(t, c, name, OpenOptions{})

@@ -40,8 +40,9 @@ func (f *fuaCompleter) FlushCompletions() {}
 // returns and every request ends. With a reader/writer lock guarding
 // requests against Close, the flush waited for Close, which waited for
 // the completion goroutine: a deadlock.
-func TestCloseUnderFUALoad(t *testing.T) {
-	c := testConn(t)
+func TestCloseUnderFUALoad(t *testing.T) { eachSubmitMode(t, testCloseUnderFUALoad) }
+
+func testCloseUnderFUALoad(t *testing.T, c *Conn) {
 	name := createImage(t, c, 64<<20)
 	buf := pattern(4096, 7)
 	for round := range 20 {

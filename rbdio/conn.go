@@ -55,6 +55,9 @@ type Config struct {
 	// CachePolicy is librbd's cache and when a write is acknowledged
 	// (default CacheNone). See doc.go, "librbd settings".
 	CachePolicy CachePolicy
+	// Submit is who makes librbd's asynchronous call for a request
+	// (default SubmitAuto). See submit.go.
+	Submit SubmitMode
 }
 
 // CachePolicy says whether librbd caches and when it acknowledges a
@@ -120,6 +123,9 @@ func (c Config) withDefaults() Config {
 	if c.CachePolicy == "" {
 		c.CachePolicy = CacheNone
 	}
+	if c.Submit == "" {
+		c.Submit = SubmitAuto
+	}
 	if c.ConnectTimeout <= 0 {
 		c.ConnectTimeout = DefaultConnectTimeout
 	}
@@ -130,9 +136,11 @@ func (c Config) withDefaults() Config {
 // open. Its methods are safe for concurrent use. Close it after the
 // images opened from it.
 type Conn struct {
-	cfg   Config
-	rados *rados.Conn
-	ioctx *rados.IOContext
+	cfg Config
+	// inline is cfg.Submit resolved (submit.go): images' callers submit.
+	inline bool
+	rados  *rados.Conn
+	ioctx  *rados.IOContext
 
 	mu     sync.Mutex
 	images map[*Image]struct{} // open images, closed by Close
@@ -179,6 +187,9 @@ func Connect(ctx context.Context, cfg Config) (*Conn, error) {
 		return nil, err
 	}
 	if _, err := ParseCachePolicy(string(cfg.CachePolicy)); err != nil {
+		return nil, err
+	}
+	if _, err := ParseSubmitMode(string(cfg.Submit)); err != nil {
 		return nil, err
 	}
 	if cfg.OSDTimeout < 0 {
@@ -340,7 +351,7 @@ func connect(cfg Config) (*Conn, error) {
 		}
 	}
 	ok = true
-	return &Conn{cfg: cfg, rados: rc, ioctx: ioctx, images: make(map[*Image]struct{})}, nil
+	return &Conn{cfg: cfg, inline: cfg.Submit.inline(), rados: rc, ioctx: ioctx, images: make(map[*Image]struct{})}, nil
 }
 
 // confInUse names the ceph.conf librados read, for messages.

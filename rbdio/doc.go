@@ -23,8 +23,8 @@
 //     a flatten runs through the image's open handle when there is one
 //     on the connection: an open for writing takes a running flatten
 //     over instead of waiting for librbd to release the lock at its end.
-//   - image.go, aio.go, aio_shim.c, watch.go: Image, the open image for
-//     IO. It implements nbd.Backend, nbd.AsyncBackend, nbd.Discarder,
+//   - image.go, aio.go, aio_shim.c, submit.go, watch.go: Image, the
+//     open image for IO. It implements nbd.Backend, nbd.AsyncBackend, nbd.Discarder,
 //     nbd.ZeroWriter and nbd.Resizer. A read-write open takes the
 //     exclusive lock for good (like rbd-nbd --exclusive) so a second
 //     writer is refused with ErrLocked instead of silently taking the
@@ -51,10 +51,14 @@
 // ring that librbd's callbacks fill and one goroutine empties without
 // cgo, sleeping on an eventfd through the netpoller. It wakes a
 // synchronous caller or reports to an asynchronous one
-// (nbd.AsyncBackend) and ends each batch with FlushCompletions. So the
-// data path makes no cgo call and no regular syscall from Go, which
-// keeps the runtime's sysmon asleep; requests are recycled and buffers
-// pinned while librbd holds them. Close refuses new requests and waits
+// (nbd.AsyncBackend) and ends each batch with FlushCompletions. Go
+// makes no regular syscall on the data path, and no cgo call except
+// where Config.Submit says so: with SubmitInline (SubmitAuto's choice
+// when the runtime's sysmon is kept from deep sleep, as in the
+// Makefile's builds) a request that finds the submitter thread asleep
+// with nothing queued is submitted by its caller instead of waking the
+// thread. Requests are recycled and buffers pinned while librbd holds
+// them. Close refuses new requests and waits
 // for those in flight through a counter, never a lock a completion
 // could wait on (a FUA write starts its flush from the completion
 // goroutine).

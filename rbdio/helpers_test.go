@@ -20,10 +20,13 @@ func testContext(t testing.TB) context.Context {
 }
 
 // testConn connects to the test cluster's pool rbd; closed at cleanup.
-func testConn(t testing.TB) *Conn {
+func testConn(t testing.TB) *Conn { return testConnSubmit(t, SubmitAuto) }
+
+// testConnSubmit is testConn with the given submit mode.
+func testConnSubmit(t testing.TB, mode SubmitMode) *Conn {
 	t.Helper()
 	conf := testkit.CephConf(t)
-	c, err := Connect(testContext(t), Config{ConfFile: conf, ConnectTimeout: 20 * time.Second})
+	c, err := Connect(testContext(t), Config{ConfFile: conf, ConnectTimeout: 20 * time.Second, Submit: mode})
 	if err != nil {
 		t.Fatalf("Connect: %v", err)
 	}
@@ -33,6 +36,14 @@ func testConn(t testing.TB) *Conn {
 		}
 	})
 	return c
+}
+
+// eachSubmitMode runs test once per way a request reaches librbd, each
+// on a connection of its own: the data path's tests must hold for both.
+func eachSubmitMode(t *testing.T, test func(t *testing.T, c *Conn)) {
+	for _, mode := range []SubmitMode{SubmitThread, SubmitInline} {
+		t.Run(string(mode), func(t *testing.T) { test(t, testConnSubmit(t, mode)) })
+	}
 }
 
 // imageName returns a fresh image name for this test; the image (and

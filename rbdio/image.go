@@ -51,6 +51,9 @@ type Image struct {
 	// completions back (aio.go).
 	sub   *submitter
 	compl *completions
+	// inline: a request that finds the submitter asleep and its queue
+	// empty is submitted by its caller (Config.Submit).
+	inline bool
 
 	// users counts requests in flight, plus closingBit once Close has
 	// begun: from then on new requests are refused and the last one to
@@ -125,7 +128,7 @@ func (c *Conn) OpenImage(ctx context.Context, name string, opts OpenOptions) (*I
 		defer C.free(unsafe.Pointer(cSnap))
 	}
 	im := &Image{conn: c, name: name, snap: opts.Snapshot, readOnly: readOnly, spec: spec, idle: make(chan struct{}),
-		blocklisted: make(chan struct{})}
+		blocklisted: make(chan struct{}), inline: c.inline}
 	if !readOnly && !opts.Shared {
 		// A flatten of this image on a context of our own would keep the
 		// exclusive lock until it ends: move it onto this handle.

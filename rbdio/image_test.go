@@ -20,8 +20,9 @@ var (
 	_ nbd.Resizer    = (*Image)(nil)
 )
 
-func TestImageReadWrite(t *testing.T) {
-	c := testConn(t)
+func TestImageReadWrite(t *testing.T) { eachSubmitMode(t, testImageReadWrite) }
+
+func testImageReadWrite(t *testing.T, c *Conn) {
 	const size = 8 << 20
 	name := createImage(t, c, size)
 	im := openImage(t, c, name, OpenOptions{})
@@ -211,8 +212,9 @@ func TestExclusiveLock(t *testing.T) {
 	mustWrite(t, second, pattern(4096, 3), 0)
 }
 
-func TestClosedImage(t *testing.T) {
-	c := testConn(t)
+func TestClosedImage(t *testing.T) { eachSubmitMode(t, testClosedImage) }
+
+func testClosedImage(t *testing.T, c *Conn) {
 	name := createImage(t, c, 1<<20)
 	im := openImage(t, c, name, OpenOptions{})
 	if err := im.Close(); err != nil {

@@ -42,6 +42,7 @@ func TestMapFlagErrors(t *testing.T) {
 		{"--device", "/dev/sda", "mem:1M"},
 		{"--no-such-flag", "mem:1M"},
 		{"--rbd-cache-policy", "fast", "rbd:rbd/x"},
+		{"--rbd-submit", "fast", "rbd:rbd/x"},
 	} {
 		env, _, _ := testEnv()
 		code := run(context.Background(), env, append([]string{"map"}, args...))

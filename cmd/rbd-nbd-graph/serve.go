@@ -175,6 +175,8 @@ func (c *cephFlags) driverOptions(fs *pflag.FlagSet) []string {
 			kvs = append(kvs, "rbd.connecttimeout="+c.connTimeout.String())
 		case "abort-on-full":
 			kvs = append(kvs, "rbd.abortonfull="+strconv.FormatBool(c.abortOnFull))
+		case "rbd-submit":
+			kvs = append(kvs, "rbd.submit="+string(c.submit))
 		}
 	})
 	return kvs

@@ -16,8 +16,8 @@ import (
 // cephFlags are the connection flags of every subcommand that can open an
 // rbd: target. Each reaches rbdio.Config; serve passes them on as the
 // driver options rbd.configfile, rbd.keyring, rbd.client and
-// rbd.cachepolicy, rbd.osdtimeout, rbd.connecttimeout and
-// rbd.abortonfull, so a flag added here must be added there too.
+// rbd.cachepolicy, rbd.osdtimeout, rbd.connecttimeout, rbd.abortonfull
+// and rbd.submit, so a flag added here must be added there too.
 type cephFlags struct {
 	conf        string
 	keyring     string
@@ -26,6 +26,7 @@ type cephFlags struct {
 	osdTimeout  time.Duration
 	connTimeout time.Duration
 	abortOnFull bool
+	submit      rbdio.SubmitMode
 	// log receives what happens to an open rbd: target later (a
 	// blocklisting and the reopen); nil means slog.Default().
 	log *slog.Logger
@@ -44,6 +45,13 @@ func (c *cephFlags) register(fs *pflag.FlagSet) {
 			c.cachePolicy, err = rbdio.ParseCachePolicy(v)
 			return err
 		})
+	c.submit = rbdio.SubmitAuto
+	fs.Func("rbd-submit",
+		"who calls librbd for a request: thread (the image's submitter thread, always), inline (the request's caller when that thread sleeps with nothing queued), or auto (default: inline when the Go runtime's sysmon is kept awake, as in the Makefile's builds)",
+		func(v string) (err error) {
+			c.submit, err = rbdio.ParseSubmitMode(v)
+			return err
+		})
 	durationVar(fs, &c.connTimeout, "connect-timeout", rbdio.DefaultConnectTimeout,
 		"give up connecting when no monitor answers within this duration (also bounds every monitor request)")
 	fs.BoolVar(&c.abortOnFull, "abort-on-full", false,
@@ -56,7 +64,7 @@ func (c *cephFlags) register(fs *pflag.FlagSet) {
 func (c cephFlags) config(pool, namespace string) rbdio.Config {
 	return rbdio.Config{ConfFile: c.conf, Keyring: c.keyring, ID: c.id, Pool: pool, Namespace: namespace,
 		CachePolicy: c.cachePolicy, OSDTimeout: c.osdTimeout, ConnectTimeout: c.connTimeout,
-		AbortOnFull: c.abortOnFull}
+		AbortOnFull: c.abortOnFull, Submit: c.submit}
 }
 
 // rbdTarget is a parsed POOL[/NAMESPACE]/IMAGE[@SNAP].

@@ -12,7 +12,7 @@ import (
 // Options are the store's: where the images live and how to reach the
 // cluster (keys rbd.pool, rbd.datapool, rbd.namespace, rbd.client,
 // rbd.configfile, rbd.keyring, rbd.cachepolicy, rbd.osdtimeout,
-// rbd.connecttimeout, rbd.abortonfull, rbd.reopenwait). *Options is a graph.OptionSet.
+// rbd.connecttimeout, rbd.abortonfull, rbd.reopenwait, rbd.submit). *Options is a graph.OptionSet.
 type Options struct {
 	Pool       string // rbd.pool
 	DataPool   string // rbd.datapool: data objects in another pool (EC pools)
@@ -41,6 +41,9 @@ type Options struct {
 	// for the image to be reopened on a new connection, to be resubmitted
 	// there (Reopener); 0 fails it at once (EIO), as krbd does.
 	ReopenWait time.Duration
+	// Submit (rbd.submit) is who calls librbd for a layer's request:
+	// auto (default), inline or thread (rbdio.SubmitMode).
+	Submit rbdio.SubmitMode
 
 	// LockWait is how long OpenImage retries an image whose exclusive
 	// lock another client holds: after a crash the dead process keeps it
@@ -56,6 +59,7 @@ func DefaultOptions() Options {
 		Pool:        rbdio.DefaultPool,
 		Client:      rbdio.DefaultID,
 		CachePolicy: rbdio.CacheNone,
+		Submit:      rbdio.SubmitAuto,
 		ReopenWait:  DefaultReopenWait,
 		LockWait:    90 * time.Second,
 		LockRetry:   2 * time.Second,
@@ -88,6 +92,10 @@ var keys = graph.OptionSetters[Options]{
 		o.AbortOnFull, err = graph.ParseBoolOption(v)
 		return err
 	},
+	"rbd.submit": func(o *Options, v string) (err error) {
+		o.Submit, err = rbdio.ParseSubmitMode(v)
+		return err
+	},
 	"rbd.reopenwait": func(o *Options, v string) (err error) {
 		o.ReopenWait, err = graph.ParseDurationOption(v)
 		return err
@@ -110,6 +118,9 @@ func (o *Options) Validate() error {
 	}
 	if _, err := rbdio.ParseCachePolicy(string(o.CachePolicy)); err != nil {
 		return fmt.Errorf("%w: rbd.cachepolicy: %w", graph.ErrInvalidOption, err)
+	}
+	if _, err := rbdio.ParseSubmitMode(string(o.Submit)); err != nil {
+		return fmt.Errorf("%w: rbd.submit: %w", graph.ErrInvalidOption, err)
 	}
 	if o.ReopenWait < 0 {
 		return fmt.Errorf("%w: rbd.reopenwait %v: want 0 or more", graph.ErrInvalidOption, o.ReopenWait)
@@ -136,6 +147,7 @@ func (o Options) Config() rbdio.Config {
 		OSDTimeout:     o.OSDTimeout,
 		ConnectTimeout: o.ConnectTimeout,
 		AbortOnFull:    o.AbortOnFull,
+		Submit:         o.Submit,
 	}
 }
 

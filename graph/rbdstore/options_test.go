@@ -15,7 +15,7 @@ func TestParseOptions(t *testing.T) {
 	err := graph.ParseOptionSets([]string{
 		"rbd.pool=layers", "RBD.DataPool=ec", "rbd.client=client.docker", "rbd.configfile=/etc/ceph/x.conf",
 		"rbd.keyring=/k", "rbd.namespace=ns", "rbd.cachepolicy=writeback", "rbd.osdtimeout=45s",
-		"rbd.connecttimeout=10", "rbd.abortonfull=true", "rbd.reopenwait=5s",
+		"rbd.connecttimeout=10", "rbd.abortonfull=true", "rbd.reopenwait=5s", "rbd.submit=thread",
 	}, &o)
 	if err != nil {
 		t.Fatal(err)
@@ -23,17 +23,17 @@ func TestParseOptions(t *testing.T) {
 	want := Options{
 		Pool: "layers", DataPool: "ec", Namespace: "ns", Client: "docker", ConfigFile: "/etc/ceph/x.conf", Keyring: "/k",
 		CachePolicy: rbdio.CacheWriteback, OSDTimeout: 45 * time.Second, ConnectTimeout: 10 * time.Second, AbortOnFull: true,
-		ReopenWait: 5 * time.Second, LockWait: 90 * time.Second, LockRetry: 2 * time.Second,
+		ReopenWait: 5 * time.Second, Submit: rbdio.SubmitThread, LockWait: 90 * time.Second, LockRetry: 2 * time.Second,
 	}
 	if o != want {
 		t.Fatalf("parsed\n%+v\nwant\n%+v", o, want)
 	}
 	c := o.Config()
 	if c.Pool != "layers" || c.Namespace != "ns" || c.ID != "docker" || c.ConfFile != "/etc/ceph/x.conf" || c.Keyring != "/k" ||
-		c.CachePolicy != rbdio.CacheWriteback || c.OSDTimeout != 45*time.Second || c.ConnectTimeout != 10*time.Second || !c.AbortOnFull {
+		c.CachePolicy != rbdio.CacheWriteback || c.OSDTimeout != 45*time.Second || c.ConnectTimeout != 10*time.Second || !c.AbortOnFull || c.Submit != rbdio.SubmitThread {
 		t.Fatalf("rbdio config %+v", c)
 	}
-	if d := DefaultOptions(); d.Pool != "rbd" || d.Client != "admin" || d.CachePolicy != rbdio.CacheNone || d.ReopenWait != DefaultReopenWait {
+	if d := DefaultOptions(); d.Pool != "rbd" || d.Client != "admin" || d.CachePolicy != rbdio.CacheNone || d.ReopenWait != DefaultReopenWait || d.Submit != rbdio.SubmitAuto {
 		t.Fatalf("defaults %+v", d)
 	}
 }
@@ -48,6 +48,7 @@ func TestParseOptionsRefusesBadInput(t *testing.T) {
 		{"rbd.cachepolicy=off", "none, writethrough, writeback or writearound"},
 		{"rbd.cachepolicy=", "cache policy"},
 		{"rbd.reopenwait=-1s", "negative"},
+		{"rbd.submit=fast", "auto, inline or thread"},
 	} {
 		o := DefaultOptions()
 		err := graph.ParseOptionSets([]string{tc.opt}, &o)
