@@ -48,16 +48,20 @@ func ParseSubmitMode(s string) (SubmitMode, error) {
 	return "", fmt.Errorf("%w: submit mode %q: use %s, %s or %s", ErrInvalid, s, SubmitAuto, SubmitInline, SubmitThread)
 }
 
-// inline resolves m for an image: whether its callers submit.
-func (m SubmitMode) inline() bool {
-	switch m {
-	case SubmitInline:
-		return true
-	case SubmitThread:
-		return false
+// Resolved is the mode m stands for in this process: SubmitAuto
+// becomes SubmitInline or SubmitThread.
+func (m SubmitMode) Resolved() SubmitMode {
+	if m == SubmitAuto || m == "" {
+		if SysmonAwake() {
+			return SubmitInline
+		}
+		return SubmitThread
 	}
-	return SysmonAwake()
+	return m
 }
+
+// inline resolves m for an image: whether its callers submit.
+func (m SubmitMode) inline() bool { return m.Resolved() == SubmitInline }
 
 // SysmonAwake reports whether the Go runtime's sysmon is kept from its
 // deep sleep in this process: GODEBUG's schedtrace is above zero, from

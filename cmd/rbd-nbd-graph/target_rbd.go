@@ -114,9 +114,12 @@ func openRBDTarget(ctx context.Context, spec string, c cephFlags, readOnly bool)
 	if log == nil {
 		log = slog.Default()
 	}
-	r, err := rbdstore.OpenReopening(ctx, c.config(t.pool, t.namespace), t.image, t.snap, readOnly, log)
+	cfg := c.config(t.pool, t.namespace)
+	r, err := rbdstore.OpenReopening(ctx, cfg, t.image, t.snap, readOnly, log)
 	if err != nil {
 		return nil, nil, err
 	}
+	log.Info("rbd: image open", "image", spec, "read_only", readOnly, "cache", cfg.CachePolicy,
+		"submit", cfg.Submit.Resolved(), "submit_flag", cfg.Submit)
 	return r, r.Close, nil
 }

@@ -162,3 +162,16 @@ func cacheStatus(policy rbdio.CachePolicy) string {
 	}
 	return "off (writes acknowledged once on the OSDs)"
 }
+
+// submitStatus says who calls librbd for a layer's request
+// (rbd.submit), and why when auto chose.
+func submitStatus(m rbdio.SubmitMode) string {
+	r := string(m.Resolved())
+	if m == rbdio.SubmitAuto || m == "" {
+		if m.Resolved() == rbdio.SubmitInline {
+			return r + " (auto: the Go runtime's sysmon is kept awake)"
+		}
+		return r + " (auto: the Go runtime's sysmon sleeps; GODEBUG=schedtrace is not set)"
+	}
+	return r
+}

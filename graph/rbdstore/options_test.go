@@ -73,8 +73,28 @@ func TestCacheStatus(t *testing.T) {
 		rbdio.CacheWritearound:  "writearound (writes acknowledged from the plugin's cache: lost if it dies under mounted layers)",
 	} {
 		s := &Store{opts: Options{CachePolicy: policy}}
-		if got := s.StoreStatus(); len(got) != 1 || got[0] != [2]string{"librbd Cache", want} {
+		if got := s.StoreStatus(); len(got) != 2 || got[0] != [2]string{"librbd Cache", want} {
 			t.Errorf("%s: %q", policy, got)
+		}
+	}
+}
+
+// The store's Status line says who calls librbd, and what auto chose.
+func TestSubmitStatus(t *testing.T) {
+	for _, c := range []struct {
+		mode    rbdio.SubmitMode
+		godebug string
+		want    string
+	}{
+		{rbdio.SubmitThread, "", "thread"},
+		{rbdio.SubmitInline, "schedtrace=0", "inline"},
+		{rbdio.SubmitAuto, "schedtrace=100000", "inline (auto: the Go runtime's sysmon is kept awake)"},
+		{rbdio.SubmitAuto, "schedtrace=0", "thread (auto: the Go runtime's sysmon sleeps; GODEBUG=schedtrace is not set)"},
+	} {
+		t.Setenv("GODEBUG", c.godebug)
+		s := &Store{opts: Options{CachePolicy: rbdio.CacheNone, Submit: c.mode}}
+		if got := s.StoreStatus(); len(got) != 2 || got[1] != [2]string{"librbd Submit", c.want} {
+			t.Errorf("%s with GODEBUG=%s: %q", c.mode, c.godebug, got)
 		}
 	}
 }

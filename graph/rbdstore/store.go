@@ -299,10 +299,11 @@ func (s *Store) Qualify(image string) string { return s.Where() + "/" + image }
 
 func (s *Store) StoreVersion() (string, string) { return "Ceph Version", s.version }
 
-// StoreStatus is the line about librbd's cache and, after a
-// blocklisting, the connection's renewals and the layers fenced off.
+// StoreStatus is the lines about librbd's cache and who calls librbd
+// and, after a blocklisting, the connection's renewals and the layers
+// fenced off.
 func (s *Store) StoreStatus() [][2]string {
-	st := [][2]string{{"librbd Cache", cacheStatus(s.opts.CachePolicy)}}
+	st := [][2]string{{"librbd Cache", cacheStatus(s.opts.CachePolicy)}, {"librbd Submit", submitStatus(s.opts.Submit)}}
 	return append(st, s.conns.status()...)
 }
 
