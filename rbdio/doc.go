@@ -69,5 +69,6 @@
 // restarted or killed server loses nothing the kernel was told is done.
 //
 // Why these choices, the measurements behind them and what was tried
-// and not kept: docs/2026-12-04-rbdio-data-path.md.
+// and not kept: docs/2026-12-04-rbdio-data-path.md, and for inline
+// submission docs/2026-12-07-inline-submission.md.
 package rbdio
