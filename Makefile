@@ -14,15 +14,7 @@ export CGO_ENABLED := 1
 # What `rbd-nbd-graph version` prints (cmd/rbd-nbd-graph/version.go).
 VERSION    ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo unknown)
 COMMIT     ?= $(shell git rev-parse HEAD 2>/dev/null)
-# The runtime's default GODEBUG, linked into every binary and test: the
-# go command's own for go.mod's go version (DefaultGODEBUG, which a
-# linked value replaces) plus schedtrace=2147483647 (24.8 days), which
-# keeps the runtime's sysmon from deep sleep so that librbd is called
-# inline where that is cheaper (rbdio/submit.go; --rbd-submit=auto).
-comma := ,
-GODEBUG_GO = $(shell $(GO) list -tags $(TAGS) -f '{{.DefaultGODEBUG}}' ./cmd/rbd-nbd-graph 2>/dev/null)
-GODEBUG_LINKED = $(GODEBUG_GO)$(if $(GODEBUG_GO),$(comma))schedtrace=2147483647
-GOFLAGS_BUILD = -tags $(TAGS) -ldflags "-X main.version=$(VERSION) -X main.commit=$(COMMIT) -X runtime.godebugDefault=$(GODEBUG_LINKED)"
+GOFLAGS_BUILD := -tags $(TAGS) -ldflags "-X main.version=$(VERSION) -X main.commit=$(COMMIT)"
 BIN        := $(CURDIR)/bin/rbd-nbd-graph
 STATICCHECK_VERSION := v0.7.0
 

@@ -54,8 +54,8 @@
 // (nbd.AsyncBackend) and ends each batch with FlushCompletions. Go
 // makes no regular syscall on the data path, and no cgo call except
 // where Config.Submit says so: with SubmitInline (SubmitAuto's choice
-// when the runtime's sysmon is kept from deep sleep, as in the
-// Makefile's builds) a request that finds the submitter thread asleep
+// when the runtime's sysmon is kept from deep sleep, as the commands
+// that serve IO arrange) a request that finds the submitter thread asleep
 // with nothing queued is submitted by its caller instead of waking the
 // thread. Requests are recycled and buffers pinned while librbd holds
 // them. Close refuses new requests and waits

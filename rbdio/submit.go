@@ -65,11 +65,11 @@ func (m SubmitMode) inline() bool { return m.Resolved() == SubmitInline }
 
 // SysmonAwake reports whether the Go runtime's sysmon is kept from its
 // deep sleep in this process: GODEBUG's schedtrace is above zero, from
-// the environment or linked in as the binary's default GODEBUG (the
-// Makefile's builds link schedtrace=2147483647, about 24.8 days: one
-// SCHED line on stderr at start on a host up longer than that, then one
-// per 24.8 days). Sysmon then wakes at most every 10 ms while the
-// process idles, instead of sleeping until a cgo call wakes it.
+// the environment the process started with or linked in as the
+// binary's default GODEBUG (-X runtime.godebugDefault=...). The
+// command's servers run so (cmd/rbd-nbd-graph/sysmon.go). Sysmon then
+// wakes at most every 10 ms while the process idles, instead of
+// sleeping until a cgo call wakes it.
 func SysmonAwake() bool {
 	var linked, set string
 	if bi, ok := debug.ReadBuildInfo(); ok {

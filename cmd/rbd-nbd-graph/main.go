@@ -64,6 +64,12 @@ func commands() []command {
 var errUsage = errors.New("usage")
 
 func main() {
+	if envv, ok := sysmonEnv(os.Args[1:], os.Environ()); ok {
+		// The same binary, arguments, PID and descriptors, with sysmon
+		// kept awake (sysmon.go). If exec fails the process goes on as
+		// it is, and --rbd-submit auto picks the submitter thread.
+		syscall.Exec("/proc/self/exe", os.Args, envv)
+	}
 	env := &environment{
 		stdout:      os.Stdout,
 		stderr:      os.Stderr,

@@ -47,7 +47,7 @@ func (c *cephFlags) register(fs *pflag.FlagSet) {
 		})
 	c.submit = rbdio.SubmitAuto
 	fs.Func("rbd-submit",
-		"who calls librbd for a request: thread (the image's submitter thread, always), inline (the request's caller when that thread sleeps with nothing queued), or auto (default: inline when the Go runtime's sysmon is kept awake, as in the Makefile's builds)",
+		"who calls librbd for a request: thread (the image's submitter thread, always), inline (the request's caller when that thread sleeps with nothing queued), or auto (default: inline when the Go runtime's sysmon is kept awake, which this command arranges unless GODEBUG sets schedtrace)",
 		func(v string) (err error) {
 			c.submit, err = rbdio.ParseSubmitMode(v)
 			return err

@@ -345,3 +345,32 @@ func TestExportFloodMemoryBound(t *testing.T) {
 		t.Errorf("export RSS %d MiB 20 s after the flood ended, want at most %d MiB: the buffers were not given back", rss>>20, after>>20)
 	}
 }
+
+// export runs with the Go runtime's sysmon kept awake (it executes
+// itself again with GODEBUG's schedtrace set: cmd/rbd-nbd-graph/sysmon.go),
+// unless GODEBUG already chooses schedtrace.
+func TestExportKeepsSysmonAwake(t *testing.T) {
+	for _, c := range []struct {
+		wrapper []string
+		want    string
+	}{
+		{nil, "GODEBUG=schedtrace=2147483647"},
+		{[]string{"env", "GODEBUG=madvdontneed=1"}, "GODEBUG=madvdontneed=1,schedtrace=2147483647"},
+		{[]string{"env", "GODEBUG=schedtrace=0"}, "GODEBUG=schedtrace=0"},
+	} {
+		p := startWrapped(t, c.wrapper, "--socket", filepath.Join(t.TempDir(), "nbd.sock"), "--read-only", "mem:4K")
+		environ, err := os.ReadFile(fmt.Sprintf("/proc/%d/environ", p.cmd.Process.Pid))
+		if err != nil {
+			t.Fatal(err)
+		}
+		var godebug []string
+		for _, kv := range strings.Split(string(environ), "\x00") {
+			if strings.HasPrefix(kv, "GODEBUG=") {
+				godebug = append(godebug, kv)
+			}
+		}
+		if len(godebug) != 1 || godebug[0] != c.want {
+			t.Errorf("wrapper %q: the export's environment has %q, want [%q]", c.wrapper, godebug, c.want)
+		}
+	}
+}

@@ -34,7 +34,7 @@ func TestDockerDriver(t *testing.T) {
 		info := e.mustDocker("info")
 		for _, want := range []string{"Pool: rbd", "Image Prefix: " + e.prefix, "Attached Devices:",
 			"NBD Connections Per Device:", "librbd Cache: off (writes acknowledged once on the OSDs)",
-			// The Makefile's build links GODEBUG=schedtrace, so auto submits inline.
+			// serve runs itself with GODEBUG=schedtrace set, so auto submits inline.
 			"librbd Submit: inline (auto: the Go runtime's sysmon is kept awake)", "Clone Depth Limit: 3", "Ceph Version:", "Kernel Version:"} {
 			if !strings.Contains(info, want) {
 				t.Errorf("docker info lacks %q:\n%s", want, info)
