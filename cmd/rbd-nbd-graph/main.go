@@ -26,6 +26,9 @@ type command struct {
 	name    string
 	summary string
 	run     func(ctx context.Context, env *environment, args []string) error
+	// servesIO: the command runs an IO path for long, so it runs with
+	// the runtime's sysmon kept awake (sysmon.go).
+	servesIO bool
 }
 
 // environment is what every subcommand shares: where to write and log.
@@ -46,17 +49,17 @@ type environment struct {
 
 func commands() []command {
 	return []command{
-		{"export", "serve a block backend over the NBD protocol (unix socket or loopback TCP)", runExport},
-		{"map", "attach a backend to a kernel NBD device and serve it", runMap},
-		{"attach", "re-serve a mapped device whose server died or was detached (map --reattach)", runAttach},
-		{"detach", "stop serving a mapped device but keep it, for a later attach (as rbd-nbd detach)", runDetach},
-		{"unmap", "disconnect a kernel NBD device and stop its server", runUnmap},
-		{"list", "list kernel NBD devices served by rbd-nbd-graph", runList},
-		{"serve", "run the Docker graph driver plugin", runServe},
-		{"snapshotter", "run the containerd proxy snapshotter", runSnapshotter},
-		{"bench", "measure the IO path (raw backend, NBD export, kernel device)", runBench},
-		{"version", "print the version, commit, Go, go-ceph and librbd versions", runVersion},
-		{"completion", "print a shell completion script (bash)", runCompletion},
+		{"export", "serve a block backend over the NBD protocol (unix socket or loopback TCP)", runExport, true},
+		{"map", "attach a backend to a kernel NBD device and serve it", runMap, true},
+		{"attach", "re-serve a mapped device whose server died or was detached (map --reattach)", runAttach, true},
+		{"detach", "stop serving a mapped device but keep it, for a later attach (as rbd-nbd detach)", runDetach, false},
+		{"unmap", "disconnect a kernel NBD device and stop its server", runUnmap, false},
+		{"list", "list kernel NBD devices served by rbd-nbd-graph", runList, false},
+		{"serve", "run the Docker graph driver plugin", runServe, true},
+		{"snapshotter", "run the containerd proxy snapshotter", runSnapshotter, true},
+		{"bench", "measure the IO path (raw backend, NBD export, kernel device)", runBench, true},
+		{"version", "print the version, commit, Go, go-ceph and librbd versions", runVersion, false},
+		{"completion", "print a shell completion script (bash)", runCompletion, false},
 	}
 }
 
@@ -64,7 +67,7 @@ func commands() []command {
 var errUsage = errors.New("usage")
 
 func main() {
-	if envv, ok := sysmonEnv(os.Args[1:], os.Environ()); ok {
+	if envv, ok := sysmonEnv(commands(), os.Args[1:], os.Environ()); ok {
 		// The same binary, arguments, PID and descriptors, with sysmon
 		// kept awake (sysmon.go). If exec fails the process goes on as
 		// it is, and --rbd-submit auto picks the submitter thread.

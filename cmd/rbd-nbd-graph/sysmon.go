@@ -1,6 +1,7 @@
 package main
 
 import (
+	"slices"
 	"strings"
 )
 
@@ -14,18 +15,15 @@ import (
 // 100 wake-ups a second (docs/2026-12-07-inline-submission.md).
 const sysmonGODEBUG = "schedtrace=2147483647"
 
-// servesIO are the commands that run an IO path for long.
-var servesIO = map[string]bool{"export": true, "map": true, "attach": true, "serve": true, "snapshotter": true, "bench": true}
-
 // sysmonEnv returns the environment to run this process again with, so
-// that its sysmon stays awake; false when there is nothing to do: the
-// command serves no IO, or GODEBUG already names schedtrace (the
+// that its sysmon stays awake; false when there is nothing to do: args
+// name no command of cmds that serves IO, or GODEBUG already names schedtrace (the
 // operator's choice: schedtrace=0 keeps sysmon's deep sleep, and auto
 // then submits through the thread). GODEBUG is read once, at start, so
 // the process has to be executed again to change it; main does that
 // before anything else runs.
-func sysmonEnv(args, environ []string) ([]string, bool) {
-	if len(args) == 0 || !servesIO[args[0]] {
+func sysmonEnv(cmds []command, args, environ []string) ([]string, bool) {
+	if len(args) == 0 || !slices.ContainsFunc(cmds, func(c command) bool { return c.servesIO && c.name == args[0] }) {
 		return nil, false
 	}
 	godebug, at := "", -1

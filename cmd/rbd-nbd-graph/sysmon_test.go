@@ -25,7 +25,7 @@ func TestSysmonEnv(t *testing.T) {
 		{[]string{"version"}, base, nil},
 		{nil, base, nil},
 	} {
-		got, ok := sysmonEnv(c.args, c.environ)
+		got, ok := sysmonEnv(commands(), c.args, c.environ)
 		if ok != (c.want != nil) || !slices.Equal(got, c.want) {
 			t.Errorf("sysmonEnv(%q, %q) = %q, %v; want %q", c.args, c.environ, got, ok, c.want)
 		}

@@ -166,12 +166,12 @@ func cacheStatus(policy rbdio.CachePolicy) string {
 // submitStatus says who calls librbd for a layer's request
 // (rbd.submit), and why when auto chose.
 func submitStatus(m rbdio.SubmitMode) string {
-	r := string(m.Resolved())
-	if m == rbdio.SubmitAuto || m == "" {
-		if m.Resolved() == rbdio.SubmitInline {
-			return r + " (auto: the Go runtime's sysmon is kept awake)"
-		}
-		return r + " (auto: the Go runtime's sysmon sleeps; GODEBUG=schedtrace is not set)"
+	r := m.Resolved()
+	switch {
+	case r == m:
+		return string(r)
+	case r == rbdio.SubmitInline:
+		return string(r) + " (auto: the Go runtime's sysmon is kept awake)"
 	}
-	return r
+	return string(r) + " (auto: the Go runtime's sysmon sleeps; GODEBUG=schedtrace is not set)"
 }
