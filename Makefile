@@ -25,7 +25,7 @@ DEBS := gcc pkg-config librbd-dev librados-dev \
 	libnbd-bin nbdkit fio qemu-utils qemu-block-extra \
 	qemu-system-x86 busybox-static cpio kmod \
 	docker.io iproute2 e2fsprogs xfsprogs util-linux procps jq librsvg2-bin \
-	python3-libnbd golang-go systemd docker-registry
+	python3-libnbd golang-go systemd docker-registry gdb
 
 .PHONY: all build deb deps test test-dist test-vm-clone test-unit test-fuzz test-clients test-integration check bench demo demo-containerd cluster cluster-stop vmtest vmtest-containerd soak bench-vm bench-vm-containers bench-vm-crosscheck bench-sweep-vm bench-vm-containerd clean
 

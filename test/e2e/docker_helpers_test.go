@@ -11,6 +11,7 @@ import (
 	"encoding/hex"
 	"fmt"
 	"io"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -182,8 +183,7 @@ func (e *dockerEnv) startPluginCmd(bin string, args ...string) {
 			return true // reported below
 		default:
 		}
-		st, err := os.Stat(sock)
-		return err == nil && st.Mode()&os.ModeSocket != 0
+		return acceptsConnections(sock)
 	})
 	select {
 	case err := <-e.pluginDone:
@@ -537,4 +537,18 @@ func readTar(t testing.TB, r io.Reader) map[string]tarEntry {
 		name := strings.TrimSuffix(strings.TrimPrefix(h.Name, "./"), "/")
 		out[name] = tarEntry{Type: h.Typeflag, Mode: h.Mode & 0o7777, Linkname: h.Linkname, Digest: hex.EncodeToString(sum.Sum(nil))}
 	}
+}
+
+// acceptsConnections reports whether a server listens on the unix
+// socket at path. A socket file alone does not say so: a process that
+// died (SIGKILL, a crash) leaves its file behind, and a test that waited
+// for the file would talk to nobody and then stop the next process
+// before it had started.
+func acceptsConnections(path string) bool {
+	c, err := net.DialTimeout("unix", path, time.Second)
+	if err != nil {
+		return false
+	}
+	c.Close()
+	return true
 }

@@ -53,8 +53,13 @@ func startSecondDriver(t *testing.T, dir, name string, opts ...string) *secondDr
 	go func() { s.done <- s.cmd.Wait() }()
 	t.Cleanup(s.stop)
 	testkit.Eventually(t, 30*time.Second, "the second driver's socket", func() bool {
-		st, err := os.Stat(s.sock)
-		return err == nil && st.Mode()&os.ModeSocket != 0
+		select {
+		case err := <-s.done:
+			s.done <- err
+			t.Fatalf("the second driver exited at start: %v", err)
+		default:
+		}
+		return acceptsConnections(s.sock)
 	})
 	return s
 }

@@ -54,6 +54,15 @@ if [ "${E2E_CEPH:-1}" != 0 ]; then
 	sampler=$!
 fi
 
+# A process the tests start that dies of a signal (a C library's abort
+# on a librados thread prints one line and no Go traceback) leaves a core
+# file; after the run each one is turned into every thread's backtrace
+# (gdb) in $VM_OUT/cores, and the core is deleted (they are large).
+# %E is the executable's path with / written as !.
+mkdir -p "$VM_OUT/cores"
+ulimit -c unlimited
+echo "$VM_OUT/cores/core.%p.%E" >/proc/sys/kernel/core_pattern
+
 args=(-test.v=test2json -test.count=1 -test.timeout="${E2E_TIMEOUT:-20m}")
 [ -n "${RUN:-}" ] && args+=(-test.run="$RUN")
 cd "$repo/test/e2e" || exit 1
@@ -63,6 +72,18 @@ cd "$repo/test/e2e" || exit 1
 rc=${PIPESTATUS[0]}
 
 [ -n "${sampler:-}" ] && kill "$sampler" 2>/dev/null
+for core in "$VM_OUT"/cores/core.*; do
+	case $core in *.txt) continue ;; esac
+	[ -e "$core" ] || continue
+	exe=${core#*/core.*.}
+	exe=${exe//!//}
+	timeout 300 gdb -batch -nx -ex 'echo ==== the thread that died\n' -ex 'bt 40' \
+		-ex 'echo ==== all threads\n' -ex 'info threads' -ex 'thread apply all bt 40' \
+		"$exe" "$core" >"$core.txt" 2>&1
+	echo "e2e: $exe dumped core; backtraces in $core.txt. The thread that died:" >&2
+	sed -n '/^==== the thread that died/,/^==== all threads/p' "$core.txt" | head -n 45 >&2
+	rm -f "$core"
+done
 dmesg > "$VM_OUT/dmesg.log" 2>&1
 [ "$rc" = 0 ] || guest_ceph_logs
 exit "$rc"
