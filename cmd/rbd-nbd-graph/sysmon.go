@@ -17,9 +17,9 @@ const sysmonGODEBUG = "schedtrace=2147483647"
 
 // sysmonEnv returns the environment to run this process again with, so
 // that its sysmon stays awake; false when there is nothing to do: args
-// name no command of cmds that serves IO, or GODEBUG already names schedtrace (the
-// operator's choice: schedtrace=0 keeps sysmon's deep sleep, and auto
-// then submits through the thread). GODEBUG is read once, at start, so
+// name no command of cmds that serves IO, or GODEBUG already names
+// schedtrace (the operator's choice: schedtrace=0 keeps sysmon's deep
+// sleep, and auto then submits through the thread). GODEBUG is read once, at start, so
 // the process has to be executed again to change it; main does that
 // before anything else runs.
 func sysmonEnv(cmds []command, args, environ []string) ([]string, bool) {
